@@ -1,0 +1,407 @@
+//! Request bodies: the size limit, and the publish bodies parsed without re-serialising the
+//! payload.
+//!
+//! poem-openapi's `Json<T>` goes through `serde_json::Value`, which would reorder nothing but
+//! would turn `18446744073709551617` into a float and lose the publisher's exact text. The
+//! publish bodies are parsed here instead, keeping each payload as the raw JSON text received:
+//! the bytes stored are the bytes delivered and signed.
+
+use std::collections::HashMap;
+
+use poem::{
+    Endpoint, IntoResponse, Request, RequestBody, Response, error::ReadBodyError, http::header,
+};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions, Object,
+    registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry},
+    types::Type,
+};
+use serde_json::value::RawValue;
+use shared::{
+    config::ApiLimits,
+    domain::{EventType, IdempotencyKey, ValidationError},
+};
+
+use crate::error::ApiError;
+
+/// Largest body of any route other than the publish routes.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// Most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 1_000;
+
+/// Deepest nesting of arrays and objects in a payload. Deeper documents are refused so no
+/// later reader (the event detail, a receiver's parser) meets a recursion limit.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in a valid JSON text.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0_usize, 0_usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Reads the body up to the route's limit before any handler sees it, answering 413 beyond it.
+/// A declared `Content-Length` over the limit is refused without reading a byte.
+pub async fn limit_body<E: Endpoint>(
+    endpoint: E,
+    mut request: Request,
+    limits: ApiLimits,
+) -> poem::Result<Response> {
+    let path = request.uri().path();
+    let limit = if path.ends_with("/events/batch") {
+        limits.max_batch_bytes
+    } else if path.ends_with("/events") {
+        limits.max_payload_bytes
+    } else {
+        DEFAULT_BODY_LIMIT
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::payload_too_large(limit).into());
+    }
+    let body = request.take_body();
+    let bytes = match body.into_bytes_limit(limit).await {
+        Ok(bytes) => bytes,
+        Err(ReadBodyError::PayloadTooLarge) => {
+            return Err(ApiError::payload_too_large(limit).into());
+        }
+        Err(error) => {
+            return Err(ApiError::bad_request(
+                "unreadable_body",
+                format!("the request body could not be read: {error}"),
+            )
+            .into());
+        }
+    };
+    request.set_body(bytes);
+    Ok(endpoint.call(request).await?.into_response())
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|value| value.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
+        .is_some_and(|essence| {
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        })
+}
+
+async fn read_json_object(
+    request: &Request,
+    body: &mut RequestBody,
+) -> poem::Result<HashMap<String, Box<RawValue>>> {
+    if !is_json(request.content_type()) {
+        return Err(ApiError::unsupported_media_type().into());
+    }
+    let bytes = body
+        .take()?
+        .into_vec()
+        .await
+        .map_err(|error| ApiError::bad_request("unreadable_body", error.to_string()))?;
+    let document: Box<RawValue> = serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {error}"),
+        )
+    })?;
+    if !document.get().starts_with('{') {
+        return Err(ApiError::from(ValidationError::new("body", "must be a JSON object")).into());
+    }
+    serde_json::from_str(document.get()).map_err(|error| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {error}"),
+        )
+        .into()
+    })
+}
+
+/// One event to publish, validated, its payload kept as received.
+#[derive(Debug, Clone)]
+pub struct EventInput {
+    /// The event type.
+    pub event_type: EventType,
+    /// The payload's exact JSON text (an object).
+    pub payload: String,
+    /// A batch item's own idempotency key.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+fn event_input(
+    mut fields: HashMap<String, Box<RawValue>>,
+    in_batch: bool,
+) -> Result<EventInput, Vec<ValidationError>> {
+    let mut errors = Vec::new();
+    let event_type = match fields.remove("event_type") {
+        None => {
+            errors.push(ValidationError::new("event_type", "is required"));
+            None
+        }
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(text) => EventType::parse(&text)
+                .map_err(|error| errors.push(error))
+                .ok(),
+            Err(_) => {
+                errors.push(ValidationError::new("event_type", "must be a string"));
+                None
+            }
+        },
+    };
+    let payload = match fields.remove("payload") {
+        None => {
+            errors.push(ValidationError::new("payload", "is required"));
+            None
+        }
+        Some(raw) if raw.get().starts_with('{') && json_depth(raw.get()) > MAX_PAYLOAD_DEPTH => {
+            errors.push(ValidationError::new(
+                "payload",
+                format!("must not nest arrays and objects deeper than {MAX_PAYLOAD_DEPTH} levels"),
+            ));
+            None
+        }
+        Some(raw) if raw.get().starts_with('{') => Some(raw.get().to_owned()),
+        Some(_) => {
+            errors.push(ValidationError::new("payload", "must be a JSON object"));
+            None
+        }
+    };
+    let idempotency_key = match fields.remove("idempotency_key") {
+        Some(raw) if in_batch && raw.get() != "null" => {
+            match serde_json::from_str::<String>(raw.get()) {
+                Ok(text) => IdempotencyKey::parse(&text, "idempotency_key")
+                    .map_err(|error| errors.push(error))
+                    .ok(),
+                Err(_) => {
+                    errors.push(ValidationError::new("idempotency_key", "must be a string"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    match (event_type, payload) {
+        (Some(event_type), Some(payload)) if errors.is_empty() => Ok(EventInput {
+            event_type,
+            payload,
+            idempotency_key,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The documented shape of `POST /events`.
+#[derive(Object)]
+#[oai(rename = "PublishEventRequest")]
+#[allow(dead_code, reason = "documentation of the hand-parsed body")]
+struct PublishEventSchema {
+    /// `^[A-Za-z0-9_.:-]{1,128}$`.
+    event_type: String,
+    /// Any JSON object; delivered byte for byte as received.
+    payload: HashMap<String, serde_json::Value>,
+}
+
+/// The documented shape of one item of `POST /events/batch`.
+#[derive(Object)]
+#[oai(rename = "BatchEventItem")]
+#[allow(dead_code, reason = "documentation of the hand-parsed body")]
+struct BatchItemSchema {
+    /// `^[A-Za-z0-9_.:-]{1,128}$`.
+    event_type: String,
+    /// Any JSON object; delivered byte for byte as received.
+    payload: HashMap<String, serde_json::Value>,
+    /// This item's idempotency key: a retried batch answers this item as it did first.
+    idempotency_key: Option<String>,
+}
+
+/// The documented shape of `POST /events/batch`.
+#[derive(Object)]
+#[oai(rename = "PublishBatchRequest")]
+#[allow(dead_code, reason = "documentation of the hand-parsed body")]
+struct BatchSchema {
+    /// 1 to 1,000 events, stored all or none.
+    events: Vec<BatchItemSchema>,
+}
+
+fn json_request_meta(schema: MetaSchemaRef) -> Option<MetaRequest> {
+    Some(MetaRequest {
+        description: None,
+        content: vec![MetaMediaType {
+            content_type: "application/json",
+            schema,
+        }],
+        required: true,
+    })
+}
+
+/// The body of `POST /events`.
+pub struct PublishBody(pub EventInput);
+
+impl<'a> ApiExtractor<'a> for PublishBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        PublishEventSchema::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        json_request_meta(PublishEventSchema::schema_ref())
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let fields = read_json_object(request, body).await?;
+        event_input(fields, false)
+            .map(Self)
+            .map_err(|errors| ApiError::from(errors).into())
+    }
+}
+
+/// The body of `POST /events/batch`.
+pub struct BatchBody(pub Vec<EventInput>);
+
+impl<'a> ApiExtractor<'a> for BatchBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        BatchSchema::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        json_request_meta(BatchSchema::schema_ref())
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let mut fields = read_json_object(request, body).await?;
+        let Some(raw_events) = fields.remove("events") else {
+            return Err(ApiError::from(ValidationError::new("events", "is required")).into());
+        };
+        let items: Vec<Box<RawValue>> = serde_json::from_str(raw_events.get())
+            .map_err(|_| ApiError::from(ValidationError::new("events", "must be an array")))?;
+        if items.is_empty() || items.len() > MAX_BATCH_EVENTS {
+            return Err(ApiError::from(ValidationError::new(
+                "events",
+                format!("must hold 1 to {MAX_BATCH_EVENTS} events"),
+            ))
+            .into());
+        }
+        let mut events = Vec::with_capacity(items.len());
+        let mut errors = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let prefix = format!("events[{index}]");
+            let parsed = if item.get().starts_with('{') {
+                serde_json::from_str::<HashMap<String, Box<RawValue>>>(item.get())
+                    .map_err(|_| {
+                        vec![ValidationError::new(
+                            prefix.clone(),
+                            "must be a JSON object",
+                        )]
+                    })
+                    .and_then(|fields| event_input(fields, true))
+            } else {
+                Err(vec![ValidationError::new(
+                    prefix.clone(),
+                    "must be a JSON object",
+                )])
+            };
+            match parsed {
+                Ok(event) => events.push(event),
+                Err(item_errors) => errors.extend(item_errors.into_iter().map(|error| {
+                    if error.field == prefix {
+                        error
+                    } else {
+                        error.within(&prefix)
+                    }
+                })),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self(events))
+        } else {
+            Err(ApiError::from(errors).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: &str) -> HashMap<String, Box<RawValue>> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn payload_text_is_kept_exactly_as_received() {
+        let raw = r#"{"b": 18446744073709551617, "a": 1e400,  "s": "\u00e9"}"#;
+        let event = event_input(
+            fields(&format!(r#"{{"event_type":"x","payload":{raw}}}"#)),
+            false,
+        )
+        .unwrap();
+        assert_eq!(event.payload, raw);
+    }
+
+    #[test]
+    fn every_invalid_field_is_named() {
+        let errors =
+            event_input(fields(r#"{"event_type":"bad type","payload":[1]}"#), false).unwrap_err();
+        let named: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(named, ["event_type", "payload"]);
+        let errors = event_input(fields("{}"), false).unwrap_err();
+        assert_eq!(errors.len(), 2);
+    }
+
+    #[test]
+    fn nesting_depth_ignores_brackets_inside_strings() {
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"[[[{{{\\"]]"}]}"#), 3);
+        assert_eq!(json_depth(r#"{"s":"\"[["}"#), 1);
+        assert_eq!(json_depth("{}"), 1);
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        assert!(is_json(Some("application/json")));
+        assert!(is_json(Some("Application/JSON; charset=utf-8")));
+        assert!(is_json(Some("application/cloudevents+json")));
+        assert!(!is_json(Some("text/plain")));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,74 @@
+//! `ih-api` binary: configuration, logging, pool, then [`api::serve`].
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+use shared::config::{ApiConfig, AuthConfig};
+
+/// Serves the Integrations Hub publish and admin API.
+///
+/// Configuration comes from compiled defaults, an optional TOML file, `IH_*` environment
+/// variables and these flags, later ones winning. See the README for every variable.
+#[derive(Parser, Serialize)]
+#[command(name = "ih-api", version)]
+struct Cli {
+    /// TOML configuration file (keys as the variables, lowercased, without `IH_`).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<std::path::PathBuf>,
+    /// Listen address (IH_API_ADDR).
+    #[arg(long = "addr")]
+    #[serde(rename = "api_addr", skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let loaded = shared::config::load(cli.config.as_deref(), &cli)?;
+    let settings = loaded.settings;
+    let config = ApiConfig::from_settings(&settings)?;
+    shared::telemetry::init_logging(&settings.log_level, &settings.log_format)
+        .map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))?;
+    for variable in &loaded.unknown_variables {
+        tracing::warn!(variable = %variable, "unknown IH_ variable ignored");
+    }
+    if settings.database_url_sync.is_some() {
+        tracing::info!("IH_DATABASE_URL_SYNC is accepted for compatibility and ignored");
+    }
+    if matches!(config.auth, AuthConfig::Disabled) {
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED (IH_AUTH_DISABLED=true): every caller is an admin; never run like this outside local development"
+        );
+    }
+    tracing::info!(config = ?config, "starting ih-api");
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let pool = shared::db::connect(&config.database, "ih-api")?;
+        if let Err(error) = shared::db::ping(&pool).await {
+            tracing::warn!(error.message = %error, "database not reachable yet; /ready answers 503 until it is");
+        }
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.addr))?;
+        tracing::info!(addr = %config.addr, "ih-api listening");
+        api::serve(config, pool, listener, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received, finishing in-flight requests");
+}

@@ -1,0 +1,399 @@
+//! Request and response bodies of the API, as documented in the OpenAPI document.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{Enum, Object, types::MaybeUndefined};
+use shared::db;
+use uuid::Uuid;
+
+/// Default page size of every listing.
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+/// Largest page size of every listing.
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+/// An event as stored.
+#[derive(Object, Debug, Clone, PartialEq, Eq)]
+pub struct PublishedEvent {
+    /// Event id (UUID v7), the `webhook-id` of every delivery.
+    pub id: Uuid,
+    /// Event type.
+    pub event_type: String,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+    /// Deliveries created for it.
+    pub deliveries: i32,
+}
+
+impl From<db::PublishedEvent> for PublishedEvent {
+    fn from(event: db::PublishedEvent) -> Self {
+        Self {
+            id: event.id,
+            event_type: event.event_type,
+            created_at: event.created_at,
+            deliveries: event.deliveries_created,
+        }
+    }
+}
+
+/// The answer to a batch publish, in request order.
+#[derive(Object, Debug)]
+pub struct PublishedBatch {
+    /// One entry per request item.
+    pub events: Vec<PublishedEvent>,
+}
+
+/// A page of events.
+#[derive(Object, Debug)]
+pub struct EventPage {
+    /// Newest first.
+    pub data: Vec<PublishedEvent>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// Delivery states.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// A worker holds it.
+    Leased,
+    /// The receiver accepted it.
+    Delivered,
+    /// Dead-lettered; may be replayed.
+    Dead,
+    /// Its subscription was deleted.
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    /// The value stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Leased => "leased",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A delivery of an event to one target.
+#[derive(Object, Debug)]
+pub struct Delivery {
+    /// Delivery id.
+    pub id: Uuid,
+    /// Its event.
+    pub event_id: Uuid,
+    /// `webhook` or `slack`.
+    pub target: String,
+    /// The subscription, for webhooks.
+    pub subscription_id: Option<Uuid>,
+    /// `pending`, `leased`, `delivered`, `dead` or `cancelled`.
+    pub status: String,
+    /// Attempts started.
+    pub attempts: i32,
+    /// Next try (pending) or lease expiry (leased).
+    pub next_attempt_at: DateTime<Utc>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<db::DeliveryRow> for Delivery {
+    fn from(row: db::DeliveryRow) -> Self {
+        Self {
+            id: row.id,
+            event_id: row.event_id,
+            target: row.target,
+            subscription_id: row.subscription_id,
+            status: row.status,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// An event with its payload and the state of each delivery.
+#[derive(Object, Debug)]
+pub struct EventDetail {
+    /// Event id.
+    pub id: Uuid,
+    /// Event type.
+    pub event_type: String,
+    /// The payload (parsed for display; deliveries carry the exact text received).
+    pub payload: serde_json::Value,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+    /// Deliveries created at publish.
+    pub deliveries_created: i32,
+    /// Every delivery, oldest first (replays add more).
+    pub deliveries: Vec<Delivery>,
+}
+
+/// A page of deliveries.
+#[derive(Object, Debug)]
+pub struct DeliveryPage {
+    /// Newest first.
+    pub data: Vec<Delivery>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// `POST /subscriptions`.
+#[derive(Object, Debug)]
+pub struct CreateSubscription {
+    /// `http(s)` URL without credentials; private and metadata addresses are refused unless
+    /// the operator allows them.
+    pub url: String,
+    /// At least 16 characters; a `whsec_…` secret is generated and returned once when omitted.
+    pub secret: Option<String>,
+    /// Event types to receive; `*` for all.
+    pub events: Vec<String>,
+    /// Defaults to true.
+    pub enabled: Option<bool>,
+    /// A note for operators (at most 1,000 characters).
+    pub description: Option<String>,
+    /// Extra headers sent with every delivery; `Host`, `Content-*`, `User-Agent`,
+    /// `Transfer-Encoding`, `Connection` and signature headers are refused.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// `PATCH /subscriptions/{id}`: absent fields are kept.
+#[derive(Object, Debug)]
+pub struct UpdateSubscription {
+    /// New URL.
+    pub url: Option<String>,
+    /// New event types.
+    pub events: Option<Vec<String>>,
+    /// Enable or disable; enabling clears `disabled_reason`.
+    pub enabled: Option<bool>,
+    /// New description; `null` clears it.
+    pub description: MaybeUndefined<String>,
+    /// New headers, replacing all.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// A subscription. Its secret is never shown after creation.
+#[derive(Object, Debug)]
+pub struct Subscription {
+    /// Subscription id.
+    pub id: Uuid,
+    /// Target URL.
+    pub url: String,
+    /// Event types; `*` for all.
+    pub events: Vec<String>,
+    /// Whether new events are fanned out to it and queued deliveries sent.
+    pub enabled: bool,
+    /// Operator's note.
+    pub description: Option<String>,
+    /// Extra headers (names lowercased).
+    pub headers: BTreeMap<String, String>,
+    /// Why it is disabled.
+    pub disabled_reason: Option<String>,
+    /// Until when the previous secret also signs, after a rotation.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Last successful delivery.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Last failed attempt.
+    pub last_failure_at: Option<DateTime<Utc>>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: i32,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<db::SubscriptionRow> for Subscription {
+    fn from(row: db::SubscriptionRow) -> Self {
+        Self {
+            id: row.id,
+            url: row.url,
+            events: row.event_types.0,
+            enabled: row.enabled,
+            description: row.description,
+            headers: row.headers.0,
+            disabled_reason: row.disabled_reason,
+            previous_secret_expires_at: row.previous_secret_expires_at,
+            last_success_at: row.last_success_at,
+            last_failure_at: row.last_failure_at,
+            consecutive_failures: row.consecutive_failures,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// A subscription with its secret: answered only by creation and rotation.
+#[derive(Object, Debug)]
+pub struct SubscriptionWithSecret {
+    /// The subscription.
+    #[oai(flatten)]
+    pub subscription: Subscription,
+    /// The signing secret; store it now, it is not shown again.
+    pub secret: String,
+}
+
+/// A page of subscriptions.
+#[derive(Object, Debug)]
+pub struct SubscriptionPage {
+    /// Oldest first.
+    pub data: Vec<Subscription>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// One attempt to deliver.
+#[derive(Object, Debug)]
+pub struct Attempt {
+    /// Attempt id.
+    pub id: Uuid,
+    /// Its delivery.
+    pub delivery_id: Uuid,
+    /// Its event.
+    pub event_id: Uuid,
+    /// 1 for the first try.
+    pub attempt_number: i32,
+    /// When the request started.
+    pub started_at: DateTime<Utc>,
+    /// How long it took.
+    pub duration_ms: i32,
+    /// The receiver's HTTP status.
+    pub response_status: Option<i32>,
+    /// The start of the receiver's body (at most 4 KiB).
+    pub response_body: Option<String>,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// `delivered`, `retry_scheduled` or `dead_lettered`.
+    pub outcome: String,
+}
+
+impl From<db::AttemptRow> for Attempt {
+    fn from(row: db::AttemptRow) -> Self {
+        Self {
+            id: row.id,
+            delivery_id: row.delivery_id,
+            event_id: row.event_id,
+            attempt_number: row.attempt_number,
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            response_status: row.response_status,
+            response_body: row.response_body,
+            error: row.error,
+            outcome: row.outcome,
+        }
+    }
+}
+
+/// Every attempt of an event.
+#[derive(Object, Debug)]
+pub struct AttemptList {
+    /// Oldest first.
+    pub data: Vec<Attempt>,
+}
+
+/// A dead letter.
+#[derive(Object, Debug)]
+pub struct DeadLetter {
+    /// Dead letter id.
+    pub id: Uuid,
+    /// The delivery that died.
+    pub delivery_id: Uuid,
+    /// Its event.
+    pub event_id: Uuid,
+    /// Its subscription, for webhooks.
+    pub subscription_id: Option<Uuid>,
+    /// `webhook` or `slack`.
+    pub target: String,
+    /// Why it died.
+    pub reason: String,
+    /// When it died.
+    pub created_at: DateTime<Utc>,
+    /// When it was replayed.
+    pub replayed_at: Option<DateTime<Utc>>,
+    /// The delivery its replay created.
+    pub replay_delivery_id: Option<Uuid>,
+}
+
+impl From<db::DeadLetterRow> for DeadLetter {
+    fn from(row: db::DeadLetterRow) -> Self {
+        Self {
+            id: row.id,
+            delivery_id: row.delivery_id,
+            event_id: row.event_id,
+            subscription_id: row.subscription_id,
+            target: row.target,
+            reason: row.reason,
+            created_at: row.created_at,
+            replayed_at: row.replayed_at,
+            replay_delivery_id: row.replay_delivery_id,
+        }
+    }
+}
+
+/// A page of dead letters.
+#[derive(Object, Debug)]
+pub struct DeadLetterPage {
+    /// Newest first.
+    pub data: Vec<DeadLetter>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// The answer to a replay.
+#[derive(Object, Debug)]
+pub struct Replayed {
+    /// The dead letter replayed.
+    pub dead_letter_id: Uuid,
+    /// The new pending delivery.
+    pub delivery_id: Uuid,
+}
+
+/// `POST /admin/dead-letters/replay`.
+#[derive(Object, Debug)]
+pub struct BulkReplayRequest {
+    /// Only this subscription's dead letters.
+    pub subscription_id: Option<Uuid>,
+    /// Dead-lettered at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Dead-lettered before.
+    pub until: Option<DateTime<Utc>>,
+    /// Count what would be replayed, change nothing.
+    #[oai(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a bulk replay.
+#[derive(Object, Debug)]
+pub struct BulkReplayResult {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Dead letters that match (dry run) or were replayed.
+    pub count: i64,
+}
+
+/// Health of the process.
+#[derive(Object, Debug, serde::Serialize)]
+pub struct Health {
+    /// `ok`, or `unavailable` when a dependency is down.
+    pub status: String,
+}
+
+/// Returns the id to continue after, when a full page came back.
+pub fn next_cursor<T>(rows: &[T], limit: i64, id: impl Fn(&T) -> Uuid) -> Option<Uuid> {
+    if rows.len() as i64 >= limit {
+        rows.last().map(id)
+    } else {
+        None
+    }
+}

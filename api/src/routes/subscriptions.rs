@@ -1,0 +1,278 @@
+//! Subscription CRUD and secret rotation.
+
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+    types::MaybeUndefined,
+};
+use shared::{
+    db::{self, NewSubscription, Page, SubscriptionPatch},
+    domain::{CustomHeaders, EventTypeFilter, SigningSecret, TargetUrl, ValidationError},
+};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    auth::Caller,
+    error::ApiError,
+    models::{
+        CreateSubscription, Subscription, SubscriptionPage, SubscriptionWithSecret,
+        UpdateSubscription, next_cursor,
+    },
+    routes::{ApiTags, page_limit},
+};
+
+/// How long a rotated-out secret keeps signing beside the new one.
+pub const SECRET_ROTATION_GRACE_SECONDS: f64 = 24.0 * 3600.0;
+/// Longest description.
+pub const MAX_DESCRIPTION_LENGTH: usize = 1000;
+
+/// Subscription operations.
+pub struct SubscriptionsApi {
+    /// Shared state.
+    pub state: AppState,
+}
+
+#[derive(ApiResponse)]
+enum CreatedResponse {
+    /// Created; the secret is shown this once.
+    #[oai(status = 201)]
+    Created(Json<SubscriptionWithSecret>),
+}
+
+#[derive(ApiResponse)]
+enum DeletedResponse {
+    /// Deleted; its queued deliveries complete `cancelled`.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+fn validate_description(description: Option<&str>, errors: &mut Vec<ValidationError>) {
+    if description.is_some_and(|text| text.chars().count() > MAX_DESCRIPTION_LENGTH) {
+        errors.push(ValidationError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LENGTH} characters"),
+        ));
+    }
+}
+
+/// Collects the result of one field's check, so every invalid field is reported at once.
+fn collect<T>(result: Result<T, ValidationError>, errors: &mut Vec<ValidationError>) -> Option<T> {
+    result.map_err(|error| errors.push(error)).ok()
+}
+
+#[OpenApi(tag = "ApiTags::Subscriptions")]
+impl SubscriptionsApi {
+    /// Create a subscription.
+    ///
+    /// The secret is returned in this answer only; when omitted a `whsec_` secret of 32 random
+    /// bytes is generated.
+    #[oai(
+        path = "/subscriptions",
+        method = "post",
+        operation_id = "create_subscription"
+    )]
+    async fn create_subscription(
+        &self,
+        caller: Caller,
+        body: Json<CreateSubscription>,
+    ) -> Result<CreatedResponse, ApiError> {
+        caller.require_admin()?;
+        let request = body.0;
+        let policy = &self.state.config.destination_policy;
+        let mut errors = Vec::new();
+        let url = collect(TargetUrl::parse(&request.url, policy), &mut errors);
+        let secret = match request.secret.as_deref() {
+            Some(raw) => collect(SigningSecret::parse(raw), &mut errors),
+            None => Some(SigningSecret::generate()?),
+        };
+        let events = collect(EventTypeFilter::parse(&request.events), &mut errors);
+        let headers = collect(
+            CustomHeaders::parse(&request.headers.unwrap_or_default()),
+            &mut errors,
+        );
+        validate_description(request.description.as_deref(), &mut errors);
+        let (Some(url), Some(secret), Some(events), Some(headers), true) =
+            (url, secret, events, headers, errors.is_empty())
+        else {
+            return Err(errors.into());
+        };
+        let row = db::insert_subscription(
+            &self.state.pool,
+            &NewSubscription {
+                id: Uuid::now_v7(),
+                url: url.as_str().to_owned(),
+                secret: secret.expose().to_owned(),
+                event_types: events.as_slice().to_vec(),
+                enabled: request.enabled.unwrap_or(true),
+                description: request.description,
+                headers: headers.as_map().clone(),
+            },
+        )
+        .await?;
+        tracing::info!(subscription.id = %row.id, url = %url.redacted(), "subscription created");
+        Ok(CreatedResponse::Created(Json(SubscriptionWithSecret {
+            subscription: row.into(),
+            secret: secret.expose().to_owned(),
+        })))
+    }
+
+    /// List subscriptions, oldest first.
+    #[oai(
+        path = "/subscriptions",
+        method = "get",
+        operation_id = "list_subscriptions"
+    )]
+    async fn list_subscriptions(
+        &self,
+        caller: Caller,
+        /// Only enabled (`true`) or disabled (`false`) ones.
+        enabled: Query<Option<bool>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<Uuid>>,
+        /// Page size, 1 to 500 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<SubscriptionPage>, ApiError> {
+        caller.require_admin()?;
+        let limit = page_limit(limit.0)?;
+        let rows = db::list_subscriptions(
+            &self.state.pool,
+            enabled.0,
+            Page {
+                cursor: cursor.0,
+                limit,
+            },
+        )
+        .await?;
+        let next_cursor = next_cursor(&rows, limit, |row| row.id);
+        Ok(Json(SubscriptionPage {
+            data: rows.into_iter().map(Into::into).collect(),
+            next_cursor,
+        }))
+    }
+
+    /// Get a subscription (without its secret).
+    #[oai(
+        path = "/subscriptions/:id",
+        method = "get",
+        operation_id = "get_subscription"
+    )]
+    async fn get_subscription(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> Result<Json<Subscription>, ApiError> {
+        caller.require_admin()?;
+        let row = db::get_subscription(&self.state.pool, id.0)
+            .await?
+            .ok_or_else(|| ApiError::not_found("subscription"))?;
+        Ok(Json(row.into()))
+    }
+
+    /// Change a subscription; absent fields are kept.
+    ///
+    /// Queued deliveries are not rewritten: they go to the subscription as it is when sent.
+    #[oai(
+        path = "/subscriptions/:id",
+        method = "patch",
+        operation_id = "update_subscription"
+    )]
+    async fn update_subscription(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+        body: Json<UpdateSubscription>,
+    ) -> Result<Json<Subscription>, ApiError> {
+        caller.require_admin()?;
+        let request = body.0;
+        let policy = &self.state.config.destination_policy;
+        let mut errors = Vec::new();
+        let url = request
+            .url
+            .as_deref()
+            .and_then(|raw| collect(TargetUrl::parse(raw, policy), &mut errors));
+        let events = request
+            .events
+            .as_deref()
+            .and_then(|raw| collect(EventTypeFilter::parse(raw), &mut errors));
+        let headers = request
+            .headers
+            .as_ref()
+            .and_then(|raw| collect(CustomHeaders::parse(raw), &mut errors));
+        let description = match request.description {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(text) => Some(Some(text)),
+        };
+        validate_description(description.clone().flatten().as_deref(), &mut errors);
+        if !errors.is_empty() {
+            return Err(errors.into());
+        }
+        let patch = SubscriptionPatch {
+            url: url.map(|url| url.as_str().to_owned()),
+            event_types: events.map(|events| events.as_slice().to_vec()),
+            enabled: request.enabled,
+            description,
+            headers: headers.map(|headers| headers.as_map().clone()),
+        };
+        let row = db::update_subscription(&self.state.pool, id.0, &patch)
+            .await?
+            .ok_or_else(|| ApiError::not_found("subscription"))?;
+        Ok(Json(row.into()))
+    }
+
+    /// Delete a subscription.
+    ///
+    /// It stops receiving new events at once; its queued deliveries complete `cancelled`
+    /// without a request.
+    #[oai(
+        path = "/subscriptions/:id",
+        method = "delete",
+        operation_id = "delete_subscription"
+    )]
+    async fn delete_subscription(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> Result<DeletedResponse, ApiError> {
+        caller.require_admin()?;
+        if db::delete_subscription(&self.state.pool, id.0).await? {
+            tracing::info!(subscription.id = %id.0, "subscription deleted");
+            Ok(DeletedResponse::NoContent)
+        } else {
+            Err(ApiError::not_found("subscription"))
+        }
+    }
+
+    /// Rotate a subscription's secret.
+    ///
+    /// A new `whsec_` secret is generated and returned once; the previous one keeps signing
+    /// beside it for 24 hours, so receivers can switch without dropping deliveries.
+    #[oai(
+        path = "/subscriptions/:id/rotate-secret",
+        method = "post",
+        operation_id = "rotate_subscription_secret"
+    )]
+    async fn rotate_subscription_secret(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> Result<Json<SubscriptionWithSecret>, ApiError> {
+        caller.require_admin()?;
+        let secret = SigningSecret::generate()?;
+        let row = db::rotate_subscription_secret(
+            &self.state.pool,
+            id.0,
+            secret.expose(),
+            SECRET_ROTATION_GRACE_SECONDS,
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("subscription"))?;
+        tracing::info!(subscription.id = %id.0, "subscription secret rotated");
+        Ok(Json(SubscriptionWithSecret {
+            subscription: row.into(),
+            secret: secret.expose().to_owned(),
+        }))
+    }
+}

@@ -1,0 +1,258 @@
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::{TestApp, uuid};
+
+/// Publishes an event to one subscription and kills its delivery as the worker would after
+/// the last attempt; returns (subscription id, event id, dead letter id).
+async fn dead_letter(app: &TestApp) -> (uuid::Uuid, uuid::Uuid, uuid::Uuid) {
+    let subscription = app
+        .create_subscription("http://127.0.0.1:9/a", &["a"])
+        .await;
+    let event = app.publish("a", json!({"n": 1})).await;
+    let event_id = uuid(&event["id"]);
+    let delivery_id = app.db.delivery_ids(event_id).await[0];
+    let dead_letter_id = app.db.kill_delivery(delivery_id, "http_500").await;
+    (uuid(&subscription["id"]), event_id, dead_letter_id)
+}
+
+#[tokio::test]
+async fn attempts_of_an_event_are_listed() {
+    let app = TestApp::spawn().await;
+    let (_, event_id, _) = dead_letter(&app).await;
+    let (status, attempts) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/admin/events/{event_id}/attempts"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{attempts}");
+    let data = attempts["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["outcome"], "dead_lettered");
+    assert_eq!(data[0]["response_status"], 500);
+    assert_eq!(data[0]["attempt_number"], 1);
+
+    let quiet = app.publish("nobody", json!({})).await;
+    let (status, empty) = app
+        .admin(
+            Method::GET,
+            &format!(
+                "/api/v1/admin/events/{}/attempts",
+                quiet["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(empty["data"], json!([]));
+    let (status, _) = app
+        .admin(
+            Method::GET,
+            "/api/v1/admin/events/01a22415-1292-7a36-aa6d-264ec608abbf/attempts",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_replayed_once() {
+    let app = TestApp::spawn().await;
+    let (subscription_id, event_id, dead_letter_id) = dead_letter(&app).await;
+
+    let (status, listed) = app
+        .admin(
+            Method::GET,
+            "/api/v1/admin/dead-letters?replayed=false",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["data"][0]["id"], dead_letter_id.to_string());
+    assert_eq!(listed["data"][0]["reason"], "http_500");
+    assert_eq!(
+        listed["data"][0]["subscription_id"],
+        subscription_id.to_string()
+    );
+
+    let path = format!("/api/v1/admin/dead-letters/{dead_letter_id}/replay");
+    let (status, replayed) = app.admin(Method::POST, &path, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
+    let new_delivery = uuid(&replayed["delivery_id"]);
+    let (_, deliveries) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/admin/deliveries?event_id={event_id}"),
+            None,
+        )
+        .await;
+    let fresh = deliveries["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == new_delivery.to_string())
+        .unwrap();
+    assert_eq!(fresh["status"], "pending");
+    assert_eq!(fresh["attempts"], 0);
+    assert_eq!(fresh["subscription_id"], subscription_id.to_string());
+
+    let (status, problem) = app.admin(Method::POST, &path, None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(problem["code"], "already_replayed");
+    assert_eq!(app.db.count_deliveries(event_id, "pending").await, 1);
+
+    let (_, replayed_list) = app
+        .admin(
+            Method::GET,
+            "/api/v1/admin/dead-letters?replayed=true",
+            None,
+        )
+        .await;
+    assert_eq!(
+        replayed_list["data"][0]["replay_delivery_id"],
+        new_delivery.to_string()
+    );
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/api/v1/admin/dead-letters/01a22415-1292-7a36-aa6d-264ec608abbf/replay",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_dead_letter_of_a_deleted_subscription_cannot_be_replayed() {
+    let app = TestApp::spawn().await;
+    let (subscription_id, _, dead_letter_id) = dead_letter(&app).await;
+    let (status, _) = app
+        .admin(
+            Method::DELETE,
+            &format!("/api/v1/subscriptions/{subscription_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, problem) = app
+        .admin(
+            Method::POST,
+            &format!("/api/v1/admin/dead-letters/{dead_letter_id}/replay"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(problem["code"], "subscription_deleted");
+}
+
+#[tokio::test]
+async fn bulk_replay_counts_in_a_dry_run_then_replays_each_dead_letter_once() {
+    let app = TestApp::spawn().await;
+    let subscription = app
+        .create_subscription("http://127.0.0.1:9/a", &["a"])
+        .await;
+    let other = app
+        .create_subscription("http://127.0.0.1:9/b", &["b"])
+        .await;
+    for event_type in ["a", "a", "a", "b"] {
+        let event = app.publish(event_type, json!({})).await;
+        let delivery = app.db.delivery_ids(uuid(&event["id"])).await[0];
+        app.db.kill_delivery(delivery, "http_503").await;
+    }
+    let filter = json!({"subscription_id": subscription["id"], "dry_run": true});
+    let (status, counted) = app
+        .admin(
+            Method::POST,
+            "/api/v1/admin/dead-letters/replay",
+            Some(filter),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{counted}");
+    assert_eq!(counted, json!({"dry_run": true, "count": 3}));
+    assert_eq!(
+        app.db
+            .fetch_i64("select count(*) from deliveries where status = 'pending'")
+            .await,
+        0
+    );
+
+    let (status, done) = app
+        .admin(
+            Method::POST,
+            "/api/v1/admin/dead-letters/replay",
+            Some(json!({"subscription_id": subscription["id"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(done["count"], 3);
+    assert_eq!(
+        app.db
+            .fetch_i64("select count(*) from deliveries where status = 'pending'")
+            .await,
+        3
+    );
+    let (_, again) = app
+        .admin(
+            Method::POST,
+            "/api/v1/admin/dead-letters/replay",
+            Some(json!({"subscription_id": subscription["id"]})),
+        )
+        .await;
+    assert_eq!(again["count"], 0);
+
+    let (_, rest) = app
+        .admin(
+            Method::POST,
+            "/api/v1/admin/dead-letters/replay",
+            Some(json!({"dry_run": true})),
+        )
+        .await;
+    assert_eq!(
+        rest["count"], 1,
+        "only the other subscription's dead letter is left"
+    );
+    let _ = other;
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/api/v1/admin/dead-letters/replay",
+            Some(json!({"since": "2030-01-01T00:00:00Z", "until": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn deliveries_are_listed_with_status_and_subscription_filters() {
+    let app = TestApp::spawn().await;
+    let (subscription_id, _, _) = dead_letter(&app).await;
+    app.publish("a", json!({})).await;
+    let (status, dead) = app
+        .admin(Method::GET, "/api/v1/admin/deliveries?status=dead", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dead["data"].as_array().unwrap().len(), 1);
+    let (_, pending) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/admin/deliveries?status=pending&subscription_id={subscription_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(pending["data"].as_array().unwrap().len(), 1);
+    let (_, paged) = app
+        .admin(Method::GET, "/api/v1/admin/deliveries?limit=1", None)
+        .await;
+    assert_eq!(paged["data"].as_array().unwrap().len(), 1);
+    assert!(paged["next_cursor"].is_string());
+    let (status, _) = app
+        .admin(
+            Method::GET,
+            "/api/v1/admin/deliveries?status=exploded",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -1,0 +1,108 @@
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use shared::test_support::ChaosProxy;
+
+use crate::support::{PUBLISHER_TOKEN, TestApp, eventually, test_db, test_settings};
+
+#[tokio::test]
+async fn health_and_readiness_answer_without_a_token() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, _) = app.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_database_outage_answers_503_with_retry_after_and_recovers_by_itself() {
+    let db = test_db().await;
+    let upstream = {
+        let url = url::Url::parse(&db.url).unwrap();
+        let host = url.host_str().unwrap().to_owned();
+        tokio::net::lookup_host((host, url.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = ChaosProxy::start(upstream).await;
+    let settings = test_settings(&proxy.proxied_url(&db.url));
+    let app = TestApp::start(db, settings).await;
+    let publish = json!({"event_type": "a", "payload": {}});
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/events",
+            Some(PUBLISHER_TOKEN),
+            Some(publish.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    proxy.break_networking();
+    let started = std::time::Instant::now();
+    let response = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get("retry-after").is_some());
+    let response = app
+        .client
+        .post(app.url("/api/v1/events"))
+        .bearer_auth(PUBLISHER_TOKEN)
+        .json(&publish)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "2");
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "database_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answers within the acquire timeout, not a hang"
+    );
+    let (status, _) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "liveness does not depend on the database"
+    );
+
+    proxy.restore_networking();
+    let recovered = eventually(Duration::from_secs(10), || async {
+        app.client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::OK
+    })
+    .await;
+    assert!(recovered, "ready again once the database is back");
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/events",
+            Some(PUBLISHER_TOKEN),
+            Some(publish),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        app.db.fetch_i64("select count(*) from outbox_events").await,
+        2,
+        "nothing half-written during the outage"
+    );
+}
+
+#[tokio::test]
+async fn the_server_stops_gracefully() {
+    let app = TestApp::spawn().await;
+    let (status, _) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
+        .await
+        .expect("stops in time");
+}

@@ -1,0 +1,294 @@
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, uuid};
+
+#[tokio::test]
+async fn a_created_subscription_shows_its_generated_secret_once() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .create_subscription(
+            "https://example.com/hooks?team=a",
+            &["order.created", "order.created"],
+        )
+        .await;
+    let secret = created["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert_eq!(created["events"], json!(["order.created"]));
+    assert_eq!(created["enabled"], true);
+    let id = uuid(&created["id"]);
+    assert_eq!(id.get_version_num(), 7);
+    let (stored, previous) = app.db.stored_secrets(id).await;
+    assert_eq!(stored, secret);
+    assert_eq!(previous, None);
+
+    let (status, fetched) = app
+        .admin(Method::GET, &format!("/api/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(fetched.get("secret").is_none(), "{fetched}");
+    assert!(!fetched.to_string().contains(secret));
+    let (_, listed) = app.admin(Method::GET, "/api/v1/subscriptions", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains(secret));
+}
+
+#[tokio::test]
+async fn a_chosen_secret_and_custom_headers_are_kept() {
+    let app = TestApp::spawn().await;
+    let (status, created) = app
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({
+                "url": "http://127.0.0.1:9000/hook",
+                "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "events": ["*"],
+                "enabled": false,
+                "description": "billing team",
+                "headers": {"X-Team": "billing"}
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["secret"], "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    assert_eq!(created["headers"], json!({"x-team": "billing"}));
+    assert_eq!(created["enabled"], false);
+    assert_eq!(created["description"], "billing team");
+}
+
+#[tokio::test]
+async fn invalid_subscriptions_are_refused_naming_every_bad_field() {
+    let app = TestApp::spawn().await;
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (
+            json!({"url": "ftp://example.com", "events": ["a"]}),
+            vec!["url"],
+        ),
+        (
+            json!({"url": "https://user:pw@example.com/", "events": ["a"]}),
+            vec!["url"],
+        ),
+        (
+            json!({"url": "http://10.0.0.1/hook", "events": ["a"]}),
+            vec!["url"],
+        ),
+        (
+            json!({"url": "http://169.254.169.254/latest", "events": ["a"]}),
+            vec!["url"],
+        ),
+        (
+            json!({"url": "http://[::1]:8080/", "events": ["a"]}),
+            vec!["url"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": []}),
+            vec!["events"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["ok", "not ok"]}),
+            vec!["events[1]"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["a"], "secret": "short"}),
+            vec!["secret"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["a"], "secret": "whsec_***not-base64***"}),
+            vec!["secret"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["a"], "headers": {"Content-Type": "x"}}),
+            vec!["headers.Content-Type"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["a"], "headers": {"X-Evil": "a\r\nb: c"}}),
+            vec!["headers.X-Evil"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["a"], "description": "x".repeat(1001)}),
+            vec!["description"],
+        ),
+        (
+            json!({"url": "nope", "events": [], "secret": "short"}),
+            vec!["url", "secret", "events"],
+        ),
+    ];
+    for (body, fields) in cases {
+        let (status, problem) = app
+            .admin(Method::POST, "/api/v1/subscriptions", Some(body.clone()))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body} → {problem}"
+        );
+        assert_eq!(problem["code"], "validation_failed");
+        let named: Vec<&str> = problem["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(named, fields, "{body}");
+    }
+    let (status, problem) = app
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"events": ["a"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(
+        app.db.fetch_i64("select count(*) from subscriptions").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn loopback_destinations_need_the_operator_allowance() {
+    let app = TestApp::spawn_with(|s| s.allowed_destination_cidrs = None).await;
+    let (status, problem) = app
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"url": "http://127.0.0.1:9000/", "events": ["a"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        problem["details"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("forbidden destination")
+    );
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"url": "http://localhost:9000/", "events": ["a"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn a_subscription_can_be_patched_disabled_enabled_and_deleted() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .create_subscription("http://127.0.0.1:9/a", &["a"])
+        .await;
+    let path = format!("/api/v1/subscriptions/{}", created["id"].as_str().unwrap());
+
+    let (status, patched) = app
+        .admin(
+            Method::PATCH,
+            &path,
+            Some(json!({"url": "http://127.0.0.1:9/b", "events": ["b", "c"], "description": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["url"], "http://127.0.0.1:9/b");
+    assert_eq!(patched["events"], json!(["b", "c"]));
+    assert_eq!(patched["description"], "x");
+
+    let (_, disabled) = app
+        .admin(
+            Method::PATCH,
+            &path,
+            Some(json!({"enabled": false, "description": null})),
+        )
+        .await;
+    assert_eq!(disabled["enabled"], false);
+    assert_eq!(disabled["disabled_reason"], "disabled_by_operator");
+    assert!(disabled["description"].is_null());
+    assert_eq!(disabled["url"], "http://127.0.0.1:9/b");
+    let (_, enabled) = app
+        .admin(Method::PATCH, &path, Some(json!({"enabled": true})))
+        .await;
+    assert_eq!(enabled["enabled"], true);
+    assert!(enabled["disabled_reason"].is_null());
+
+    let (status, problem) = app
+        .admin(
+            Method::PATCH,
+            &path,
+            Some(json!({"url": "http://10.1.1.1/"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["details"][0]["field"], "url");
+    let (_, unchanged) = app.admin(Method::GET, &path, None).await;
+    assert_eq!(unchanged["url"], "http://127.0.0.1:9/b");
+
+    let (status, _) = app.admin(Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for method in [Method::GET, Method::DELETE] {
+        let (status, problem) = app.admin(method, &path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(problem["code"], "not_found");
+    }
+    let (status, _) = app
+        .admin(Method::PATCH, &path, Some(json!({"enabled": true})))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, listed) = app.admin(Method::GET, "/api/v1/subscriptions", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn rotating_a_secret_keeps_the_old_one_for_a_grace_period() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .create_subscription("http://127.0.0.1:9/a", &["a"])
+        .await;
+    let id = uuid(&created["id"]);
+    let (status, rotated) = app
+        .admin(
+            Method::POST,
+            &format!("/api/v1/subscriptions/{id}/rotate-secret"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert!(new_secret.starts_with("whsec_"));
+    assert_ne!(new_secret, created["secret"].as_str().unwrap());
+    assert!(rotated["previous_secret_expires_at"].is_string());
+    let (stored, previous) = app.db.stored_secrets(id).await;
+    assert_eq!(stored, new_secret);
+    assert_eq!(previous.as_deref(), created["secret"].as_str());
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions/01a22415-1292-7a36-aa6d-264ec608abbf/rotate-secret",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn subscriptions_are_paged_by_cursor() {
+    let app = TestApp::spawn().await;
+    for i in 0..3 {
+        app.create_subscription(&format!("http://127.0.0.1:9/{i}"), &["a"])
+            .await;
+    }
+    let (_, first) = app
+        .admin(Method::GET, "/api/v1/subscriptions?limit=2", None)
+        .await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/subscriptions?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert_eq!(second["data"][0]["url"], "http://127.0.0.1:9/2");
+    assert!(second["next_cursor"].is_null());
+}

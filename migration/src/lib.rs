@@ -1,0 +1,174 @@
+//! Schema migrations of Integrations Hub.
+//!
+//! Each migration is a pair of SQL files under `src/sql/`, run through sea-orm-migration so the
+//! applied set is recorded in `seaql_migrations`. [`run`] is what `ih-migrate` does: it creates
+//! the target database when it is missing and serialises concurrent runs with an advisory lock,
+//! so two migration jobs started at once both succeed and the schema is applied once.
+//!
+//! Applied migrations are never edited; a change is a new migration.
+
+use std::time::Duration;
+
+use sea_orm_migration::{
+    MigrationStatus,
+    prelude::*,
+    sea_orm::{ConnectionTrait, SqlxPostgresConnector},
+};
+use sqlx::{
+    Connection, PgConnection,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+mod m20261128_000001_initial;
+
+/// Every migration, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_initial::Migration)]
+    }
+}
+
+/// The SQL of every migration, concatenated; test support derives its template name from it so
+/// a changed migration never reuses a stale template database.
+pub const SCHEMA_FINGERPRINT_SOURCE: &str = concat!(
+    include_str!("sql/m20261128_000001_initial.up.sql"),
+    include_str!("sql/m20261128_000001_initial.down.sql"),
+);
+
+/// Key of the session advisory lock that serialises concurrent `ih-migrate` runs.
+const MIGRATION_LOCK_KEY: i64 = 0x4948_4d49_4752_4154; // "IHMIGRAT"
+
+/// What `ih-migrate` was asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Apply every pending migration.
+    Up,
+    /// Roll back the newest applied migration.
+    Down,
+    /// Report each migration as applied or pending.
+    Status,
+}
+
+/// One migration and whether it has been applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationState {
+    /// The migration's name.
+    pub name: String,
+    /// Whether it is recorded in `seaql_migrations`.
+    pub applied: bool,
+}
+
+/// Errors of a migration run.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The database URL could not be parsed.
+    #[error("invalid database url: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The server or database could not be reached or created.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(#[from] DbErr),
+}
+
+/// Runs `command` against the database at `database_url`, creating the database first when it
+/// does not exist (for `up`).
+///
+/// # Errors
+/// Returns [`MigrationError`] when the server cannot be reached or a migration fails.
+pub async fn run(
+    database_url: &str,
+    command: Command,
+) -> Result<Vec<MigrationState>, MigrationError> {
+    let options: PgConnectOptions = database_url.parse().map_err(MigrationError::InvalidUrl)?;
+    let options = options.application_name("ih-migrate");
+    if command == Command::Up {
+        create_database_if_missing(&options).await?;
+    }
+
+    // The lock lives on its own session: sea-orm runs the migrations on a pool, and a session
+    // lock must outlive every statement of the run.
+    let mut lock_connection = PgConnection::connect_with(&options).await?;
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut lock_connection)
+        .await?;
+
+    let result = run_locked(&options, command).await;
+
+    // Closing the session releases the lock even if the unlock below fails.
+    let _unlock = sqlx::query("select pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut lock_connection)
+        .await;
+    let _closed = lock_connection.close().await;
+    result
+}
+
+async fn run_locked(
+    options: &PgConnectOptions,
+    command: Command,
+) -> Result<Vec<MigrationState>, MigrationError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.clone())
+        .await?;
+    let db = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
+    match command {
+        Command::Up => Migrator::up(&db, None).await?,
+        Command::Down => Migrator::down(&db, Some(1)).await?,
+        Command::Status => {}
+    }
+    let states = Migrator::get_migration_with_status(&db)
+        .await?
+        .into_iter()
+        .map(|migration| MigrationState {
+            name: migration.name().to_owned(),
+            applied: migration.status() == MigrationStatus::Applied,
+        })
+        .collect();
+    let _closed = db.close().await;
+    Ok(states)
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), MigrationError> {
+    let Some(database) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let maintenance = options.clone().database("postgres");
+    let mut connection = PgConnection::connect_with(&maintenance).await?;
+    let exists: Option<i32> = sqlx::query_scalar("select 1 from pg_database where datname = $1")
+        .bind(&database)
+        .fetch_optional(&mut connection)
+        .await?;
+    if exists.is_none() {
+        let statement = format!("create database \"{}\"", database.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut connection)
+            .await
+        {
+            Ok(_) => tracing::info!(database.name = %database, "created database"),
+            // another ih-migrate created it between our check and our create: 42P04, or 23505
+            // on pg_database's name index when both creates ran at the same moment
+            Err(sqlx::Error::Database(error))
+                if matches!(error.code().as_deref(), Some("42P04" | "23505")) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let _closed = connection.close().await;
+    Ok(())
+}
+
+/// Runs raw SQL through sea-orm's schema manager; shared by every migration.
+async fn execute_sql(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    manager
+        .get_connection()
+        .execute_unprepared(sql)
+        .await
+        .map(|_| ())
+}

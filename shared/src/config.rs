@@ -1,0 +1,796 @@
+//! Typed configuration shared by both binaries.
+//!
+//! Layers, later wins: compiled defaults ([`Settings::default`]) → an optional TOML file →
+//! `IH_*` environment variables → command-line flags. Both binaries read the same
+//! environment (one ConfigMap serves both): a variable meant for the other binary is ignored,
+//! an unknown `IH_*` variable is reported by [`Loaded::unknown_variables`] so the binary can
+//! warn about it. Validation ([`ApiConfig::from_settings`], [`WorkerConfig::from_settings`])
+//! lists every problem at once.
+
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::{
+    auth::{ApiToken, ApiTokens, Role},
+    domain::EventType,
+    url_policy::DestinationPolicy,
+};
+
+/// Every `IH_*` variable either binary understands; anything else with the prefix is warned
+/// about at start.
+pub const KNOWN_VARIABLES: &[&str] = &[
+    "IH_CONFIG_FILE",
+    "IH_DATABASE_URL",
+    "IH_DATABASE_URL_SYNC",
+    "IH_DATABASE_LISTEN_URL",
+    "IH_DATABASE_MAX_CONNECTIONS",
+    "IH_DATABASE_ACQUIRE_TIMEOUT_SECONDS",
+    "IH_API_ADDR",
+    "IH_WORKER_METRICS_ADDR",
+    "IH_AUTH_DISABLED",
+    "IH_API_TOKENS",
+    "IH_ALLOW_PRIVATE_DESTINATIONS",
+    "IH_ALLOWED_DESTINATION_CIDRS",
+    "IH_DELIVERY_POLL_INTERVAL_SECONDS",
+    "IH_DELIVERY_MAX_ATTEMPTS",
+    "IH_DELIVERY_BACKOFF_BASE_SECONDS",
+    "IH_DELIVERY_BACKOFF_MAX_SECONDS",
+    "IH_DELIVERY_TIMEOUT_SECONDS",
+    "IH_RETRY_AFTER_MAX_SECONDS",
+    "IH_SLACK_BOT_TOKEN",
+    "IH_SLACK_DEFAULT_CHANNEL",
+    "IH_SLACK_API_BASE_URL",
+    "IH_SLACK_EVENT_TYPES",
+    "IH_SLACK_ALLOWED_CHANNELS",
+    "IH_LOG_LEVEL",
+    "IH_LOG_FORMAT",
+    "IH_RETENTION_DAYS",
+    "IH_ENCRYPTION_KEYS",
+    "IH_MAX_PAYLOAD_BYTES",
+    "IH_MAX_BATCH_BYTES",
+    "IH_WORKER_CONCURRENCY",
+    "IH_WORKER_BATCH_SIZE",
+    "IH_WORKER_LEASE_SECONDS",
+    "IH_WORKER_ID",
+];
+
+/// A string that must never be printed: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// Returns the secret itself; call sites are the few places that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        lenient_string(deserializer).map(Self)
+    }
+}
+
+/// A database URL whose `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// Returns the URL with its password, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Returns the URL with any password replaced by `***`, for logs.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                let _ignored = parsed.set_password(Some("***"));
+                parsed.to_string()
+            }
+            Ok(parsed) => parsed.to_string(),
+            Err(_) => "<unparseable url>".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        lenient_string(deserializer).map(Self)
+    }
+}
+
+/// Accepts a string, or a number or boolean written where a string was meant: figment parses
+/// `IH_SLACK_DEFAULT_CHANNEL=123` as a number, which is still a valid channel.
+fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Text(text) => text,
+        Scalar::Unsigned(number) => number.to_string(),
+        Scalar::Signed(number) => number.to_string(),
+        Scalar::Float(number) => number.to_string(),
+        Scalar::Bool(flag) => flag.to_string(),
+    })
+}
+
+fn lenient_optional_string<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    lenient_string(deserializer).map(Some)
+}
+
+/// The raw settings, one field per `IH_*` variable (the variable name, lowercased, without the
+/// prefix). Validated views are [`ApiConfig`] and [`WorkerConfig`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// `IH_DATABASE_URL`.
+    pub database_url: DatabaseUrl,
+    /// `IH_DATABASE_URL_SYNC`: accepted for compatibility and ignored (there is no separate
+    /// synchronous driver in Rust).
+    pub database_url_sync: Option<DatabaseUrl>,
+    /// `IH_DATABASE_LISTEN_URL`: a direct URL for the worker's LISTEN connection when the pool
+    /// goes through a transaction-pooling proxy.
+    pub database_listen_url: Option<DatabaseUrl>,
+    /// `IH_DATABASE_MAX_CONNECTIONS`: pool size per process.
+    pub database_max_connections: u32,
+    /// `IH_DATABASE_ACQUIRE_TIMEOUT_SECONDS`: how long a request waits for a connection before
+    /// it is answered 503.
+    pub database_acquire_timeout_seconds: f64,
+    /// `IH_API_ADDR`.
+    pub api_addr: String,
+    /// `IH_WORKER_METRICS_ADDR`.
+    pub worker_metrics_addr: String,
+    /// `IH_AUTH_DISABLED`: serve the API without tokens (local development only).
+    pub auth_disabled: bool,
+    /// `IH_API_TOKENS`: `role:token` pairs, comma separated.
+    pub api_tokens: Option<SecretString>,
+    /// `IH_ALLOW_PRIVATE_DESTINATIONS`.
+    pub allow_private_destinations: bool,
+    /// `IH_ALLOWED_DESTINATION_CIDRS`: comma-separated CIDRs allowed despite being private.
+    #[serde(deserialize_with = "lenient_optional_string")]
+    pub allowed_destination_cidrs: Option<String>,
+    /// `IH_DELIVERY_POLL_INTERVAL_SECONDS`.
+    pub delivery_poll_interval_seconds: f64,
+    /// `IH_DELIVERY_MAX_ATTEMPTS`.
+    pub delivery_max_attempts: u32,
+    /// `IH_DELIVERY_BACKOFF_BASE_SECONDS`.
+    pub delivery_backoff_base_seconds: f64,
+    /// `IH_DELIVERY_BACKOFF_MAX_SECONDS`.
+    pub delivery_backoff_max_seconds: f64,
+    /// `IH_DELIVERY_TIMEOUT_SECONDS`.
+    pub delivery_timeout_seconds: f64,
+    /// `IH_RETRY_AFTER_MAX_SECONDS`.
+    pub retry_after_max_seconds: f64,
+    /// `IH_SLACK_BOT_TOKEN`: enables the Slack connector.
+    pub slack_bot_token: Option<SecretString>,
+    /// `IH_SLACK_DEFAULT_CHANNEL`.
+    #[serde(deserialize_with = "lenient_optional_string")]
+    pub slack_default_channel: Option<String>,
+    /// `IH_SLACK_API_BASE_URL`.
+    pub slack_api_base_url: String,
+    /// `IH_SLACK_EVENT_TYPES`: comma-separated event types that also go to Slack.
+    #[serde(deserialize_with = "lenient_string")]
+    pub slack_event_types: String,
+    /// `IH_SLACK_ALLOWED_CHANNELS`.
+    #[serde(deserialize_with = "lenient_optional_string")]
+    pub slack_allowed_channels: Option<String>,
+    /// `IH_LOG_LEVEL`: a level or an `EnvFilter` directive.
+    pub log_level: String,
+    /// `IH_LOG_FORMAT`: `json` or `pretty`.
+    pub log_format: String,
+    /// `IH_RETENTION_DAYS`.
+    pub retention_days: u32,
+    /// `IH_ENCRYPTION_KEYS`: `key_id:base64` pairs; the first encrypts.
+    pub encryption_keys: Option<SecretString>,
+    /// `IH_MAX_PAYLOAD_BYTES`: the largest `POST /events` body.
+    pub max_payload_bytes: usize,
+    /// `IH_MAX_BATCH_BYTES`: the largest `POST /events/batch` body.
+    pub max_batch_bytes: usize,
+    /// `IH_WORKER_CONCURRENCY` (flag `--concurrency`).
+    pub worker_concurrency: usize,
+    /// `IH_WORKER_BATCH_SIZE` (flag `--batch-size`).
+    pub worker_batch_size: usize,
+    /// `IH_WORKER_LEASE_SECONDS` (flag `--lease-seconds`).
+    pub worker_lease_seconds: f64,
+    /// `IH_WORKER_ID` (flag `--worker-id`); defaults to host name and pid.
+    #[serde(deserialize_with = "lenient_optional_string")]
+    pub worker_id: Option<String>,
+}
+
+/// The default database of `make run` and of a fresh checkout.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/integrations_hub";
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: DatabaseUrl::new(DEFAULT_DATABASE_URL),
+            database_url_sync: None,
+            database_listen_url: None,
+            database_max_connections: 10,
+            database_acquire_timeout_seconds: 3.0,
+            api_addr: "0.0.0.0:8000".to_owned(),
+            worker_metrics_addr: "0.0.0.0:9091".to_owned(),
+            auth_disabled: false,
+            api_tokens: None,
+            allow_private_destinations: false,
+            allowed_destination_cidrs: None,
+            delivery_poll_interval_seconds: 2.0,
+            delivery_max_attempts: 5,
+            delivery_backoff_base_seconds: 2.0,
+            delivery_backoff_max_seconds: 3600.0,
+            delivery_timeout_seconds: 10.0,
+            retry_after_max_seconds: 3600.0,
+            slack_bot_token: None,
+            slack_default_channel: None,
+            slack_api_base_url: "https://slack.com/api".to_owned(),
+            slack_event_types: "request_submitted".to_owned(),
+            slack_allowed_channels: None,
+            log_level: "info".to_owned(),
+            log_format: "json".to_owned(),
+            retention_days: 30,
+            encryption_keys: None,
+            max_payload_bytes: 256 * 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
+            worker_concurrency: 64,
+            worker_batch_size: 32,
+            worker_lease_seconds: 30.0,
+            worker_id: None,
+        }
+    }
+}
+
+/// Every problem found in the configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One sentence per problem.
+    pub problems: Vec<String>,
+}
+
+/// Settings as loaded, with the `IH_*` variables nobody understands.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The merged settings.
+    pub settings: Settings,
+    /// `IH_*` variables in the environment that neither binary reads.
+    pub unknown_variables: Vec<String>,
+}
+
+/// Loads settings: defaults, then `file` (or `IH_CONFIG_FILE`) when given, then `IH_*`
+/// variables, then `overrides` (the binary's flags; `None` fields must be skipped when
+/// serialising so they do not mask the layers below).
+///
+/// # Errors
+/// Returns [`ConfigError`] when a layer cannot be read or a value has the wrong type.
+pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Loaded, ConfigError> {
+    let environment: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| name.starts_with("IH_"))
+        .collect();
+    let file_from_env = environment
+        .iter()
+        .find(|(name, _)| name == "IH_CONFIG_FILE")
+        .map(|(_, value)| std::path::PathBuf::from(value));
+    let file = file.map(Path::to_path_buf).or(file_from_env);
+
+    let mut figment = Figment::new();
+    if let Some(path) = &file {
+        if !path.exists() {
+            return Err(ConfigError {
+                problems: vec![format!("config file {} does not exist", path.display())],
+            });
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    let figment = figment
+        .merge(Env::prefixed("IH_").ignore(&["CONFIG_FILE"]))
+        .merge(Serialized::defaults(overrides));
+    let settings: Settings = figment.extract().map_err(|error| ConfigError {
+        problems: error.into_iter().map(|e| e.to_string()).collect(),
+    })?;
+    let unknown_variables = environment
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !KNOWN_VARIABLES.contains(&name.as_str()))
+        .collect();
+    Ok(Loaded {
+        settings,
+        unknown_variables,
+    })
+}
+
+/// Connection settings of the database pool.
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// The pool's URL.
+    pub url: DatabaseUrl,
+    /// The LISTEN connection's URL (defaults to `url`).
+    pub listen_url: DatabaseUrl,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection.
+    pub acquire_timeout: Duration,
+}
+
+/// Where a `request_submitted`-style event also goes to Slack: the API creates a `slack`
+/// delivery for these event types when a bot token is configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlackFanout {
+    /// Event types that get a Slack delivery.
+    pub event_types: Vec<String>,
+}
+
+/// Request size limits of the API.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiLimits {
+    /// Largest `POST /events` body.
+    pub max_payload_bytes: usize,
+    /// Largest `POST /events/batch` body.
+    pub max_batch_bytes: usize,
+}
+
+/// How the API authenticates callers.
+#[derive(Clone, Debug)]
+pub enum AuthConfig {
+    /// Every request must carry one of these tokens.
+    Tokens(ApiTokens),
+    /// Every request is treated as an admin (`IH_AUTH_DISABLED=true`).
+    Disabled,
+}
+
+/// The validated configuration of `ih-api`.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Database pool.
+    pub database: DatabaseConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Which subscription URLs are accepted.
+    pub destination_policy: DestinationPolicy,
+    /// Body limits.
+    pub limits: ApiLimits,
+    /// Slack fan-out, when the connector is configured.
+    pub slack: Option<SlackFanout>,
+}
+
+/// The validated configuration of `ih-worker`.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Address of `/metrics` and `/health`.
+    pub metrics_addr: SocketAddr,
+    /// Database pool and listener.
+    pub database: DatabaseConfig,
+    /// This replica's name in `leased_by`.
+    pub worker_id: String,
+    /// Most deliveries in flight at once.
+    pub concurrency: usize,
+    /// Most deliveries leased per statement.
+    pub batch_size: usize,
+    /// How long a lease lasts before another worker may take the row.
+    pub lease: Duration,
+    /// The safety-net poll interval.
+    pub poll_interval: Duration,
+    /// Attempts before a delivery is dead-lettered.
+    pub max_attempts: u32,
+    /// Base of the exponential backoff.
+    pub backoff_base_seconds: f64,
+    /// Cap of a single backoff delay.
+    pub backoff_max: Duration,
+    /// Cap of an honoured `Retry-After`.
+    pub retry_after_max: Duration,
+    /// Timeout of one delivery request.
+    pub delivery_timeout: Duration,
+    /// Which resolved addresses may be dialled.
+    pub destination_policy: DestinationPolicy,
+}
+
+/// Collects problems while validating, so the binary can list all of them at once.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+}
+
+fn parse_addr(problems: &mut Problems, variable: &str, raw: &str) -> SocketAddr {
+    raw.parse().unwrap_or_else(|_| {
+        problems.push(format!(
+            "{variable}: `{raw}` is not a socket address like 0.0.0.0:8000"
+        ));
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    })
+}
+
+fn positive_seconds(problems: &mut Problems, variable: &str, value: f64) -> Duration {
+    if value.is_finite() && value > 0.0 && value < 1.0e9 {
+        Duration::from_secs_f64(value)
+    } else {
+        problems.push(format!(
+            "{variable}: must be a positive number of seconds, got {value}"
+        ));
+        Duration::from_secs(1)
+    }
+}
+
+fn database_config(problems: &mut Problems, settings: &Settings) -> DatabaseConfig {
+    for (variable, url) in [
+        ("IH_DATABASE_URL", Some(&settings.database_url)),
+        (
+            "IH_DATABASE_LISTEN_URL",
+            settings.database_listen_url.as_ref(),
+        ),
+    ] {
+        if let Some(url) = url {
+            let scheme_ok = url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://");
+            if !scheme_ok {
+                problems.push(format!(
+                    "{variable}: must be a postgres:// or postgresql:// URL, got {}",
+                    url.redacted()
+                ));
+            }
+        }
+    }
+    if settings.database_max_connections == 0 {
+        problems.push("IH_DATABASE_MAX_CONNECTIONS: must be at least 1");
+    }
+    let acquire_timeout = positive_seconds(
+        problems,
+        "IH_DATABASE_ACQUIRE_TIMEOUT_SECONDS",
+        settings.database_acquire_timeout_seconds,
+    );
+    DatabaseConfig {
+        url: settings.database_url.clone(),
+        listen_url: settings
+            .database_listen_url
+            .clone()
+            .unwrap_or_else(|| settings.database_url.clone()),
+        max_connections: settings.database_max_connections,
+        acquire_timeout,
+    }
+}
+
+fn destination_policy(problems: &mut Problems, settings: &Settings) -> DestinationPolicy {
+    match DestinationPolicy::from_settings(
+        settings.allow_private_destinations,
+        settings.allowed_destination_cidrs.as_deref(),
+    ) {
+        Ok(policy) => policy,
+        Err(error) => {
+            problems.push(format!("IH_ALLOWED_DESTINATION_CIDRS: {error}"));
+            DestinationPolicy::default()
+        }
+    }
+}
+
+fn slack_fanout(problems: &mut Problems, settings: &Settings) -> Option<SlackFanout> {
+    let mut event_types = Vec::new();
+    for raw in settings.slack_event_types.split(',').map(str::trim) {
+        if raw.is_empty() {
+            continue;
+        }
+        match EventType::parse(raw) {
+            Ok(event_type) => event_types.push(event_type.as_str().to_owned()),
+            Err(error) => problems.push(format!("IH_SLACK_EVENT_TYPES: {error}")),
+        }
+    }
+    settings
+        .slack_bot_token
+        .as_ref()
+        .filter(|token| !token.expose().trim().is_empty())
+        .map(|_| SlackFanout { event_types })
+}
+
+fn common_checks(problems: &mut Problems, settings: &Settings) {
+    if !matches!(settings.log_format.as_str(), "json" | "pretty") {
+        problems.push(format!(
+            "IH_LOG_FORMAT: must be `json` or `pretty`, got `{}`",
+            settings.log_format
+        ));
+    }
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&settings.log_level) {
+        problems.push(format!("IH_LOG_LEVEL: {error}"));
+    }
+}
+
+impl ApiConfig {
+    /// Validates the settings `ih-api` uses.
+    ///
+    /// # Errors
+    /// Returns every problem found.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let mut problems = Problems::default();
+        common_checks(&mut problems, settings);
+        let addr = parse_addr(&mut problems, "IH_API_ADDR", &settings.api_addr);
+        let database = database_config(&mut problems, settings);
+        let destination_policy = destination_policy(&mut problems, settings);
+        let slack = slack_fanout(&mut problems, settings);
+
+        let tokens = match settings
+            .api_tokens
+            .as_ref()
+            .map(|raw| ApiTokens::parse(raw.expose()))
+        {
+            Some(Ok(tokens)) => tokens,
+            Some(Err(error)) => {
+                problems.push(format!("IH_API_TOKENS: {error}"));
+                ApiTokens::default()
+            }
+            None => ApiTokens::default(),
+        };
+        let auth = if settings.auth_disabled {
+            AuthConfig::Disabled
+        } else if tokens.is_empty() {
+            problems.push(
+                "IH_API_TOKENS: no API token is configured; set IH_API_TOKENS=\"admin:<token>\" \
+                 or, for local development only, IH_AUTH_DISABLED=true",
+            );
+            AuthConfig::Disabled
+        } else {
+            AuthConfig::Tokens(tokens)
+        };
+
+        const MIN_BODY_BYTES: usize = 1024;
+        if settings.max_payload_bytes < MIN_BODY_BYTES {
+            problems.push(format!(
+                "IH_MAX_PAYLOAD_BYTES: must be at least {MIN_BODY_BYTES}"
+            ));
+        }
+        if settings.max_batch_bytes < settings.max_payload_bytes {
+            problems.push("IH_MAX_BATCH_BYTES: must be at least IH_MAX_PAYLOAD_BYTES");
+        }
+        let limits = ApiLimits {
+            max_payload_bytes: settings.max_payload_bytes,
+            max_batch_bytes: settings.max_batch_bytes,
+        };
+        problems.finish(Self {
+            addr,
+            database,
+            auth,
+            destination_policy,
+            limits,
+            slack,
+        })
+    }
+}
+
+/// Time a completion may wait in the worker's buffer before it is flushed.
+pub const COMPLETION_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+impl WorkerConfig {
+    /// Validates the settings `ih-worker` uses.
+    ///
+    /// # Errors
+    /// Returns every problem found.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let mut problems = Problems::default();
+        common_checks(&mut problems, settings);
+        let metrics_addr = parse_addr(
+            &mut problems,
+            "IH_WORKER_METRICS_ADDR",
+            &settings.worker_metrics_addr,
+        );
+        let database = database_config(&mut problems, settings);
+        let destination_policy = destination_policy(&mut problems, settings);
+        let lease = positive_seconds(
+            &mut problems,
+            "IH_WORKER_LEASE_SECONDS",
+            settings.worker_lease_seconds,
+        );
+        let poll_interval = positive_seconds(
+            &mut problems,
+            "IH_DELIVERY_POLL_INTERVAL_SECONDS",
+            settings.delivery_poll_interval_seconds,
+        );
+        let delivery_timeout = positive_seconds(
+            &mut problems,
+            "IH_DELIVERY_TIMEOUT_SECONDS",
+            settings.delivery_timeout_seconds,
+        );
+        let backoff_max = positive_seconds(
+            &mut problems,
+            "IH_DELIVERY_BACKOFF_MAX_SECONDS",
+            settings.delivery_backoff_max_seconds,
+        );
+        let retry_after_max = positive_seconds(
+            &mut problems,
+            "IH_RETRY_AFTER_MAX_SECONDS",
+            settings.retry_after_max_seconds,
+        );
+        if !(settings.delivery_backoff_base_seconds.is_finite()
+            && settings.delivery_backoff_base_seconds >= 1.0)
+        {
+            problems.push("IH_DELIVERY_BACKOFF_BASE_SECONDS: must be at least 1");
+        }
+        if settings.delivery_max_attempts == 0 || settings.delivery_max_attempts > 100 {
+            problems.push("IH_DELIVERY_MAX_ATTEMPTS: must be between 1 and 100");
+        }
+        if settings.worker_concurrency == 0 || settings.worker_concurrency > 10_000 {
+            problems.push("IH_WORKER_CONCURRENCY: must be between 1 and 10000");
+        }
+        if settings.worker_batch_size == 0 || settings.worker_batch_size > 1_000 {
+            problems.push("IH_WORKER_BATCH_SIZE: must be between 1 and 1000");
+        }
+        // A lease shorter than a request plus its flush would let a second worker take a row
+        // that is still being sent.
+        let minimum_lease = (delivery_timeout + COMPLETION_FLUSH_INTERVAL) * 2;
+        if lease < minimum_lease {
+            problems.push(format!(
+                "IH_WORKER_LEASE_SECONDS: must be at least 2 × (IH_DELIVERY_TIMEOUT_SECONDS + {} s) = {:.1} s",
+                COMPLETION_FLUSH_INTERVAL.as_secs_f64(),
+                minimum_lease.as_secs_f64()
+            ));
+        }
+        let worker_id = settings
+            .worker_id
+            .clone()
+            .filter(|id| !id.trim().is_empty())
+            .unwrap_or_else(default_worker_id);
+        problems.finish(Self {
+            metrics_addr,
+            database,
+            worker_id,
+            concurrency: settings.worker_concurrency,
+            batch_size: settings.worker_batch_size,
+            lease,
+            poll_interval,
+            max_attempts: settings.delivery_max_attempts,
+            backoff_base_seconds: settings.delivery_backoff_base_seconds,
+            backoff_max,
+            retry_after_max,
+            delivery_timeout,
+            destination_policy,
+        })
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Returns the API token of `role` configured first, for tools that call the API.
+pub fn first_token(tokens: &ApiTokens, role: Role) -> Option<&ApiToken> {
+    tokens.iter().find(|token| token.role() == role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings_with(change: impl FnOnce(&mut Settings)) -> Settings {
+        let mut settings = Settings::default();
+        change(&mut settings);
+        settings
+    }
+
+    #[test]
+    fn api_config_refuses_to_start_without_tokens_unless_auth_is_disabled() {
+        let error = ApiConfig::from_settings(&Settings::default()).unwrap_err();
+        assert!(
+            error.problems.iter().any(|p| p.contains("IH_API_TOKENS")),
+            "{error}"
+        );
+
+        let config = ApiConfig::from_settings(&settings_with(|s| s.auth_disabled = true)).unwrap();
+        assert!(matches!(config.auth, AuthConfig::Disabled));
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let settings = settings_with(|s| {
+            s.api_addr = "not an address".to_owned();
+            s.database_max_connections = 0;
+            s.log_format = "xml".to_owned();
+            s.api_tokens = Some(SecretString::new("root:abc"));
+        });
+        let error = ApiConfig::from_settings(&settings).unwrap_err();
+        let text = error.to_string();
+        for variable in [
+            "IH_API_ADDR",
+            "IH_DATABASE_MAX_CONNECTIONS",
+            "IH_LOG_FORMAT",
+            "IH_API_TOKENS",
+        ] {
+            assert!(text.contains(variable), "{variable} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn worker_lease_must_cover_two_request_timeouts() {
+        let settings = settings_with(|s| {
+            s.delivery_timeout_seconds = 30.0;
+            s.worker_lease_seconds = 30.0;
+        });
+        let error = WorkerConfig::from_settings(&settings).unwrap_err();
+        assert!(
+            error.to_string().contains("IH_WORKER_LEASE_SECONDS"),
+            "{error}"
+        );
+        assert!(WorkerConfig::from_settings(&Settings::default()).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let settings = settings_with(|s| {
+            s.api_tokens = Some(SecretString::new("admin:supersecrettoken"));
+            s.slack_bot_token = Some(SecretString::new("xoxb-very-secret"));
+            s.database_url = DatabaseUrl::new("postgres://user:hunter2@db:5432/ih");
+        });
+        let printed = format!("{settings:?}");
+        for secret in ["supersecrettoken", "xoxb-very-secret", "hunter2"] {
+            assert!(!printed.contains(secret), "{secret} leaked: {printed}");
+        }
+        assert!(
+            printed.contains("postgres://user:***@db:5432/ih"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn slack_fanout_exists_only_with_a_token() {
+        let without = ApiConfig::from_settings(&settings_with(|s| s.auth_disabled = true)).unwrap();
+        assert_eq!(without.slack, None);
+        let with = ApiConfig::from_settings(&settings_with(|s| {
+            s.auth_disabled = true;
+            s.slack_bot_token = Some(SecretString::new("xoxb-1"));
+            s.slack_event_types = "request_submitted, other".to_owned();
+        }))
+        .unwrap();
+        assert_eq!(
+            with.slack,
+            Some(SlackFanout {
+                event_types: vec!["request_submitted".into(), "other".into()]
+            })
+        );
+    }
+}

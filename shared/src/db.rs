@@ -1,0 +1,108 @@
+//! Every SQL statement of the service, behind named, typed functions.
+//!
+//! The statements live in `db/sql/*.sql`, lowercase, with a header saying which index they
+//! rely on; each is executed by at least one integration test against a real Postgres (raw SQL
+//! is not compile-checked, so that test is its check). Handlers and loops call these functions
+//! and never build SQL.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use uuid::Uuid;
+
+use crate::config::DatabaseConfig;
+
+mod admin;
+mod error;
+mod events;
+mod subscriptions;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use admin::*;
+pub use error::DbError;
+pub use events::*;
+pub use subscriptions::*;
+
+/// The channel workers LISTEN on.
+pub const DELIVERY_CHANNEL: &str = "ih_deliveries";
+
+/// Builds the connection pool. It connects lazily, so a process starts (and reports not ready)
+/// while the database is down instead of crash-looping.
+///
+/// # Errors
+/// Returns [`DbError::InvalidUrl`] when the URL does not parse.
+pub fn connect(config: &DatabaseConfig, application_name: &str) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions = config
+        .url
+        .expose()
+        .parse()
+        .map_err(|error: sqlx::Error| DbError::InvalidUrl(error.to_string()))?;
+    let options = options.application_name(application_name);
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        // A connection that sat idle through a database restart is found dead by the ping,
+        // not by the caller's statement.
+        .test_before_acquire(true)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+/// Checks that the database answers.
+///
+/// # Errors
+/// Returns [`DbError::Unavailable`] when it does not.
+pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
+    sqlx::query("select 1").execute(pool).await?;
+    Ok(())
+}
+
+/// Wakes every listening worker. Callers coalesce: at most one per process every ~50 ms.
+///
+/// # Errors
+/// Returns [`DbError`] when the database cannot be reached; the workers' poll is the fallback.
+pub async fn notify_workers(pool: &PgPool) -> Result<(), DbError> {
+    sqlx::query(include_str!("db/sql/notify_workers.sql"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A page request: rows after `cursor` (exclusive), at most `limit`.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    /// Last id of the previous page.
+    pub cursor: Option<Uuid>,
+    /// Most rows to return.
+    pub limit: i64,
+}
+
+/// A delivery as the admin API shows it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DeliveryRow {
+    /// Delivery id.
+    pub id: Uuid,
+    /// Its event.
+    pub event_id: Uuid,
+    /// `webhook` or `slack`.
+    pub target: String,
+    /// The subscription, for webhooks.
+    pub subscription_id: Option<Uuid>,
+    /// `pending`, `leased`, `delivered`, `dead` or `cancelled`.
+    pub status: String,
+    /// Attempts started so far.
+    pub attempts: i32,
+    /// Next try (pending) or lease expiry (leased).
+    pub next_attempt_at: DateTime<Utc>,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}

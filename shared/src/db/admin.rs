@@ -1,0 +1,232 @@
+//! Operator queries: attempts, deliveries, dead letters and their replay.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::db::{DbError, DeliveryRow, Page};
+
+/// One recorded attempt.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AttemptRow {
+    /// Attempt id.
+    pub id: Uuid,
+    /// Its delivery.
+    pub delivery_id: Uuid,
+    /// Its event.
+    pub event_id: Uuid,
+    /// 1 for the first try.
+    pub attempt_number: i32,
+    /// When the request started.
+    pub started_at: DateTime<Utc>,
+    /// How long it took.
+    pub duration_ms: i32,
+    /// The receiver's status, when it answered.
+    pub response_status: Option<i32>,
+    /// The start of the receiver's body.
+    pub response_body: Option<String>,
+    /// What went wrong, without the URL's query or credentials.
+    pub error: Option<String>,
+    /// `delivered`, `retry_scheduled` or `dead_lettered`.
+    pub outcome: String,
+}
+
+/// Lists every attempt of every delivery of an event; `None` when the event does not exist.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn list_event_attempts(
+    pool: &PgPool,
+    event_id: Uuid,
+) -> Result<Option<Vec<AttemptRow>>, DbError> {
+    let exists: bool = sqlx::query_scalar(include_str!("sql/event_exists.sql"))
+        .bind(event_id)
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let attempts = sqlx::query_as(include_str!("sql/list_event_attempts.sql"))
+        .bind(event_id)
+        .fetch_all(pool)
+        .await?;
+    Ok(Some(attempts))
+}
+
+/// Filters of the delivery listing.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this subscription.
+    pub subscription_id: Option<Uuid>,
+    /// Only this event.
+    pub event_id: Option<Uuid>,
+}
+
+/// Lists deliveries, newest first.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn list_deliveries(
+    pool: &PgPool,
+    filter: &DeliveryFilter,
+    page: Page,
+) -> Result<Vec<DeliveryRow>, DbError> {
+    Ok(sqlx::query_as(include_str!("sql/list_deliveries.sql"))
+        .bind(filter.status.as_deref())
+        .bind(filter.subscription_id)
+        .bind(filter.event_id)
+        .bind(page.cursor)
+        .bind(page.limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// A dead letter.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DeadLetterRow {
+    /// Dead letter id.
+    pub id: Uuid,
+    /// The delivery that died.
+    pub delivery_id: Uuid,
+    /// Its event.
+    pub event_id: Uuid,
+    /// Its subscription, for webhooks.
+    pub subscription_id: Option<Uuid>,
+    /// `webhook` or `slack`.
+    pub target: String,
+    /// Why it died.
+    pub reason: String,
+    /// When it died.
+    pub created_at: DateTime<Utc>,
+    /// When it was replayed.
+    pub replayed_at: Option<DateTime<Utc>>,
+    /// The delivery the replay created.
+    pub replay_delivery_id: Option<Uuid>,
+}
+
+/// Filters of the dead-letter listing.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterFilter {
+    /// Only this subscription.
+    pub subscription_id: Option<Uuid>,
+    /// Only replayed (`true`) or not yet replayed (`false`) ones.
+    pub replayed: Option<bool>,
+}
+
+/// Lists dead letters, newest first.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn list_dead_letters(
+    pool: &PgPool,
+    filter: &DeadLetterFilter,
+    page: Page,
+) -> Result<Vec<DeadLetterRow>, DbError> {
+    Ok(sqlx::query_as(include_str!("sql/list_dead_letters.sql"))
+        .bind(filter.subscription_id)
+        .bind(filter.replayed)
+        .bind(page.cursor)
+        .bind(page.limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// What a replay did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// A new pending delivery was queued.
+    Replayed {
+        /// The new delivery.
+        delivery_id: Uuid,
+    },
+    /// No such dead letter.
+    NotFound,
+    /// It was replayed before.
+    AlreadyReplayed,
+    /// Its subscription was deleted, so there is nowhere to send it.
+    SubscriptionDeleted,
+}
+
+/// Replays one dead letter: marks it and queues a new delivery (attempts reset) atomically,
+/// so replaying twice queues one delivery.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn replay_dead_letter(
+    pool: &PgPool,
+    id: Uuid,
+    new_delivery_id: Uuid,
+) -> Result<ReplayOutcome, DbError> {
+    let replayed: Option<Uuid> = sqlx::query_scalar(include_str!("sql/replay_dead_letter.sql"))
+        .bind(id)
+        .bind(new_delivery_id)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(delivery_id) = replayed {
+        return Ok(ReplayOutcome::Replayed { delivery_id });
+    }
+    let state: Option<(bool, bool)> =
+        sqlx::query_as(include_str!("sql/dead_letter_replay_state.sql"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match state {
+        None => ReplayOutcome::NotFound,
+        Some((true, _)) => ReplayOutcome::AlreadyReplayed,
+        Some((false, true)) => ReplayOutcome::SubscriptionDeleted,
+        // It became replayable between the two statements (cannot un-replay), or its
+        // subscription was restored: report it as replayed by someone else.
+        Some((false, false)) => ReplayOutcome::AlreadyReplayed,
+    })
+}
+
+/// Which dead letters a bulk replay takes.
+#[derive(Clone, Debug, Default)]
+pub struct BulkReplayFilter {
+    /// Only this subscription.
+    pub subscription_id: Option<Uuid>,
+    /// Died at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Died before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Counts the dead letters a bulk replay would take (the dry run).
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn count_replayable_dead_letters(
+    pool: &PgPool,
+    filter: &BulkReplayFilter,
+) -> Result<i64, DbError> {
+    Ok(
+        sqlx::query_scalar(include_str!("sql/count_replayable_dead_letters.sql"))
+            .bind(filter.subscription_id)
+            .bind(filter.since)
+            .bind(filter.until)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Replays up to `batch_size` matching dead letters in one transaction; returns how many.
+/// Callers loop until a batch comes back short.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn replay_dead_letters_batch(
+    pool: &PgPool,
+    filter: &BulkReplayFilter,
+    batch_size: i64,
+) -> Result<u64, DbError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(include_str!("sql/replay_dead_letters_batch.sql"))
+        .bind(filter.subscription_id)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(batch_size)
+        .fetch_all(pool)
+        .await?;
+    Ok(ids.len() as u64)
+}

@@ -1,0 +1,91 @@
+//! Database errors, classified by what the caller should do about them.
+
+/// SQLSTATE codes the service reacts to (see the PostgreSQL "Errcodes" appendix).
+mod sqlstate {
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+    pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const QUERY_CANCELED: &str = "57014";
+    /// Class 08: connection exceptions.
+    pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
+}
+
+/// A failed database call.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached, is shutting down, refuses connections, is read-only,
+    /// or no pooled connection became free in time. Nothing was changed; retrying later is safe.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A unique or foreign-key constraint refused the write.
+    #[error("constraint {constraint} violated")]
+    Constraint {
+        /// The constraint's name.
+        constraint: String,
+        /// The underlying error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The configured URL does not parse.
+    #[error("invalid database url: {0}")]
+    InvalidUrl(String),
+    /// Anything else: a bug or a schema mismatch.
+    #[error("database error")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
+            sqlx::Error::Database(database_error) => {
+                let code = database_error
+                    .code()
+                    .map(|code| code.into_owned())
+                    .unwrap_or_default();
+                let unavailable = code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+                    || matches!(
+                        code.as_str(),
+                        sqlstate::READ_ONLY_SQL_TRANSACTION
+                            | sqlstate::TOO_MANY_CONNECTIONS
+                            | sqlstate::ADMIN_SHUTDOWN
+                            | sqlstate::CRASH_SHUTDOWN
+                            | sqlstate::CANNOT_CONNECT_NOW
+                            | sqlstate::QUERY_CANCELED
+                    );
+                if unavailable {
+                    return Self::Unavailable(error);
+                }
+                if matches!(
+                    code.as_str(),
+                    sqlstate::UNIQUE_VIOLATION | sqlstate::FOREIGN_KEY_VIOLATION
+                ) {
+                    let constraint = database_error.constraint().unwrap_or_default().to_owned();
+                    return Self::Constraint {
+                        constraint,
+                        source: error,
+                    };
+                }
+                Self::Other(error)
+            }
+            // A protocol error mid-stream is what a connection cut by a restart looks like.
+            sqlx::Error::Protocol(_) => Self::Unavailable(error),
+            _ => Self::Other(error),
+        }
+    }
+}
+
+impl DbError {
+    /// Whether retrying later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}

@@ -1,0 +1,240 @@
+//! The publish path and event queries.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    config::SlackFanout,
+    db::{DbError, DeliveryRow, Page},
+};
+
+/// One event to publish, already validated.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// A fresh UUID v7, used only if this event is not a retry of an earlier publish.
+    pub id: Uuid,
+    /// The event type.
+    pub event_type: String,
+    /// The payload exactly as received.
+    pub payload: String,
+    /// The publisher's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Hash of type and payload, telling a retry from a conflicting reuse of the key.
+    pub request_hash: String,
+}
+
+/// A stored event as the publish call answers it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct PublishedEvent {
+    /// Event id.
+    pub id: Uuid,
+    /// Event type.
+    pub event_type: String,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+    /// How many deliveries were created for it.
+    pub deliveries_created: i32,
+}
+
+/// What a publish did.
+#[derive(Debug)]
+pub enum PublishOutcome {
+    /// Every event is stored (new, or the earlier answer of a retried key), in request order.
+    Stored(Vec<PublishedEvent>),
+    /// The event at this index reused an idempotency key with a different request; nothing
+    /// was written.
+    KeyReused {
+        /// Index into the request's events.
+        index: usize,
+    },
+}
+
+#[derive(sqlx::FromRow)]
+struct IdempotentRow {
+    id: Uuid,
+    event_type: String,
+    created_at: DateTime<Utc>,
+    deliveries_created: i32,
+    idempotency_key: Option<String>,
+    request_hash: String,
+}
+
+/// Stores events and their deliveries in one transaction; the caller answers 2xx only after
+/// this returns, so an acknowledged event is durable with all its deliveries.
+///
+/// Events carrying an idempotency key already used in `scope` are not written again: the
+/// first answer is returned when the request hash matches, [`PublishOutcome::KeyReused`]
+/// otherwise. Two identical requests racing get one event: the loser's insert waits for the
+/// winner's commit and then reads it.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails; nothing was written then.
+pub async fn publish_events(
+    pool: &PgPool,
+    scope: &str,
+    events: &[NewEvent],
+    slack: Option<&SlackFanout>,
+    traceparent: Option<&str>,
+) -> Result<PublishOutcome, DbError> {
+    let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|event| event.event_type.as_str())
+        .collect();
+    let payloads: Vec<&str> = events.iter().map(|event| event.payload.as_str()).collect();
+    let keys: Vec<Option<&str>> = events
+        .iter()
+        .map(|event| event.idempotency_key.as_deref())
+        .collect();
+    let hashes: Vec<&str> = events
+        .iter()
+        .map(|event| event.request_hash.as_str())
+        .collect();
+    let slack_types: Vec<String> = slack
+        .map(|fanout| fanout.event_types.clone())
+        .unwrap_or_default();
+
+    let mut transaction = pool.begin().await?;
+    let inserted: Vec<PublishedEvent> = sqlx::query_as(include_str!("sql/publish_events.sql"))
+        .bind(&ids)
+        .bind(&types)
+        .bind(&payloads)
+        .bind(&keys)
+        .bind(&hashes)
+        .bind(scope)
+        .bind(traceparent)
+        .bind(slack.is_some())
+        .bind(&slack_types)
+        .fetch_all(&mut *transaction)
+        .await?;
+    let mut inserted: HashMap<Uuid, PublishedEvent> = inserted
+        .into_iter()
+        .map(|event| (event.id, event))
+        .collect();
+
+    let skipped_keys: Vec<&str> = events
+        .iter()
+        .filter(|event| !inserted.contains_key(&event.id))
+        .filter_map(|event| event.idempotency_key.as_deref())
+        .collect();
+    let winners: HashMap<String, IdempotentRow> = if skipped_keys.is_empty() {
+        HashMap::new()
+    } else {
+        let rows: Vec<IdempotentRow> =
+            sqlx::query_as(include_str!("sql/find_idempotent_events.sql"))
+                .bind(scope)
+                .bind(&skipped_keys)
+                .fetch_all(&mut *transaction)
+                .await?;
+        rows.into_iter()
+            .filter_map(|row| row.idempotency_key.clone().map(|key| (key, row)))
+            .collect()
+    };
+
+    let mut answers = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        if let Some(stored) = inserted.remove(&event.id) {
+            answers.push(stored);
+            continue;
+        }
+        let winner = event
+            .idempotency_key
+            .as_deref()
+            .and_then(|key| winners.get(key));
+        match winner {
+            Some(winner) if winner.request_hash == event.request_hash => {
+                answers.push(PublishedEvent {
+                    id: winner.id,
+                    event_type: winner.event_type.clone(),
+                    created_at: winner.created_at,
+                    deliveries_created: winner.deliveries_created,
+                })
+            }
+            Some(_) => {
+                transaction.rollback().await?;
+                return Ok(PublishOutcome::KeyReused { index });
+            }
+            // Not inserted and no winner: cannot happen while the unique constraint holds,
+            // so treat it as a failed statement rather than answer without a stored row.
+            None => {
+                transaction.rollback().await?;
+                return Err(DbError::Other(sqlx::Error::RowNotFound));
+            }
+        }
+    }
+    transaction.commit().await?;
+    Ok(PublishOutcome::Stored(answers))
+}
+
+/// Filters of the event listing.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Lists events, newest first.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn list_events(
+    pool: &PgPool,
+    filter: &EventFilter,
+    page: Page,
+) -> Result<Vec<PublishedEvent>, DbError> {
+    Ok(sqlx::query_as(include_str!("sql/list_events.sql"))
+        .bind(filter.event_type.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(page.cursor)
+        .bind(page.limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// A stored event with its payload text.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct EventRow {
+    /// Event id.
+    pub id: Uuid,
+    /// Event type.
+    pub event_type: String,
+    /// Payload exactly as received.
+    pub payload: String,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+    /// Deliveries created at publish.
+    pub deliveries_created: i32,
+    /// The publisher's idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+/// Reads one event and the current state of each of its deliveries.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn get_event(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(EventRow, Vec<DeliveryRow>)>, DbError> {
+    let Some(event) = sqlx::query_as::<_, EventRow>(include_str!("sql/get_event.sql"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let deliveries =
+        sqlx::query_as::<_, DeliveryRow>(include_str!("sql/list_event_deliveries.sql"))
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+    Ok(Some((event, deliveries)))
+}

@@ -1,0 +1,53 @@
+-- Writes a batch of events and fans each out to its deliveries, in one statement so the count
+-- answered at publish and the rows inserted come from the same snapshot of subscriptions.
+-- $1 ids, $2 event types, $3 payloads, $4 idempotency keys (null = none), $5 request hashes,
+-- $6 idempotency scope, $7 traceparent, $8 slack enabled, $9 slack event types.
+-- A row whose (scope, key) already exists is skipped; the caller reads the winner.
+with live_subscriptions as materialized (
+  select id, event_types
+  from subscriptions
+  where enabled and deleted_at is null
+),
+input as (
+  select *
+  from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+    with ordinality as t(id, event_type, payload, idempotency_key, request_hash, position)
+),
+counted as (
+  select
+    i.*,
+    (select count(*)
+       from live_subscriptions s
+      where s.event_types @> jsonb_build_array(i.event_type)
+         or s.event_types @> '["*"]'::jsonb)
+    + case when $8::boolean and i.event_type = any($9::text[]) then 1 else 0 end as deliveries
+  from input i
+),
+inserted as (
+  insert into outbox_events
+    (id, event_type, payload, idempotency_key, idempotency_scope, request_hash,
+     deliveries_created, traceparent, created_at)
+  select id, event_type, payload, idempotency_key,
+         case when idempotency_key is null then null else $6::text end,
+         request_hash, deliveries, $7::text, now()
+  from counted
+  order by position
+  on conflict (idempotency_scope, idempotency_key) do nothing
+  returning id, event_type, created_at, deliveries_created
+),
+fanned_out as (
+  insert into deliveries
+    (id, event_id, target, subscription_id, status, attempts, next_attempt_at, created_at, updated_at)
+  select ih_uuid_v7(), e.id, 'webhook', s.id, 'pending', 0, now(), now(), now()
+  from inserted e
+  join live_subscriptions s
+    on s.event_types @> jsonb_build_array(e.event_type)
+    or s.event_types @> '["*"]'::jsonb
+  union all
+  select ih_uuid_v7(), e.id, 'slack', null, 'pending', 0, now(), now(), now()
+  from inserted e
+  where $8::boolean and e.event_type = any($9::text[])
+  returning 1
+)
+select id, event_type, created_at, deliveries_created
+from inserted

@@ -1,0 +1,18 @@
+-- Marks one dead letter replayed and queues a fresh delivery (attempts 0) in one statement.
+-- No row comes back when it is unknown, already replayed, or its subscription was deleted;
+-- the caller asks dead_letter_replay_state.sql which.
+with replayed as (
+  update dead_letters dl
+  set replayed_at = now(), replay_delivery_id = $2
+  where dl.id = $1
+    and dl.replayed_at is null
+    and (dl.subscription_id is null
+         or exists (select 1 from subscriptions s
+                    where s.id = dl.subscription_id and s.deleted_at is null))
+  returning dl.event_id, dl.subscription_id, dl.target, dl.replay_delivery_id
+)
+insert into deliveries
+  (id, event_id, target, subscription_id, status, attempts, next_attempt_at, created_at, updated_at)
+select replay_delivery_id, event_id, target, subscription_id, 'pending', 0, now(), now(), now()
+from replayed
+returning id

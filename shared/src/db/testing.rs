@@ -1,0 +1,262 @@
+//! Test databases: one fresh database per test, copied from a migrated template.
+//!
+//! The template is built once per schema version (its name carries a hash of the migrations)
+//! under an advisory lock, so test processes running in parallel wait for one another instead
+//! of racing. Each test's database is dropped when its [`TestDb`] is dropped; databases left by
+//! crashed runs are swept after two hours.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support"
+)]
+
+use std::{
+    future::Future,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
+use uuid::Uuid;
+
+const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const TEMPLATE_LOCK_KEY: i64 = 0x4948_5445_5354_4442; // "IHTESTDB"
+const LEFTOVER_AGE_SECONDS: u64 = 2 * 3600;
+
+/// A database of its own for one test.
+pub struct TestDb {
+    /// URL of the test's database.
+    pub url: String,
+    /// The database's name.
+    pub name: String,
+    /// A small pool for the test's own assertions.
+    pub pool: PgPool,
+    server: PgConnectOptions,
+}
+
+fn server_options() -> (String, PgConnectOptions) {
+    let url = std::env::var("IH_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+    let options: PgConnectOptions = url
+        .parse()
+        .expect("IH_TEST_DATABASE_URL is not a postgres URL");
+    (url, options)
+}
+
+/// Replaces the database name in a postgres URL.
+fn url_with_database(url: &str, database: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("test database URL parses");
+    parsed.set_path(&format!("/{database}"));
+    parsed.to_string()
+}
+
+impl TestDb {
+    /// Creates a fresh database from the migrated template; `schema_source` is the text of every
+    /// migration (its hash names the template) and `migrate` applies them to a URL.
+    ///
+    /// Panics with instructions when Postgres is not reachable: a missing database fails the
+    /// run, it never skips it.
+    pub async fn new<F, Fut>(schema_source: &str, migrate: F) -> Self
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let (server_url, server) = server_options();
+        let mut admin = match PgConnection::connect_with(&server).await {
+            Ok(connection) => connection,
+            Err(error) => panic!(
+                "cannot reach the test Postgres at {server_url} ({error}); start it \
+                 (`make test` does) or point IH_TEST_DATABASE_URL at one"
+            ),
+        };
+        sqlx::query("select pg_advisory_lock($1)")
+            .bind(TEMPLATE_LOCK_KEY)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+
+        let digest = Sha256::digest(schema_source.as_bytes());
+        let fingerprint: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let template = format!("ih_tmpl_{fingerprint}");
+        let ready: Option<bool> =
+            sqlx::query_scalar("select datistemplate from pg_database where datname = $1")
+                .bind(&template)
+                .fetch_optional(&mut admin)
+                .await
+                .unwrap();
+        if ready != Some(true) {
+            // absent, or left half-built by a crashed run
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "drop database if exists {template} with (force)"
+            )))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database {template}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            if let Err(error) = migrate(url_with_database(&server_url, &template)).await {
+                panic!("migrating the test template failed: {error}");
+            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "alter database {template} is_template true"
+            )))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let leftovers: Vec<String> =
+            sqlx::query_scalar("select datname from pg_database where datname like 'ih_test_%'")
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+        for leftover in leftovers {
+            let created: Option<u64> = leftover
+                .strip_prefix("ih_test_")
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|seconds| seconds.parse().ok());
+            if created.is_some_and(|created| created + LEFTOVER_AGE_SECONDS < now) {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "drop database if exists {leftover} with (force)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        }
+
+        let name = format!(
+            "ih_test_{now}_{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "create database {name} template {template}"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        sqlx::query("select pg_advisory_unlock($1)")
+            .bind(TEMPLATE_LOCK_KEY)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+
+        let url = url_with_database(&server_url, &name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
+        Self {
+            url,
+            name,
+            pool,
+            server,
+        }
+    }
+
+    /// Runs a query returning one integer (counts for assertions).
+    pub async fn fetch_i64(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Counts the delivery rows of an event, by status.
+    pub async fn count_deliveries(&self, event_id: Uuid, status: &str) -> i64 {
+        sqlx::query_scalar("select count(*) from deliveries where event_id = $1 and status = $2")
+            .bind(event_id)
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Ends a delivery `dead` and writes its dead letter and failed attempt, as the worker
+    /// does after the last attempt; returns the dead letter's id.
+    pub async fn kill_delivery(&self, delivery_id: Uuid, reason: &str) -> Uuid {
+        let dead_letter_id = Uuid::now_v7();
+        sqlx::query(
+            "with dead as (
+               update deliveries set status = 'dead', attempts = attempts + 1, last_error = $2,
+                                     updated_at = now()
+               where id = $1
+               returning id, event_id, subscription_id, target, attempts
+             ), attempt as (
+               insert into delivery_attempts (id, delivery_id, event_id, attempt_number, started_at,
+                                              duration_ms, response_status, error, outcome)
+               select ih_uuid_v7(), id, event_id, attempts, now(), 1, 500, $2, 'dead_lettered' from dead
+             )
+             insert into dead_letters (id, delivery_id, event_id, subscription_id, target, reason)
+             select $3, id, event_id, subscription_id, target, $2 from dead",
+        )
+        .bind(delivery_id)
+        .bind(reason)
+        .bind(dead_letter_id)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        dead_letter_id
+    }
+
+    /// The ids of an event's deliveries, oldest first.
+    pub async fn delivery_ids(&self, event_id: Uuid) -> Vec<Uuid> {
+        sqlx::query_scalar("select id from deliveries where event_id = $1 order by id")
+            .bind(event_id)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The raw stored secret columns of a subscription.
+    pub async fn stored_secrets(&self, subscription_id: Uuid) -> (String, Option<String>) {
+        sqlx::query_as("select secret, previous_secret from subscriptions where id = $1")
+            .bind(subscription_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The stored payload text of an event.
+    pub async fn stored_payload(&self, event_id: Uuid) -> String {
+        sqlx::query_scalar("select payload from outbox_events where id = $1")
+            .bind(event_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let name = self.name.clone();
+        // Drop cannot await, and the test's runtime may already be shutting down: drop the
+        // database from a thread with a runtime of its own.
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect_with(&server).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "drop database if exists {name} with (force)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                    let _ = admin.close().await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}

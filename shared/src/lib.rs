@@ -1,0 +1,22 @@
+//! Domain types, configuration and every SQL statement of Integrations Hub.
+//!
+//! Both binaries stand on this crate. It knows nothing of HTTP serving or HTTP clients
+//! (no poem, no reqwest): those live in `api` and `worker`.
+//!
+//! # Layout
+//! - [`config`]: settings from defaults, file, `IH_*` environment and flags; validated views
+//!   for each binary.
+//! - [`auth`]: API tokens and roles.
+//! - [`domain`]: validated values (event type, target URL, secret, headers, idempotency key).
+//! - [`url_policy`]: which destination addresses may be dialled.
+//! - [`db`]: the connection pool and every SQL statement.
+//! - [`telemetry`]: log set-up.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod test_support;
+pub mod url_policy;

@@ -1,0 +1,1 @@
+//! `ih-worker`: leases due deliveries and sends them.

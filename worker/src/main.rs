@@ -1,0 +1,3 @@
+//! `ih-worker` binary.
+
+fn main() {}
