@@ -1,15 +1,20 @@
 # Thin wrappers; the logic lives in the crates and in .ci/.
+SHELL := /bin/bash
 CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/integrations_hub
+# Local development only: no tokens, loopback receivers allowed, readable logs.
+RUN_ENV = IH_DATABASE_URL=$(DATABASE_URL) IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty \
+	IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8 IH_WORKER_METRICS_ADDR=127.0.0.1:9091
 
 .PHONY: run test lint fmt migrate postgres build
 
-## Build, create and migrate the local database, and serve the API on :8000 (auth disabled).
+## Build, create and migrate the local database, then run one worker beside the API on :8000
+## (auth disabled). Ctrl-C stops both.
 run: postgres build
 	IH_DATABASE_URL=$(DATABASE_URL) ./target/debug/ih-migrate up
-	IH_DATABASE_URL=$(DATABASE_URL) IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty \
-	IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8 \
-	./target/debug/ih-api
+	$(RUN_ENV) ./target/debug/ih-worker & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
+	$(RUN_ENV) ./target/debug/ih-api
 
 ## The whole test suite, against the local Postgres.
 test: postgres

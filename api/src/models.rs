@@ -274,6 +274,8 @@ pub struct Attempt {
     pub response_body: Option<String>,
     /// What went wrong.
     pub error: Option<String>,
+    /// The worker that made it.
+    pub worker_id: Option<String>,
     /// `delivered`, `retry_scheduled` or `dead_lettered`.
     pub outcome: String,
 }
@@ -290,6 +292,7 @@ impl From<db::AttemptRow> for Attempt {
             response_status: row.response_status,
             response_body: row.response_body,
             error: row.error,
+            worker_id: row.worker_id,
             outcome: row.outcome,
         }
     }

@@ -57,6 +57,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_WORKER_BATCH_SIZE",
     "IH_WORKER_LEASE_SECONDS",
     "IH_WORKER_ID",
+    "IH_WORKER_SHUTDOWN_GRACE_SECONDS",
+    "IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION",
 ];
 
 /// A string that must never be printed: `Debug` shows `***`.
@@ -231,6 +233,12 @@ pub struct Settings {
     /// `IH_WORKER_ID` (flag `--worker-id`); defaults to host name and pid.
     #[serde(deserialize_with = "lenient_optional_string")]
     pub worker_id: Option<String>,
+    /// `IH_WORKER_SHUTDOWN_GRACE_SECONDS`: how long in-flight requests may finish after
+    /// SIGTERM before their leases are handed back.
+    pub worker_shutdown_grace_seconds: f64,
+    /// `IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION`: most requests one worker has in flight to
+    /// one subscription, so one slow endpoint cannot take every slot.
+    pub worker_max_in_flight_per_subscription: usize,
 }
 
 /// The default database of `make run` and of a fresh checkout.
@@ -271,6 +279,8 @@ impl Default for Settings {
             worker_batch_size: 32,
             worker_lease_seconds: 30.0,
             worker_id: None,
+            worker_shutdown_grace_seconds: 25.0,
+            worker_max_in_flight_per_subscription: 16,
         }
     }
 }
@@ -419,6 +429,25 @@ pub struct WorkerConfig {
     pub delivery_timeout: Duration,
     /// Which resolved addresses may be dialled.
     pub destination_policy: DestinationPolicy,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Most requests in flight to one subscription.
+    pub max_in_flight_per_subscription: usize,
+    /// The Slack connector, when configured.
+    pub slack: Option<SlackConnector>,
+}
+
+/// The Slack connector's settings, for the worker.
+#[derive(Clone, Debug)]
+pub struct SlackConnector {
+    /// The bot token.
+    pub bot_token: SecretString,
+    /// Channel when the payload names none.
+    pub default_channel: Option<String>,
+    /// API base, e.g. `https://slack.com/api`.
+    pub api_base_url: String,
+    /// Channels a payload may name; empty means any.
+    pub allowed_channels: Vec<String>,
 }
 
 /// Collects problems while validating, so the binary can list all of them at once.
@@ -668,6 +697,38 @@ impl WorkerConfig {
                 minimum_lease.as_secs_f64()
             ));
         }
+        let shutdown_grace = positive_seconds(
+            &mut problems,
+            "IH_WORKER_SHUTDOWN_GRACE_SECONDS",
+            settings.worker_shutdown_grace_seconds,
+        );
+        if settings.worker_max_in_flight_per_subscription == 0 {
+            problems.push("IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION: must be at least 1");
+        }
+        let slack = settings
+            .slack_bot_token
+            .clone()
+            .filter(|token| !token.expose().trim().is_empty())
+            .map(|bot_token| SlackConnector {
+                bot_token,
+                default_channel: settings.slack_default_channel.clone(),
+                api_base_url: settings.slack_api_base_url.trim_end_matches('/').to_owned(),
+                allowed_channels: settings
+                    .slack_allowed_channels
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|channel| !channel.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            });
+        if url::Url::parse(&settings.slack_api_base_url)
+            .map(|url| !matches!(url.scheme(), "http" | "https"))
+            .unwrap_or(true)
+        {
+            problems.push("IH_SLACK_API_BASE_URL: must be an http(s) URL");
+        }
         let worker_id = settings
             .worker_id
             .clone()
@@ -687,6 +748,9 @@ impl WorkerConfig {
             retry_after_max,
             delivery_timeout,
             destination_policy,
+            shutdown_grace,
+            max_in_flight_per_subscription: settings.worker_max_in_flight_per_subscription,
+            slack,
         })
     }
 }

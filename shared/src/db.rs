@@ -19,6 +19,7 @@ use crate::config::DatabaseConfig;
 mod admin;
 mod error;
 mod events;
+mod queue;
 mod subscriptions;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -26,6 +27,7 @@ pub mod testing;
 pub use admin::*;
 pub use error::DbError;
 pub use events::*;
+pub use queue::*;
 pub use subscriptions::*;
 
 /// The channel workers LISTEN on.

@@ -9,6 +9,8 @@
 //! - [`auth`]: API tokens and roles.
 //! - [`domain`]: validated values (event type, target URL, secret, headers, idempotency key).
 //! - [`url_policy`]: which destination addresses may be dialled.
+//! - [`signing`]: the webhook body and its signatures.
+//! - [`retry`]: the backoff schedule and the classification of answers.
 //! - [`db`]: the connection pool and every SQL statement.
 //! - [`telemetry`]: log set-up.
 
@@ -16,6 +18,9 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod retry;
+pub mod shutdown;
+pub mod signing;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod test_support;

@@ -1,1 +1,331 @@
 //! `ih-worker`: leases due deliveries and sends them.
+//!
+//! Any number of replicas share the work through Postgres row locks alone; none talks to
+//! another. One loop leases `min(batch size, free slots)` rows, each row is sent on its own
+//! task, and outcomes are written back in batches fenced by the lease token.
+//!
+//! # Layout
+//! - [`run`]: the lease loop, the shutdown sequence, and how the parts are wired.
+//! - [`deliver`]: one delivery: checks, signing, the request, the outcome.
+//! - [`http`]: the delivery client and its SSRF-guarded resolver.
+//! - [`complete`]: the completion buffer.
+//! - [`listen`]: the LISTEN connection that wakes the loop.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use shared::{
+    config::WorkerConfig,
+    db::{self, DeliverySubscription, LeasedDelivery},
+    retry::RetryPolicy,
+};
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+pub mod complete;
+pub mod deliver;
+pub mod http;
+pub mod listen;
+
+use crate::{
+    complete::Finished,
+    deliver::{DeliveryContext, Outcome, SubscriptionSlots, random_unit},
+};
+
+/// Longest pause after a failed lease statement.
+const MAX_LEASE_ERROR_BACKOFF: Duration = Duration::from_secs(2);
+/// How long handed-back outcomes may take to be written after the grace period.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The time of the lease loop's last iteration, for the liveness probe.
+#[derive(Clone, Debug, Default)]
+pub struct Heartbeat(Arc<AtomicI64>);
+
+impl Heartbeat {
+    fn beat(&self) {
+        self.0
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the loop last went round.
+    pub fn age_seconds(&self) -> i64 {
+        chrono::Utc::now().timestamp() - self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What tests and the binary may plug in.
+pub struct WorkerOptions {
+    /// Name resolution for deliveries (the system resolver by default).
+    pub lookup: Arc<dyn http::Lookup>,
+    /// Updated on every loop iteration.
+    pub heartbeat: Heartbeat,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            lookup: Arc::new(http::SystemLookup),
+            heartbeat: Heartbeat::default(),
+        }
+    }
+}
+
+/// Adds ±20 % jitter to an interval, so replicas do not poll in step.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.8 + 0.4 * random_unit())
+}
+
+/// Runs the worker until `shutdown` is cancelled, then stops leasing, lets in-flight requests
+/// finish for the grace period, hands back what did not finish, and flushes every outcome.
+///
+/// # Errors
+/// Returns an error when the delivery client cannot be built.
+pub async fn run(
+    config: WorkerConfig,
+    pool: PgPool,
+    shutdown: CancellationToken,
+    options: WorkerOptions,
+) -> anyhow::Result<()> {
+    let client = http::client(
+        &config.destination_policy,
+        options.lookup.clone(),
+        config.delivery_timeout,
+    )?;
+    let context = Arc::new(DeliveryContext {
+        client,
+        policy: config.destination_policy.clone(),
+        retry: RetryPolicy {
+            max_attempts: config.max_attempts,
+            base_seconds: config.backoff_base_seconds,
+            max_delay: config.backoff_max,
+            retry_after_max: config.retry_after_max,
+        },
+        slots: Arc::new(SubscriptionSlots::default()),
+        max_in_flight_per_subscription: config.max_in_flight_per_subscription,
+        slack_configured: config.slack.is_some(),
+    });
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let (outcome_sender, outcome_receiver) =
+        mpsc::channel::<Finished>(config.concurrency.max(1) * 2);
+    let completer = tokio::spawn(complete::run(
+        pool.clone(),
+        config.worker_id.clone(),
+        outcome_receiver,
+        config.lease,
+    ));
+
+    let (wake_sender, mut wake) = mpsc::channel::<()>(1);
+    let listener_stop = CancellationToken::new();
+    let listener = tokio::spawn(listen::run(
+        config.database.listen_url.clone(),
+        wake_sender,
+        listener_stop.clone(),
+    ));
+
+    let abort_sends = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tracing::info!(worker.id = %config.worker_id, concurrency = config.concurrency, "worker started");
+
+    let mut backlog = false;
+    let mut error_backoff = Duration::from_millis(100);
+    loop {
+        options.heartbeat.beat();
+        if backlog && slots.available_permits() > 0 {
+            // The last lease came back full: there is more due work, lease again at once.
+        } else if backlog {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => drop(permit),
+            }
+        } else {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = wake.recv() => {}
+                () = tokio::time::sleep(jittered(config.poll_interval)) => {}
+            }
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let want = config.batch_size.min(slots.available_permits());
+        if want == 0 {
+            backlog = true;
+            continue;
+        }
+        let permits: Vec<OwnedSemaphorePermit> = (0..want)
+            .filter_map(|_| slots.clone().try_acquire_owned().ok())
+            .collect();
+        let leased =
+            match db::lease_deliveries(&pool, permits.len(), &config.worker_id, config.lease).await
+            {
+                Ok(leased) => leased,
+                Err(error) => {
+                    tracing::warn!(error.message = %error, "lease failed; backing off");
+                    backlog = false;
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(jittered(error_backoff)) => {}
+                    }
+                    error_backoff = (error_backoff * 2).min(MAX_LEASE_ERROR_BACKOFF);
+                    continue;
+                }
+            };
+        error_backoff = Duration::from_millis(100);
+        let leased_at = Instant::now();
+        backlog = leased.len() == permits.len();
+        metrics::histogram!("ih_lease_batch_size").record(leased.len() as f64);
+        if leased.is_empty() {
+            continue;
+        }
+        let subscriptions = match load_subscriptions(&pool, &leased).await {
+            Ok(subscriptions) => subscriptions,
+            Err(error) => {
+                // The rows come back when their lease expires; the attempt they used is the
+                // price of a database that failed between two statements.
+                tracing::warn!(error.message = %error, count = leased.len(), "could not read subscriptions of a leased batch");
+                continue;
+            }
+        };
+        for (delivery, permit) in leased.into_iter().zip(permits) {
+            let subscription = delivery
+                .subscription_id
+                .and_then(|id| subscriptions.get(&id).cloned());
+            tasks.spawn(deliver_one(
+                context.clone(),
+                delivery,
+                subscription,
+                permit,
+                leased_at,
+                outcome_sender.clone(),
+                abort_sends.clone(),
+            ));
+        }
+    }
+
+    tracing::info!(
+        grace_seconds = config.shutdown_grace.as_secs_f64(),
+        "stopping: no new leases, finishing in-flight deliveries"
+    );
+    tasks.close();
+    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over: handing back unfinished deliveries");
+        abort_sends.cancel();
+        let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, tasks.wait()).await;
+    }
+    drop(outcome_sender);
+    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, completer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("final flush did not finish in time; unwritten leases expire by themselves");
+    }
+    listener_stop.cancel();
+    let _ = listener.await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn load_subscriptions(
+    pool: &PgPool,
+    leased: &[LeasedDelivery],
+) -> Result<HashMap<Uuid, DeliverySubscription>, db::DbError> {
+    let ids: Vec<Uuid> = leased
+        .iter()
+        .filter_map(|delivery| delivery.subscription_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(db::get_delivery_subscriptions(pool, &ids)
+        .await?
+        .into_iter()
+        .map(|subscription| (subscription.id, subscription))
+        .collect())
+}
+
+/// Sends one delivery on its own task. The send runs on an inner task so a panic inside it
+/// becomes a failed attempt instead of taking the worker down; shutdown past the grace period
+/// hands the lease back instead of waiting for the request.
+async fn deliver_one(
+    context: Arc<DeliveryContext>,
+    delivery: LeasedDelivery,
+    subscription: Option<DeliverySubscription>,
+    permit: OwnedSemaphorePermit,
+    leased_at: Instant,
+    outcomes: mpsc::Sender<Finished>,
+    abort: CancellationToken,
+) {
+    metrics::gauge!("ih_in_flight_deliveries").increment(1.0);
+    let outcome = match deliver::precheck(&context, &delivery, subscription.as_ref()) {
+        Some(outcome) => outcome,
+        None if abort.is_cancelled() => Outcome::Release {
+            delivery_id: delivery.id,
+            lease_token: delivery.lease_token,
+        },
+        None => {
+            let task_context = context.clone();
+            let task_delivery = delivery.clone();
+            let send = tokio::spawn(async move {
+                match (task_delivery.target.as_str(), subscription) {
+                    ("webhook", Some(subscription)) => {
+                        deliver::deliver_webhook(&task_context, &task_delivery, &subscription).await
+                    }
+                    // precheck settles every other combination; refuse rather than guess
+                    _ => deliver::precheck(&task_context, &task_delivery, None).unwrap_or(
+                        Outcome::Release {
+                            delivery_id: task_delivery.id,
+                            lease_token: task_delivery.lease_token,
+                        },
+                    ),
+                }
+            });
+            let abort_handle = send.abort_handle();
+            tokio::select! {
+                joined = send => match joined {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        tracing::error!(delivery.id = %delivery.id, error.message = %error, "delivery task failed");
+                        failed_attempt(&context, &delivery, "internal_error: the delivery task panicked")
+                    }
+                },
+                () = abort.cancelled() => {
+                    abort_handle.abort();
+                    Outcome::Release { delivery_id: delivery.id, lease_token: delivery.lease_token }
+                }
+            }
+        }
+    };
+    metrics::gauge!("ih_in_flight_deliveries").decrement(1.0);
+    let _ = outcomes
+        .send(Finished {
+            outcome,
+            leased_at,
+            permit,
+        })
+        .await;
+}
+
+fn failed_attempt(context: &DeliveryContext, delivery: &LeasedDelivery, error: &str) -> Outcome {
+    deliver::outcome_of(
+        context,
+        delivery,
+        http::SendResult::Failed {
+            error: error.to_owned(),
+        },
+        chrono::Utc::now(),
+        Duration::ZERO,
+    )
+}

@@ -1,6 +1,6 @@
 //! The test harness: a database, the API serving on a free port, and a typed client.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -15,13 +15,7 @@ pub const PUBLISHER_TOKEN: &str = "publisher-token-0123456789abcdef";
 
 /// A fresh test database with the schema applied.
 pub async fn test_db() -> TestDb {
-    TestDb::new(migration::SCHEMA_FINGERPRINT_SOURCE, |url| async move {
-        migration::run(&url, migration::Command::Up)
-            .await
-            .map(|_| ())
-            .map_err(|error| error.to_string())
-    })
-    .await
+    TestDb::new().await
 }
 
 /// Settings every test starts from: tokens for both roles, loopback receivers allowed, short
@@ -71,6 +65,10 @@ impl TestApp {
         let server = tokio::spawn(api::serve(config, pool, listener, async move {
             let _ = signal.await;
         }));
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test client calling the API, not a delivery client"
+        )]
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -170,23 +168,7 @@ impl Drop for TestApp {
     }
 }
 
-/// Polls `check` until it returns true or `deadline` passes.
-pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = tokio::time::Instant::now();
-    loop {
-        if check().await {
-            return true;
-        }
-        if started.elapsed() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use shared::test_support::eventually;
 
 pub fn uuid(value: &Value) -> uuid::Uuid {
     value.as_str().unwrap().parse().unwrap()

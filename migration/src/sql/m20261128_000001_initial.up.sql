@@ -95,6 +95,8 @@ create table delivery_attempts (
   response_status  integer,
   response_body    text,
   error            text,
+  -- the worker that made the attempt, for operators tracing a replica
+  worker_id        text,
   outcome          text        not null
                    check (outcome in ('delivered', 'retry_scheduled', 'dead_lettered'))
 );

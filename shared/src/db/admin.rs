@@ -27,6 +27,8 @@ pub struct AttemptRow {
     pub response_body: Option<String>,
     /// What went wrong, without the URL's query or credentials.
     pub error: Option<String>,
+    /// The worker that made it.
+    pub worker_id: Option<String>,
     /// `delivered`, `retry_scheduled` or `dead_lettered`.
     pub outcome: String,
 }

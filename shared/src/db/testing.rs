@@ -12,10 +12,7 @@
     reason = "test support"
 )]
 
-use std::{
-    future::Future,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
@@ -53,16 +50,19 @@ fn url_with_database(url: &str, database: &str) -> String {
 }
 
 impl TestDb {
-    /// Creates a fresh database from the migrated template; `schema_source` is the text of every
-    /// migration (its hash names the template) and `migrate` applies them to a URL.
+    /// Creates a fresh database from the migrated template (the template's name carries a
+    /// hash of every migration, so a changed schema never reuses a stale one).
     ///
     /// Panics with instructions when Postgres is not reachable: a missing database fails the
     /// run, it never skips it.
-    pub async fn new<F, Fut>(schema_source: &str, migrate: F) -> Self
-    where
-        F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Result<(), String>>,
-    {
+    pub async fn new() -> Self {
+        let schema_source = migration::SCHEMA_FINGERPRINT_SOURCE;
+        let migrate = |url: String| async move {
+            migration::run(&url, migration::Command::Up)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        };
         let (server_url, server) = server_options();
         let mut admin = match PgConnection::connect_with(&server).await {
             Ok(connection) => connection,

@@ -1,0 +1,262 @@
+//! The delivery queue: lease, complete, release. The two Postgres-specific mechanisms of the
+//! worker (this lease statement and LISTEN/NOTIFY) live here and in `db.rs` only.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, types::Json};
+use uuid::Uuid;
+
+use crate::db::DbError;
+
+/// A leased delivery with everything its send needs.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LeasedDelivery {
+    /// Delivery id.
+    pub id: Uuid,
+    /// The fencing token every write-back must present.
+    pub lease_token: Uuid,
+    /// Attempts including this one.
+    pub attempts: i32,
+    /// `webhook` or `slack`.
+    pub target: String,
+    /// The subscription, for webhooks.
+    pub subscription_id: Option<Uuid>,
+    /// The event.
+    pub event_id: Uuid,
+    /// The event type.
+    pub event_type: String,
+    /// The payload's exact text.
+    pub payload: String,
+    /// When the event was stored.
+    pub event_created_at: DateTime<Utc>,
+    /// The publisher's trace context.
+    pub traceparent: Option<String>,
+}
+
+/// Leases up to `limit` due deliveries (pending and due, or with an expired lease).
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails; nothing is leased then.
+pub async fn lease_deliveries(
+    pool: &PgPool,
+    limit: usize,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Vec<LeasedDelivery>, DbError> {
+    Ok(sqlx::query_as(include_str!("sql/lease_deliveries.sql"))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(worker_id)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await?)
+}
+
+/// A subscription as the worker sends to it.
+#[derive(Clone, sqlx::FromRow)]
+pub struct DeliverySubscription {
+    /// Subscription id.
+    pub id: Uuid,
+    /// Target URL.
+    pub url: String,
+    /// Current secret.
+    pub secret: String,
+    /// The previous secret while its grace period lasts.
+    pub previous_secret: Option<String>,
+    /// Custom headers.
+    pub headers: Json<BTreeMap<String, String>>,
+    /// Disabled subscriptions get no requests.
+    pub enabled: bool,
+    /// Deleted subscriptions get no requests.
+    pub deleted: bool,
+}
+
+impl std::fmt::Debug for DeliverySubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliverySubscription")
+            .field("id", &self.id)
+            .field("enabled", &self.enabled)
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the subscriptions of a leased batch.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn get_delivery_subscriptions(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<Vec<DeliverySubscription>, DbError> {
+    Ok(
+        sqlx::query_as(include_str!("sql/get_delivery_subscriptions.sql"))
+            .bind(ids)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// The terminal or next state of a delivery after an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NextState {
+    /// Accepted by the receiver.
+    Delivered,
+    /// Try again after this delay.
+    Retry(Duration),
+    /// Dead-lettered with this reason.
+    Dead {
+        /// Why.
+        reason: String,
+        /// Also disable the subscription (410 Gone).
+        disable_subscription: bool,
+    },
+    /// The subscription was deleted; no request was made.
+    Cancelled,
+}
+
+/// The record of one request, when one was made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRecord {
+    /// 1-based attempt number.
+    pub attempt_number: i32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// How long it took.
+    pub duration_ms: i32,
+    /// The receiver's status, if it answered.
+    pub response_status: Option<i32>,
+    /// The start of its body.
+    pub response_body: Option<String>,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// One outcome to write back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// Delivery id.
+    pub delivery_id: Uuid,
+    /// Its lease token.
+    pub lease_token: Uuid,
+    /// Where it goes next.
+    pub next: NextState,
+    /// `last_error` of the delivery.
+    pub last_error: Option<String>,
+    /// The attempt, when a request (or a decision standing for one) was made.
+    pub attempt: Option<AttemptRecord>,
+}
+
+/// Writes a batch of outcomes of worker `worker_id` in one statement; returns the ids whose lease still held (the
+/// others were taken by another worker and nothing was written for them).
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails; nothing was written then.
+pub async fn complete_deliveries(
+    pool: &PgPool,
+    worker_id: &str,
+    completions: &[Completion],
+) -> Result<Vec<Uuid>, DbError> {
+    let mut sorted: Vec<&Completion> = completions.iter().collect();
+    sorted.sort_by_key(|completion| completion.delivery_id);
+    let len = sorted.len();
+    let mut ids = Vec::with_capacity(len);
+    let mut tokens = Vec::with_capacity(len);
+    let mut statuses = Vec::with_capacity(len);
+    let mut delays = Vec::with_capacity(len);
+    let mut last_errors = Vec::with_capacity(len);
+    let mut has_attempt = Vec::with_capacity(len);
+    let mut attempt_numbers = Vec::with_capacity(len);
+    let mut started = Vec::with_capacity(len);
+    let mut durations = Vec::with_capacity(len);
+    let mut response_statuses = Vec::with_capacity(len);
+    let mut response_bodies = Vec::with_capacity(len);
+    let mut attempt_errors = Vec::with_capacity(len);
+    let mut attempt_outcomes = Vec::with_capacity(len);
+    let mut dead_reasons = Vec::with_capacity(len);
+    let mut disables = Vec::with_capacity(len);
+    for completion in sorted {
+        let (status, delay, outcome, dead_reason, disable) = match &completion.next {
+            NextState::Delivered => ("delivered", 0.0, "delivered", None, false),
+            NextState::Retry(delay) => (
+                "pending",
+                delay.as_secs_f64(),
+                "retry_scheduled",
+                None,
+                false,
+            ),
+            NextState::Dead {
+                reason,
+                disable_subscription,
+            } => (
+                "dead",
+                0.0,
+                "dead_lettered",
+                Some(reason.clone()),
+                *disable_subscription,
+            ),
+            NextState::Cancelled => ("cancelled", 0.0, "dead_lettered", None, false),
+        };
+        ids.push(completion.delivery_id);
+        tokens.push(completion.lease_token);
+        statuses.push(status);
+        delays.push(delay);
+        last_errors.push(completion.last_error.clone());
+        has_attempt.push(completion.attempt.is_some());
+        let attempt = completion.attempt.clone();
+        attempt_numbers.push(attempt.as_ref().map(|a| a.attempt_number));
+        started.push(attempt.as_ref().map(|a| a.started_at));
+        durations.push(attempt.as_ref().map(|a| a.duration_ms));
+        response_statuses.push(attempt.as_ref().and_then(|a| a.response_status));
+        response_bodies.push(attempt.as_ref().and_then(|a| a.response_body.clone()));
+        attempt_errors.push(attempt.as_ref().and_then(|a| a.error.clone()));
+        attempt_outcomes.push(outcome);
+        dead_reasons.push(dead_reason);
+        disables.push(disable);
+    }
+    Ok(
+        sqlx::query_scalar(include_str!("sql/complete_deliveries.sql"))
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&statuses)
+            .bind(&delays)
+            .bind(&last_errors)
+            .bind(&has_attempt)
+            .bind(&attempt_numbers)
+            .bind(&started)
+            .bind(&durations)
+            .bind(&response_statuses)
+            .bind(&response_bodies)
+            .bind(&attempt_errors)
+            .bind(&attempt_outcomes)
+            .bind(&dead_reasons)
+            .bind(&disables)
+            .bind(worker_id)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Hands leased rows back to the queue without counting an attempt; returns the ids whose
+/// lease still held.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn release_deliveries(
+    pool: &PgPool,
+    leases: &[(Uuid, Uuid)],
+    due_in: Duration,
+) -> Result<Vec<Uuid>, DbError> {
+    let mut sorted = leases.to_vec();
+    sorted.sort();
+    let ids: Vec<Uuid> = sorted.iter().map(|(id, _)| *id).collect();
+    let tokens: Vec<Uuid> = sorted.iter().map(|(_, token)| *token).collect();
+    Ok(
+        sqlx::query_scalar(include_str!("sql/release_deliveries.sql"))
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(due_in.as_secs_f64())
+            .fetch_all(pool)
+            .await?,
+    )
+}

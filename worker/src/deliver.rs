@@ -1,0 +1,498 @@
+//! One delivery: decide whether to send, send, and turn the answer into an outcome.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use shared::{
+    db::{AttemptRecord, Completion, DeliverySubscription, LeasedDelivery, NextState},
+    domain::redact_url,
+    retry::{RetryPolicy, Verdict, classify_status, parse_retry_after},
+    signing,
+    url_policy::DestinationPolicy,
+};
+use uuid::Uuid;
+
+use crate::http::{self, SendResult};
+
+/// What happens to a leased row.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Write this completion.
+    Complete(Completion),
+    /// Hand the lease back without counting an attempt.
+    Release {
+        /// Delivery id.
+        delivery_id: Uuid,
+        /// Its lease token.
+        lease_token: Uuid,
+    },
+}
+
+/// Counts requests in flight per subscription, so one slow endpoint cannot take every slot.
+#[derive(Debug, Default)]
+pub struct SubscriptionSlots {
+    counts: Mutex<HashMap<Uuid, usize>>,
+}
+
+impl SubscriptionSlots {
+    /// Takes a slot for `subscription` unless it already has `cap` in flight.
+    fn try_take(self: &Arc<Self>, subscription: Uuid, cap: usize) -> Option<SlotGuard> {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(subscription).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(SlotGuard {
+            slots: self.clone(),
+            subscription,
+        })
+    }
+}
+
+/// Returns its subscription slot when dropped.
+pub struct SlotGuard {
+    slots: Arc<SubscriptionSlots>,
+    subscription: Uuid,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut counts = self
+            .slots
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.subscription) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.subscription);
+            }
+        }
+    }
+}
+
+/// Everything a delivery needs besides its row.
+pub struct DeliveryContext {
+    /// The delivery client.
+    pub client: reqwest::Client,
+    /// The SSRF policy, for IP-literal hosts.
+    pub policy: DestinationPolicy,
+    /// The backoff policy.
+    pub retry: RetryPolicy,
+    /// Per-subscription in-flight counts.
+    pub slots: Arc<SubscriptionSlots>,
+    /// Most requests in flight per subscription.
+    pub max_in_flight_per_subscription: usize,
+    /// Whether a Slack connector is configured.
+    pub slack_configured: bool,
+}
+
+/// A uniform number in [0, 1) from the operating system, for jitter.
+pub fn random_unit() -> f64 {
+    let mut bytes = [0_u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64
+}
+
+fn dead(delivery: &LeasedDelivery, reason: &str, attempt: Option<AttemptRecord>) -> Outcome {
+    Outcome::Complete(Completion {
+        delivery_id: delivery.id,
+        lease_token: delivery.lease_token,
+        next: NextState::Dead {
+            reason: reason.to_owned(),
+            disable_subscription: false,
+        },
+        last_error: Some(reason.to_owned()),
+        attempt,
+    })
+}
+
+/// The decision made before any request: `None` means send.
+pub fn precheck(
+    context: &DeliveryContext,
+    delivery: &LeasedDelivery,
+    subscription: Option<&DeliverySubscription>,
+) -> Option<Outcome> {
+    let attempt = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
+    if attempt > context.retry.max_attempts {
+        // Leased again after its worker died more times than it may be tried: a poison
+        // delivery must not crash workers forever.
+        let record = AttemptRecord {
+            attempt_number: delivery.attempts,
+            started_at: Utc::now(),
+            duration_ms: 0,
+            response_status: None,
+            response_body: None,
+            error: Some(
+                "lease_expired: the delivery's worker stopped before finishing it".to_owned(),
+            ),
+        };
+        return Some(dead(delivery, "lease_expired", Some(record)));
+    }
+    if delivery.target == "slack" {
+        // The Slack sender is not part of this worker yet: such deliveries are dead-lettered
+        // (replayable) rather than retried forever.
+        let _ = context.slack_configured;
+        return Some(dead(delivery, "connector_not_configured", None));
+    }
+    match subscription {
+        None => Some(Outcome::Complete(Completion {
+            delivery_id: delivery.id,
+            lease_token: delivery.lease_token,
+            next: NextState::Cancelled,
+            last_error: Some("subscription_deleted".to_owned()),
+            attempt: None,
+        })),
+        Some(subscription) if subscription.deleted => Some(Outcome::Complete(Completion {
+            delivery_id: delivery.id,
+            lease_token: delivery.lease_token,
+            next: NextState::Cancelled,
+            last_error: Some("subscription_deleted".to_owned()),
+            attempt: None,
+        })),
+        Some(subscription) if !subscription.enabled => {
+            Some(dead(delivery, "subscription_disabled", None))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Sends a webhook delivery and returns its outcome. Takes the subscription's in-flight slot
+/// first; at the cap, the lease is handed back for a moment later.
+pub async fn deliver_webhook(
+    context: &DeliveryContext,
+    delivery: &LeasedDelivery,
+    subscription: &DeliverySubscription,
+) -> Outcome {
+    let Some(_slot) = context
+        .slots
+        .try_take(subscription.id, context.max_in_flight_per_subscription)
+    else {
+        metrics::counter!("ih_deliveries_deferred_total").increment(1);
+        return Outcome::Release {
+            delivery_id: delivery.id,
+            lease_token: delivery.lease_token,
+        };
+    };
+
+    let body = signing::webhook_body(
+        delivery.event_id,
+        &delivery.event_type,
+        delivery.event_created_at,
+        &delivery.payload,
+    );
+    let started_at = Utc::now();
+    let timestamp = started_at.timestamp();
+    let event_id = delivery.event_id.to_string();
+    let previous: Vec<&str> = subscription
+        .previous_secret
+        .as_deref()
+        .into_iter()
+        .collect();
+    let signatures = signing::sign(
+        &subscription.secret,
+        &previous,
+        &event_id,
+        timestamp,
+        body.as_bytes(),
+    );
+    let mut headers: Vec<(String, String)> = subscription
+        .headers
+        .0
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    headers.extend([
+        ("X-Webhook-Signature".to_owned(), signatures.legacy),
+        ("X-Webhook-Timestamp".to_owned(), timestamp.to_string()),
+        ("X-Webhook-Event".to_owned(), delivery.event_type.clone()),
+        ("X-Webhook-Event-Id".to_owned(), event_id.clone()),
+        ("webhook-id".to_owned(), event_id),
+        ("webhook-timestamp".to_owned(), timestamp.to_string()),
+        ("webhook-signature".to_owned(), signatures.standard),
+    ]);
+    if let Some(traceparent) = &delivery.traceparent {
+        headers.push(("traceparent".to_owned(), traceparent.clone()));
+    }
+
+    let clock = Instant::now();
+    let result = http::send(
+        &context.client,
+        &context.policy,
+        &subscription.url,
+        headers,
+        body,
+    )
+    .await;
+    let elapsed = clock.elapsed();
+    metrics::histogram!("ih_attempt_duration_seconds").record(elapsed.as_secs_f64());
+    let outcome = outcome_of(context, delivery, result, started_at, elapsed);
+    if let Outcome::Complete(completion) = &outcome {
+        tracing::info!(
+            event.id = %delivery.event_id,
+            delivery.id = %delivery.id,
+            subscription.id = %subscription.id,
+            attempt = delivery.attempts,
+            response.status = completion.attempt.as_ref().and_then(|a| a.response_status),
+            duration_ms = elapsed.as_millis() as u64,
+            outcome = next_state_name(&completion.next),
+            target = %redact_url(&subscription.url),
+            "delivery attempt finished"
+        );
+    }
+    outcome
+}
+
+fn next_state_name(next: &NextState) -> &'static str {
+    match next {
+        NextState::Delivered => "delivered",
+        NextState::Retry(_) => "retry_scheduled",
+        NextState::Dead { .. } => "dead_lettered",
+        NextState::Cancelled => "cancelled",
+    }
+}
+
+/// Turns a send result into the delivery's next state.
+pub fn outcome_of(
+    context: &DeliveryContext,
+    delivery: &LeasedDelivery,
+    result: SendResult,
+    started_at: chrono::DateTime<Utc>,
+    elapsed: Duration,
+) -> Outcome {
+    let attempt = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
+    let (verdict, response_status, response_body, error) = match result {
+        SendResult::Answered {
+            status,
+            retry_after,
+            body_excerpt,
+        } => {
+            let retry_after = retry_after.as_deref().and_then(|value| {
+                let parsed = parse_retry_after(value, Utc::now(), context.retry.retry_after_max);
+                if parsed.is_none() {
+                    tracing::warn!(delivery.id = %delivery.id, "ignoring an unparseable Retry-After");
+                }
+                parsed
+            });
+            let verdict = classify_status(status, retry_after);
+            let error = match &verdict {
+                Verdict::Delivered => None,
+                Verdict::Gone => Some("http_410 (endpoint gone)".to_owned()),
+                Verdict::Retry { reason, .. } => Some(reason.clone()),
+            };
+            (verdict, Some(i32::from(status)), Some(body_excerpt), error)
+        }
+        SendResult::Failed { error } => (
+            Verdict::Retry {
+                reason: error.clone(),
+                retry_after: None,
+            },
+            None,
+            None,
+            Some(error),
+        ),
+    };
+    let record = AttemptRecord {
+        attempt_number: delivery.attempts,
+        started_at,
+        duration_ms: i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX),
+        response_status,
+        response_body,
+        error: error.clone(),
+    };
+    let next = match verdict {
+        Verdict::Delivered => NextState::Delivered,
+        Verdict::Gone => NextState::Dead {
+            reason: "endpoint_gone".to_owned(),
+            disable_subscription: true,
+        },
+        Verdict::Retry { reason, .. } if context.retry.is_last(attempt) => NextState::Dead {
+            reason: dead_reason(&reason),
+            disable_subscription: false,
+        },
+        Verdict::Retry { retry_after, .. } => NextState::Retry(
+            retry_after.unwrap_or_else(|| context.retry.delay(attempt, random_unit())),
+        ),
+    };
+    Outcome::Complete(Completion {
+        delivery_id: delivery.id,
+        lease_token: delivery.lease_token,
+        next,
+        last_error: error,
+        attempt: Some(record),
+    })
+}
+
+/// The short class of a failure, e.g. `http_500` or `timeout`, for dead letters.
+fn dead_reason(reason: &str) -> String {
+    let class = reason.split([':', ' ']).next().unwrap_or(reason);
+    format!("max_attempts_exceeded: {class}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(max_attempts: u32) -> DeliveryContext {
+        DeliveryContext {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a client that is never used to send"
+            )]
+            client: reqwest::Client::new(),
+            policy: DestinationPolicy::default(),
+            retry: RetryPolicy {
+                max_attempts,
+                base_seconds: 2.0,
+                max_delay: Duration::from_secs(3600),
+                retry_after_max: Duration::from_secs(600),
+            },
+            slots: Arc::default(),
+            max_in_flight_per_subscription: 2,
+            slack_configured: false,
+        }
+    }
+
+    fn delivery(attempts: i32) -> LeasedDelivery {
+        LeasedDelivery {
+            id: Uuid::now_v7(),
+            lease_token: Uuid::new_v4(),
+            attempts,
+            target: "webhook".to_owned(),
+            subscription_id: Some(Uuid::now_v7()),
+            event_id: Uuid::now_v7(),
+            event_type: "t".to_owned(),
+            payload: "{}".to_owned(),
+            event_created_at: Utc::now(),
+            traceparent: None,
+        }
+    }
+
+    fn answered(status: u16, retry_after: Option<&str>) -> SendResult {
+        SendResult::Answered {
+            status,
+            retry_after: retry_after.map(str::to_owned),
+            body_excerpt: String::new(),
+        }
+    }
+
+    fn next(outcome: Outcome) -> NextState {
+        match outcome {
+            Outcome::Complete(completion) => completion.next,
+            Outcome::Release { .. } => panic!("expected a completion"),
+        }
+    }
+
+    #[test]
+    fn outcomes_follow_the_delivery_contract() {
+        let context = context(5);
+        let run = |attempts, result| {
+            next(outcome_of(
+                &context,
+                &delivery(attempts),
+                result,
+                Utc::now(),
+                Duration::ZERO,
+            ))
+        };
+        assert_eq!(run(1, answered(204, None)), NextState::Delivered);
+        assert_eq!(
+            run(1, answered(410, None)),
+            NextState::Dead {
+                reason: "endpoint_gone".into(),
+                disable_subscription: true
+            }
+        );
+        assert_eq!(
+            run(2, answered(429, Some("120"))),
+            NextState::Retry(Duration::from_secs(120))
+        );
+        assert_eq!(
+            run(2, answered(503, Some("99999"))),
+            NextState::Retry(Duration::from_secs(600))
+        );
+        match run(3, answered(500, Some("120"))) {
+            NextState::Retry(delay) => {
+                assert!((6.4..=9.6).contains(&delay.as_secs_f64()), "{delay:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(run(1, answered(302, None)), NextState::Retry(_)));
+        assert!(matches!(
+            run(
+                1,
+                SendResult::Failed {
+                    error: "timeout".into()
+                }
+            ),
+            NextState::Retry(_)
+        ));
+        assert_eq!(
+            run(5, answered(500, None)),
+            NextState::Dead {
+                reason: "max_attempts_exceeded: http_500".into(),
+                disable_subscription: false
+            }
+        );
+        assert_eq!(
+            run(
+                5,
+                SendResult::Failed {
+                    error: "connection_error: refused".into()
+                }
+            ),
+            NextState::Dead {
+                reason: "max_attempts_exceeded: connection_error".into(),
+                disable_subscription: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_row_leased_more_often_than_allowed_dies_without_a_request() {
+        let context = context(3);
+        let subscription = None;
+        match precheck(&context, &delivery(4), subscription) {
+            Some(Outcome::Complete(completion)) => {
+                assert_eq!(
+                    completion.next,
+                    NextState::Dead {
+                        reason: "lease_expired".into(),
+                        disable_subscription: false
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn subscription_slots_cap_in_flight_requests() {
+        let slots = Arc::new(SubscriptionSlots::default());
+        let id = Uuid::now_v7();
+        let first = slots.try_take(id, 2).unwrap();
+        let _second = slots.try_take(id, 2).unwrap();
+        assert!(slots.try_take(id, 2).is_none());
+        assert!(slots.try_take(Uuid::now_v7(), 2).is_some());
+        drop(first);
+        assert!(slots.try_take(id, 2).is_some());
+    }
+
+    #[test]
+    fn random_units_stay_in_range() {
+        for _ in 0..1000 {
+            let unit = random_unit();
+            assert!((0.0..1.0).contains(&unit));
+        }
+    }
+}

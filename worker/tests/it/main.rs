@@ -1,0 +1,13 @@
+//! Integration tests of ih-worker against a real Postgres and local receiving servers, with
+//! workers in-process and as child processes.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod crash;
+mod delivery;
+mod support;

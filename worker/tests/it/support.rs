@@ -1,0 +1,337 @@
+//! Test harness: a receiving server, subscriptions and events written through `shared::db`,
+//! and workers in-process or as real child processes.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use poem::{
+    EndpointExt, IntoResponse, Request, Response, Route, Server, handler,
+    http::{HeaderMap, StatusCode},
+    listener::TcpAcceptor,
+    web::Data,
+};
+use shared::{
+    config::{DatabaseUrl, Settings, WorkerConfig},
+    db::{self, NewEvent, NewSubscription, PublishOutcome, testing::TestDb},
+    domain::{EventType, request_hash},
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use worker::{WorkerOptions, http::Lookup};
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// How the receiver answers its n-th request (0-based).
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            delay: Duration::ZERO,
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+type Script = Arc<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
+
+#[derive(Clone)]
+struct ReceiverState {
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<Script>>,
+}
+
+#[handler]
+async fn receive(request: &Request, body: poem::Body, state: Data<&ReceiverState>) -> Response {
+    let received = Received {
+        path: request.uri().path().to_owned(),
+        headers: request.headers().clone(),
+        body: body.into_vec().await.unwrap_or_default(),
+    };
+    let index = {
+        let mut all = state.received.lock().unwrap();
+        all.push(received.clone());
+        all.len() - 1
+    };
+    let script = state.script.lock().unwrap().clone();
+    let reply = script(index, &received);
+    tokio::time::sleep(reply.delay).await;
+    let mut response = reply.body.into_response();
+    response.set_status(StatusCode::from_u16(reply.status).unwrap());
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(
+            poem::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    response
+}
+
+/// A local HTTP server standing in for subscribers.
+pub struct Receiver {
+    pub address: SocketAddr,
+    state: ReceiverState,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let state = ReceiverState {
+            received: Arc::default(),
+            script: Arc::new(Mutex::new(Arc::new(|_, _: &Received| Reply::status(200)))),
+        };
+        let stop = CancellationToken::new();
+        let app = Route::new().at("/*path", receive).data(state.clone());
+        let server_stop = stop.clone();
+        tokio::spawn(async move {
+            let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
+            let _ = Server::new_with_acceptor(acceptor)
+                .run_with_graceful_shutdown(
+                    app,
+                    server_stop.cancelled_owned(),
+                    Some(Duration::from_millis(100)),
+                )
+                .await;
+        });
+        Self {
+            address,
+            state,
+            stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Answers from now on as `script` says.
+    pub fn reply_with(&self, script: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static) {
+        *self.state.script.lock().unwrap() = Arc::new(script);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Worker settings for tests: loopback allowed, fast polls and backoff, short leases.
+pub fn worker_settings(database_url: &str) -> Settings {
+    Settings {
+        database_url: DatabaseUrl::new(database_url),
+        allowed_destination_cidrs: Some("127.0.0.1/32".to_owned()),
+        delivery_poll_interval_seconds: 0.25,
+        delivery_backoff_base_seconds: 1.0,
+        delivery_max_attempts: 5,
+        delivery_timeout_seconds: 2.0,
+        worker_lease_seconds: 5.0,
+        worker_concurrency: 32,
+        worker_batch_size: 16,
+        worker_shutdown_grace_seconds: 5.0,
+        ..Settings::default()
+    }
+}
+
+/// An in-process worker.
+pub struct InProcessWorker {
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessWorker {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub fn spawn_worker(settings: &Settings, lookup: Option<Arc<dyn Lookup>>) -> InProcessWorker {
+    let config = WorkerConfig::from_settings(settings).unwrap();
+    let pool = db::connect(&config.database, "ih-worker").unwrap();
+    let shutdown = CancellationToken::new();
+    let mut options = WorkerOptions::default();
+    if let Some(lookup) = lookup {
+        options.lookup = lookup;
+    }
+    let handle = tokio::spawn(worker::run(config, pool, shutdown.clone(), options));
+    InProcessWorker { shutdown, handle }
+}
+
+/// A real `ih-worker` process.
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl WorkerProcess {
+    pub fn spawn(database_url: &str, worker_id: &str, extra: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ih-worker"));
+        command
+            .env_clear()
+            .env("IH_DATABASE_URL", database_url)
+            .env("IH_ALLOWED_DESTINATION_CIDRS", "127.0.0.1/32")
+            .env("IH_WORKER_METRICS_ADDR", "127.0.0.1:0")
+            .env("IH_WORKER_ID", worker_id)
+            .env("IH_DELIVERY_POLL_INTERVAL_SECONDS", "0.25")
+            .env("IH_DELIVERY_BACKOFF_BASE_SECONDS", "1")
+            .env("IH_DELIVERY_TIMEOUT_SECONDS", "2")
+            .env("IH_WORKER_LEASE_SECONDS", "5")
+            .env("IH_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        Self {
+            child: command.spawn().unwrap(),
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit; returns whether it exited 0.
+    pub async fn wait(&mut self, deadline: Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "worker did not exit in {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates a subscription with a known secret.
+pub async fn subscribe(db: &TestDb, url: &str, secret: &str, events: &[&str]) -> Uuid {
+    let row = db::insert_subscription(
+        &db.pool,
+        &NewSubscription {
+            id: Uuid::now_v7(),
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+            event_types: events.iter().map(|e| (*e).to_owned()).collect(),
+            enabled: true,
+            description: None,
+            headers: BTreeMap::from([("x-team".to_owned(), "billing".to_owned())]),
+        },
+    )
+    .await
+    .unwrap();
+    row.id
+}
+
+/// Publishes events through the same path as the API; returns their ids.
+pub async fn publish(db: &TestDb, event_type: &str, payloads: &[String]) -> Vec<Uuid> {
+    let event_type = EventType::parse(event_type).unwrap();
+    let mut ids = Vec::new();
+    for chunk in payloads.chunks(1000) {
+        let events: Vec<NewEvent> = chunk
+            .iter()
+            .map(|payload| NewEvent {
+                id: Uuid::now_v7(),
+                event_type: event_type.as_str().to_owned(),
+                payload: payload.clone(),
+                idempotency_key: None,
+                request_hash: request_hash(&event_type, payload),
+            })
+            .collect();
+        match db::publish_events(&db.pool, "test", &events, None, None)
+            .await
+            .unwrap()
+        {
+            PublishOutcome::Stored(stored) => ids.extend(stored.into_iter().map(|event| event.id)),
+            PublishOutcome::KeyReused { .. } => panic!("no keys were used"),
+        }
+    }
+    db::notify_workers(&db.pool).await.unwrap();
+    ids
+}
+
+pub async fn count(db: &TestDb, sql: &'static str) -> i64 {
+    db.fetch_i64(sql).await
+}
+
+pub use shared::test_support::eventually;
+
+/// A resolver with fixed answers, for SSRF tests: nothing is ever looked up for real.
+pub struct FixedLookup(pub BTreeMap<String, Vec<IpAddr>>);
+
+impl Lookup for FixedLookup {
+    fn lookup(
+        &self,
+        host: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
+        let answer = self.0.get(&host).cloned();
+        Box::pin(async move { answer.ok_or_else(|| std::io::Error::other("unknown test host")) })
+    }
+}
