@@ -40,6 +40,12 @@ fn main() -> anyhow::Result<()> {
             "AUTHENTICATION IS DISABLED (IH_AUTH_DISABLED=true): every caller is an admin; never run like this outside local development"
         );
     }
+    match &config.slack {
+        Some(fanout) => {
+            tracing::info!(event_types = ?fanout.event_types, "Slack connector on: these event types also get a slack delivery")
+        }
+        None => tracing::info!("Slack connector off: IH_SLACK_BOT_TOKEN is not set"),
+    }
     tracing::info!(config = ?config, "starting ih-api");
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

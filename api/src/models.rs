@@ -262,6 +262,8 @@ pub struct Attempt {
     pub delivery_id: Uuid,
     /// Its event.
     pub event_id: Uuid,
+    /// `webhook` or `slack`.
+    pub target: Option<String>,
     /// 1 for the first try.
     pub attempt_number: i32,
     /// When the request started.
@@ -276,6 +278,8 @@ pub struct Attempt {
     pub error: Option<String>,
     /// The worker that made it.
     pub worker_id: Option<String>,
+    /// The receiving system's id for what was created (Slack's message `ts`).
+    pub external_id: Option<String>,
     /// `delivered`, `retry_scheduled` or `dead_lettered`.
     pub outcome: String,
 }
@@ -286,6 +290,7 @@ impl From<db::AttemptRow> for Attempt {
             id: row.id,
             delivery_id: row.delivery_id,
             event_id: row.event_id,
+            target: row.target,
             attempt_number: row.attempt_number,
             started_at: row.started_at,
             duration_ms: row.duration_ms,
@@ -293,6 +298,7 @@ impl From<db::AttemptRow> for Attempt {
             response_body: row.response_body,
             error: row.error,
             worker_id: row.worker_id,
+            external_id: row.external_id,
             outcome: row.outcome,
         }
     }

@@ -11,6 +11,7 @@
 //! - [`url_policy`]: which destination addresses may be dialled.
 //! - [`signing`]: the webhook body and its signatures.
 //! - [`retry`]: the backoff schedule and the classification of answers.
+//! - [`slack`]: the Slack connector's messages and answer classification.
 //! - [`db`]: the connection pool and every SQL statement.
 //! - [`telemetry`]: log set-up.
 
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod retry;
 pub mod shutdown;
 pub mod signing;
+pub mod slack;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod test_support;

@@ -15,8 +15,6 @@ use crate::deliver::{Outcome, random_unit};
 pub const FLUSH_INTERVAL: Duration = shared::config::COMPLETION_FLUSH_INTERVAL;
 /// Outcomes that trigger a flush at once.
 pub const FLUSH_SIZE: usize = 100;
-/// How soon a handed-back row is due again.
-pub const RELEASE_DUE_IN: Duration = Duration::from_millis(500);
 
 /// A finished delivery on its way to the database.
 pub struct Finished {
@@ -83,14 +81,15 @@ async fn flush(pool: &PgPool, worker_id: &str, buffer: &mut Vec<Finished>, lease
 
 async fn write(pool: &PgPool, worker_id: &str, buffer: &[Finished]) -> Result<(), db::DbError> {
     let mut completions: Vec<Completion> = Vec::new();
-    let mut releases: Vec<(Uuid, Uuid)> = Vec::new();
+    let mut releases: Vec<(Uuid, Uuid, Duration)> = Vec::new();
     for finished in buffer {
         match &finished.outcome {
             Outcome::Complete(completion) => completions.push(completion.clone()),
             Outcome::Release {
                 delivery_id,
                 lease_token,
-            } => releases.push((*delivery_id, *lease_token)),
+                due_in,
+            } => releases.push((*delivery_id, *lease_token, *due_in)),
         }
     }
     if !completions.is_empty() {
@@ -111,7 +110,7 @@ async fn write(pool: &PgPool, worker_id: &str, buffer: &[Finished]) -> Result<()
         }
     }
     if !releases.is_empty() {
-        let released = db::release_deliveries(pool, &releases, RELEASE_DUE_IN).await?;
+        let released = db::release_deliveries(pool, &releases).await?;
         if released.len() < releases.len() {
             metrics::counter!("ih_leases_lost_total")
                 .increment((releases.len() - released.len()) as u64);

@@ -29,6 +29,8 @@ pub enum Outcome {
         delivery_id: Uuid,
         /// Its lease token.
         lease_token: Uuid,
+        /// When it is due again.
+        due_in: Duration,
     },
 }
 
@@ -79,6 +81,9 @@ impl Drop for SlotGuard {
     }
 }
 
+/// How soon a row handed back at its subscription's in-flight cap is due again.
+pub const DEFERRED_DUE_IN: Duration = Duration::from_millis(500);
+
 /// Everything a delivery needs besides its row.
 pub struct DeliveryContext {
     /// The delivery client.
@@ -91,8 +96,10 @@ pub struct DeliveryContext {
     pub slots: Arc<SubscriptionSlots>,
     /// Most requests in flight per subscription.
     pub max_in_flight_per_subscription: usize,
-    /// Whether a Slack connector is configured.
-    pub slack_configured: bool,
+    /// The Slack connector, when configured.
+    pub slack: Option<shared::config::SlackConnector>,
+    /// Per-channel pacing of Slack messages.
+    pub slack_pacer: crate::slack::ChannelPacer,
 }
 
 /// A uniform number in [0, 1) from the operating system, for jitter.
@@ -136,14 +143,15 @@ pub fn precheck(
             error: Some(
                 "lease_expired: the delivery's worker stopped before finishing it".to_owned(),
             ),
+            external_id: None,
         };
         return Some(dead(delivery, "lease_expired", Some(record)));
     }
     if delivery.target == "slack" {
-        // The Slack sender is not part of this worker yet: such deliveries are dead-lettered
-        // (replayable) rather than retried forever.
-        let _ = context.slack_configured;
-        return Some(dead(delivery, "connector_not_configured", None));
+        if context.slack.is_none() {
+            return Some(dead(delivery, "connector_not_configured", None));
+        }
+        return None;
     }
     match subscription {
         None => Some(Outcome::Complete(Completion {
@@ -182,6 +190,7 @@ pub async fn deliver_webhook(
         return Outcome::Release {
             delivery_id: delivery.id,
             lease_token: delivery.lease_token,
+            due_in: DEFERRED_DUE_IN,
         };
     };
 
@@ -309,6 +318,7 @@ pub fn outcome_of(
         response_status,
         response_body,
         error: error.clone(),
+        external_id: None,
     };
     let next = match verdict {
         Verdict::Delivered => NextState::Delivered,
@@ -359,7 +369,8 @@ mod tests {
             },
             slots: Arc::default(),
             max_in_flight_per_subscription: 2,
-            slack_configured: false,
+            slack: None,
+            slack_pacer: crate::slack::ChannelPacer::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`http`]: the delivery client and its SSRF-guarded resolver.
 //! - [`complete`]: the completion buffer.
 //! - [`listen`]: the LISTEN connection that wakes the loop.
+//! - [`slack`]: the Slack connector.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -34,6 +35,7 @@ pub mod complete;
 pub mod deliver;
 pub mod http;
 pub mod listen;
+pub mod slack;
 
 use crate::{
     complete::Finished,
@@ -110,7 +112,8 @@ pub async fn run(
         },
         slots: Arc::new(SubscriptionSlots::default()),
         max_in_flight_per_subscription: config.max_in_flight_per_subscription,
-        slack_configured: config.slack.is_some(),
+        slack: config.slack.clone(),
+        slack_pacer: slack::ChannelPacer::default(),
     });
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let (outcome_sender, outcome_receiver) =
@@ -274,21 +277,28 @@ async fn deliver_one(
         None if abort.is_cancelled() => Outcome::Release {
             delivery_id: delivery.id,
             lease_token: delivery.lease_token,
+            due_in: Duration::ZERO,
         },
         None => {
             let task_context = context.clone();
             let task_delivery = delivery.clone();
             let send = tokio::spawn(async move {
-                match (task_delivery.target.as_str(), subscription) {
-                    ("webhook", Some(subscription)) => {
+                match (
+                    task_delivery.target.as_str(),
+                    subscription,
+                    task_context.slack.as_ref(),
+                ) {
+                    ("webhook", Some(subscription), _) => {
                         deliver::deliver_webhook(&task_context, &task_delivery, &subscription).await
                     }
-                    // precheck settles every other combination; refuse rather than guess
-                    _ => deliver::precheck(&task_context, &task_delivery, None).unwrap_or(
-                        Outcome::Release {
-                            delivery_id: task_delivery.id,
-                            lease_token: task_delivery.lease_token,
-                        },
+                    ("slack", _, Some(connector)) => {
+                        slack::deliver_slack(&task_context, connector, &task_delivery).await
+                    }
+                    // precheck settles every other combination
+                    _ => failed_attempt(
+                        &task_context,
+                        &task_delivery,
+                        "internal_error: unknown delivery target",
                     ),
                 }
             });
@@ -303,7 +313,7 @@ async fn deliver_one(
                 },
                 () = abort.cancelled() => {
                     abort_handle.abort();
-                    Outcome::Release { delivery_id: delivery.id, lease_token: delivery.lease_token }
+                    Outcome::Release { delivery_id: delivery.id, lease_token: delivery.lease_token, due_in: Duration::ZERO }
                 }
             }
         }

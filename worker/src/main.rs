@@ -85,6 +85,11 @@ fn main() -> anyhow::Result<()> {
     for variable in &loaded.unknown_variables {
         tracing::warn!(variable = %variable, "unknown IH_ variable ignored");
     }
+    if config.slack.is_none() {
+        tracing::info!(
+            "Slack connector off: IH_SLACK_BOT_TOKEN is not set; slack deliveries are dead-lettered as connector_not_configured"
+        );
+    }
     tracing::info!(config = ?config, "starting ih-worker");
 
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();

@@ -592,3 +592,34 @@ async fn a_publish_wakes_listening_workers_after_commit() {
         .unwrap();
     assert_eq!(notification.channel(), shared::db::DELIVERY_CHANNEL);
 }
+
+#[tokio::test]
+async fn with_a_slack_token_request_submitted_also_gets_a_slack_delivery() {
+    let app = TestApp::spawn_with(|s| {
+        s.slack_bot_token = Some(shared::config::SecretString::new("xoxb-1"))
+    })
+    .await;
+    app.create_subscription("http://127.0.0.1:9/a", &["*"])
+        .await;
+    let event = app
+        .publish("request_submitted", json!({"title": "t"}))
+        .await;
+    assert_eq!(event["deliveries"], 2);
+    let other = app.publish("something_else", json!({})).await;
+    assert_eq!(other["deliveries"], 1);
+    let (_, detail) = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/events/{}", event["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let mut targets: Vec<&str> = detail["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["target"].as_str().unwrap())
+        .collect();
+    targets.sort_unstable();
+    assert_eq!(targets, ["slack", "webhook"]);
+}

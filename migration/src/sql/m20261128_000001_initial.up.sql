@@ -97,6 +97,8 @@ create table delivery_attempts (
   error            text,
   -- the worker that made the attempt, for operators tracing a replica
   worker_id        text,
+  -- the receiving system's id for what was created (Slack's message ts)
+  external_id      text,
   outcome          text        not null
                    check (outcome in ('delivered', 'retry_scheduled', 'dead_lettered'))
 );

@@ -15,6 +15,8 @@ pub struct AttemptRow {
     pub delivery_id: Uuid,
     /// Its event.
     pub event_id: Uuid,
+    /// `webhook` or `slack` (absent when the delivery was pruned).
+    pub target: Option<String>,
     /// 1 for the first try.
     pub attempt_number: i32,
     /// When the request started.
@@ -29,6 +31,8 @@ pub struct AttemptRow {
     pub error: Option<String>,
     /// The worker that made it.
     pub worker_id: Option<String>,
+    /// The receiving system's id for what was created (Slack's `ts`).
+    pub external_id: Option<String>,
     /// `delivered`, `retry_scheduled` or `dead_lettered`.
     pub outcome: String,
 }

@@ -130,6 +130,8 @@ pub struct AttemptRecord {
     pub response_body: Option<String>,
     /// What went wrong.
     pub error: Option<String>,
+    /// The receiving system's id for what was created (Slack's `ts`).
+    pub external_id: Option<String>,
 }
 
 /// One outcome to write back.
@@ -175,6 +177,7 @@ pub async fn complete_deliveries(
     let mut attempt_outcomes = Vec::with_capacity(len);
     let mut dead_reasons = Vec::with_capacity(len);
     let mut disables = Vec::with_capacity(len);
+    let mut external_ids = Vec::with_capacity(len);
     for completion in sorted {
         let (status, delay, outcome, dead_reason, disable) = match &completion.next {
             NextState::Delivered => ("delivered", 0.0, "delivered", None, false),
@@ -213,6 +216,7 @@ pub async fn complete_deliveries(
         attempt_outcomes.push(outcome);
         dead_reasons.push(dead_reason);
         disables.push(disable);
+        external_ids.push(attempt.as_ref().and_then(|a| a.external_id.clone()));
     }
     Ok(
         sqlx::query_scalar(include_str!("sql/complete_deliveries.sql"))
@@ -232,30 +236,31 @@ pub async fn complete_deliveries(
             .bind(&dead_reasons)
             .bind(&disables)
             .bind(worker_id)
+            .bind(&external_ids)
             .fetch_all(pool)
             .await?,
     )
 }
 
-/// Hands leased rows back to the queue without counting an attempt; returns the ids whose
-/// lease still held.
+/// Hands leased rows (id, lease token, due in) back to the queue without counting an attempt;
+/// returns the ids whose lease still held.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn release_deliveries(
     pool: &PgPool,
-    leases: &[(Uuid, Uuid)],
-    due_in: Duration,
+    leases: &[(Uuid, Uuid, Duration)],
 ) -> Result<Vec<Uuid>, DbError> {
     let mut sorted = leases.to_vec();
-    sorted.sort();
-    let ids: Vec<Uuid> = sorted.iter().map(|(id, _)| *id).collect();
-    let tokens: Vec<Uuid> = sorted.iter().map(|(_, token)| *token).collect();
+    sorted.sort_by_key(|(id, _, _)| *id);
+    let ids: Vec<Uuid> = sorted.iter().map(|(id, _, _)| *id).collect();
+    let tokens: Vec<Uuid> = sorted.iter().map(|(_, token, _)| *token).collect();
+    let due_in: Vec<f64> = sorted.iter().map(|(_, _, due)| due.as_secs_f64()).collect();
     Ok(
         sqlx::query_scalar(include_str!("sql/release_deliveries.sql"))
             .bind(&ids)
             .bind(&tokens)
-            .bind(due_in.as_secs_f64())
+            .bind(&due_in)
             .fetch_all(pool)
             .await?,
     )

@@ -10,4 +10,5 @@
 
 mod crash;
 mod delivery;
+mod slack;
 mod support;

@@ -27,6 +27,7 @@ use worker::{WorkerOptions, http::Lookup};
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Received {
+    pub method: String,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
@@ -69,6 +70,15 @@ impl Reply {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
+
+    /// A JSON answer, as Slack's API gives.
+    pub fn json(status: u16, body: &str) -> Self {
+        Self {
+            body: body.as_bytes().to_vec(),
+            ..Self::status(status)
+        }
+        .header("content-type", "application/json")
+    }
 }
 
 type Script = Arc<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
@@ -82,6 +92,7 @@ struct ReceiverState {
 #[handler]
 async fn receive(request: &Request, body: poem::Body, state: Data<&ReceiverState>) -> Response {
     let received = Received {
+        method: request.method().to_string(),
         path: request.uri().path().to_owned(),
         headers: request.headers().clone(),
         body: body.into_vec().await.unwrap_or_default(),
@@ -292,6 +303,19 @@ pub async fn subscribe(db: &TestDb, url: &str, secret: &str, events: &[&str]) ->
 
 /// Publishes events through the same path as the API; returns their ids.
 pub async fn publish(db: &TestDb, event_type: &str, payloads: &[String]) -> Vec<Uuid> {
+    publish_with(db, event_type, payloads, None).await
+}
+
+/// Publishes with the Slack fan-out of `slack_types` on, as the API does with a bot token.
+pub async fn publish_with(
+    db: &TestDb,
+    event_type: &str,
+    payloads: &[String],
+    slack_types: Option<&[&str]>,
+) -> Vec<Uuid> {
+    let fanout = slack_types.map(|types| shared::config::SlackFanout {
+        event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+    });
     let event_type = EventType::parse(event_type).unwrap();
     let mut ids = Vec::new();
     for chunk in payloads.chunks(1000) {
@@ -305,7 +329,7 @@ pub async fn publish(db: &TestDb, event_type: &str, payloads: &[String]) -> Vec<
                 request_hash: request_hash(&event_type, payload),
             })
             .collect();
-        match db::publish_events(&db.pool, "test", &events, None, None)
+        match db::publish_events(&db.pool, "test", &events, fanout.as_ref(), None)
             .await
             .unwrap()
         {

@@ -7,10 +7,10 @@ with input as (
   select *
   from unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[], $6::boolean[],
               $7::integer[], $8::timestamptz[], $9::integer[], $10::integer[], $11::text[],
-              $12::text[], $13::text[], $14::text[], $15::boolean[])
+              $12::text[], $13::text[], $14::text[], $15::boolean[], $17::text[])
     as c(id, token, status, delay_seconds, last_error, has_attempt,
          attempt_number, started_at, duration_ms, response_status, response_body,
-         attempt_error, attempt_outcome, dead_reason, disable_subscription)
+         attempt_error, attempt_outcome, dead_reason, disable_subscription, external_id)
 ),
 done as (
   update deliveries d
@@ -31,9 +31,10 @@ done as (
 attempts as (
   insert into delivery_attempts
     (id, delivery_id, event_id, attempt_number, started_at, duration_ms, response_status,
-     response_body, error, worker_id, outcome)
+     response_body, error, worker_id, external_id, outcome)
   select ih_uuid_v7(), done.id, done.event_id, c.attempt_number, c.started_at, c.duration_ms,
-         c.response_status, c.response_body, c.attempt_error, $16::text, c.attempt_outcome
+         c.response_status, c.response_body, c.attempt_error, $16::text, c.external_id,
+         c.attempt_outcome
   from done
   join input c on c.id = done.id
   where c.has_attempt

@@ -1,0 +1,238 @@
+//! The Slack connector: posts `request_submitted` events with `chat.postMessage`, through the
+//! same leases, retries and dead letters as webhooks and the same guarded HTTP client (no
+//! redirects, no proxy variables, the address policy).
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use shared::{
+    config::SlackConnector,
+    db::{AttemptRecord, Completion, LeasedDelivery, NextState},
+    retry::parse_retry_after,
+    slack::{self, MessageError, SlackVerdict},
+};
+
+use crate::{
+    deliver::{DeliveryContext, Outcome, random_unit},
+    http::{self, SendResult},
+};
+
+/// Slack allows about one message per second per channel.
+pub const CHANNEL_SPACING: Duration = Duration::from_secs(1);
+/// Longest a delivery waits in its task for its channel's turn; beyond it the row is handed
+/// back to be due at its turn, so a busy channel never holds worker slots.
+pub const MAX_PACING_WAIT: Duration = Duration::from_secs(2);
+
+/// Paces messages per channel within one worker.
+#[derive(Debug, Default)]
+pub struct ChannelPacer {
+    next_turn: Mutex<HashMap<String, Instant>>,
+}
+
+impl ChannelPacer {
+    /// Reserves the channel's next turn if it comes within `max_wait`; returns how long to
+    /// wait for it, or `Err(wait)` without reserving when it is further away.
+    pub fn reserve(&self, channel: &str, max_wait: Duration) -> Result<Duration, Duration> {
+        let mut turns = self
+            .next_turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let turn = turns
+            .get(channel)
+            .copied()
+            .filter(|turn| *turn > now)
+            .unwrap_or(now);
+        let wait = turn - now;
+        if wait > max_wait {
+            return Err(wait);
+        }
+        turns.insert(channel.to_owned(), turn + CHANNEL_SPACING);
+        Ok(wait)
+    }
+}
+
+fn dead_now(delivery: &LeasedDelivery, reason: String, attempt: Option<AttemptRecord>) -> Outcome {
+    Outcome::Complete(Completion {
+        delivery_id: delivery.id,
+        lease_token: delivery.lease_token,
+        next: NextState::Dead {
+            reason: reason.clone(),
+            disable_subscription: false,
+        },
+        last_error: Some(reason),
+        attempt,
+    })
+}
+
+/// Posts one Slack delivery and returns its outcome.
+pub async fn deliver_slack(
+    context: &DeliveryContext,
+    connector: &SlackConnector,
+    delivery: &LeasedDelivery,
+) -> Outcome {
+    let message = match slack::build_message(
+        delivery.event_id,
+        &delivery.event_type,
+        &delivery.payload,
+        connector.default_channel.as_deref(),
+        &connector.allowed_channels,
+    ) {
+        Ok(message) => message,
+        Err(error) => {
+            let reason = match error {
+                MessageError::NoChannel => {
+                    "slack_no_channel: set IH_SLACK_DEFAULT_CHANNEL or the payload's slack_channel"
+                }
+                MessageError::ChannelNotAllowed => {
+                    "slack_channel_not_allowed: the payload's slack_channel is not in IH_SLACK_ALLOWED_CHANNELS"
+                }
+                MessageError::PayloadNotAnObject => "slack_payload_not_an_object",
+            };
+            return dead_now(delivery, reason.to_owned(), None);
+        }
+    };
+    let channel = message["channel"].as_str().unwrap_or_default().to_owned();
+    match context.slack_pacer.reserve(&channel, MAX_PACING_WAIT) {
+        Ok(wait) => tokio::time::sleep(wait).await,
+        Err(wait) => {
+            return Outcome::Release {
+                delivery_id: delivery.id,
+                lease_token: delivery.lease_token,
+                due_in: wait,
+            };
+        }
+    }
+
+    let url = format!("{}/chat.postMessage", connector.api_base_url);
+    let headers = vec![(
+        "Authorization".to_owned(),
+        format!("Bearer {}", connector.bot_token.expose()),
+    )];
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let result = http::send(
+        &context.client,
+        &context.policy,
+        &url,
+        headers,
+        message.to_string(),
+    )
+    .await;
+    let elapsed = clock.elapsed();
+    metrics::histogram!("ih_attempt_duration_seconds").record(elapsed.as_secs_f64());
+
+    let attempt_number = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
+    let (verdict, status, body) = match result {
+        SendResult::Answered {
+            status,
+            retry_after,
+            body_excerpt,
+        } => {
+            let retry_after = retry_after.as_deref().and_then(|value| {
+                parse_retry_after(value, Utc::now(), context.retry.retry_after_max)
+            });
+            (
+                slack::classify(status, &body_excerpt, retry_after),
+                Some(i32::from(status)),
+                Some(body_excerpt),
+            )
+        }
+        SendResult::Failed { error } => (SlackVerdict::Transient(error), None, None),
+    };
+    let mut record = AttemptRecord {
+        attempt_number: delivery.attempts,
+        started_at,
+        duration_ms: i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX),
+        response_status: status,
+        response_body: body,
+        error: None,
+        external_id: None,
+    };
+    let (next, error) = match verdict {
+        SlackVerdict::Posted { ts } => {
+            record.external_id = ts;
+            (NextState::Delivered, None)
+        }
+        SlackVerdict::Permanent(error) => (
+            NextState::Dead {
+                reason: format!("slack_{error}"),
+                disable_subscription: false,
+            },
+            Some(format!("slack_{error}")),
+        ),
+        SlackVerdict::RateLimited(retry_after) => retry_or_die(
+            context,
+            attempt_number,
+            "slack_ratelimited".to_owned(),
+            retry_after,
+        ),
+        SlackVerdict::Transient(error) => retry_or_die(context, attempt_number, error, None),
+    };
+    record.error.clone_from(&error);
+    tracing::info!(
+        event.id = %delivery.event_id,
+        delivery.id = %delivery.id,
+        target = "slack",
+        attempt = delivery.attempts,
+        response.status = status,
+        duration_ms = elapsed.as_millis() as u64,
+        error = error.as_deref().unwrap_or_default(),
+        "slack attempt finished"
+    );
+    Outcome::Complete(Completion {
+        delivery_id: delivery.id,
+        lease_token: delivery.lease_token,
+        next,
+        last_error: error,
+        attempt: Some(record),
+    })
+}
+
+fn retry_or_die(
+    context: &DeliveryContext,
+    attempt: u32,
+    error: String,
+    retry_after: Option<Duration>,
+) -> (NextState, Option<String>) {
+    let next = if context.retry.is_last(attempt) {
+        NextState::Dead {
+            reason: format!("max_attempts_exceeded: {error}"),
+            disable_subscription: false,
+        }
+    } else {
+        NextState::Retry(retry_after.unwrap_or_else(|| context.retry.delay(attempt, random_unit())))
+    };
+    (next, Some(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_gets_one_turn_per_second_and_far_turns_are_not_reserved() {
+        let pacer = ChannelPacer::default();
+        assert_eq!(pacer.reserve("C1", MAX_PACING_WAIT), Ok(Duration::ZERO));
+        let second = pacer.reserve("C1", MAX_PACING_WAIT).unwrap();
+        assert!(
+            second > Duration::from_millis(900) && second <= CHANNEL_SPACING,
+            "{second:?}"
+        );
+        let third = pacer.reserve("C1", MAX_PACING_WAIT).unwrap();
+        assert!(third > Duration::from_millis(1900), "{third:?}");
+        assert!(
+            pacer.reserve("C1", MAX_PACING_WAIT).is_err(),
+            "three seconds away is handed back"
+        );
+        assert_eq!(
+            pacer.reserve("C2", MAX_PACING_WAIT),
+            Ok(Duration::ZERO),
+            "channels are independent"
+        );
+    }
+}
