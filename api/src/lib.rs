@@ -13,6 +13,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler,
     http::{HeaderValue, StatusCode},
@@ -23,6 +24,7 @@ use poem_openapi::OpenApiService;
 use shared::config::ApiConfig;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub mod auth;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Wakes workers after commits.
     pub waker: WorkerWaker,
+    /// Renders `/metrics`; absent when no recorder is installed (in-process tests).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// How long in-flight requests may finish after a shutdown signal.
@@ -112,6 +116,30 @@ async fn ready(state: Data<&AppState>) -> Response {
     }
 }
 
+#[handler]
+fn render_metrics(state: Data<&AppState>) -> String {
+    state
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
+/// The route template of a path, for metric labels: ids become `{id}`, so the label set stays
+/// small whatever the traffic.
+fn route_label(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            if Uuid::parse_str(segment).is_ok() {
+                "{id}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// A request id from `X-Request-Id` when it is short and printable, else a fresh one.
 fn request_id(request: &poem::Request) -> String {
     request
@@ -140,34 +168,75 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .nest("/docs", docs)
         .at("/health", get(health))
         .at("/ready", get(ready))
+        .at("/metrics", get(render_metrics))
         .data(authenticator)
         .data(state)
         .catch_all_error(render_framework_error)
-        .around(|endpoint, request| async move {
-            let id = request_id(&request);
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
-            let started = std::time::Instant::now();
-            let mut response = REQUEST_ID
-                .scope(id.clone(), endpoint.call(request))
-                .await?
-                .into_response();
-            tracing::info!(
-                request.id = %id,
-                http.method = %method,
-                http.path = %path,
-                http.status = response.status().as_u16(),
-                duration_ms = started.elapsed().as_millis() as u64,
-                "request served"
-            );
-            if let Ok(value) = HeaderValue::from_str(&id) {
-                response.headers_mut().insert("x-request-id", value);
-            }
-            Ok::<Response, poem::Error>(response)
-        })
+        .around(observe_request)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then lets in-flight requests
+/// Gives every request an id, a server span (continuing an incoming `traceparent`), one log
+/// line and its HTTP metrics.
+async fn observe_request<E: Endpoint>(
+    endpoint: Arc<E>,
+    request: poem::Request,
+) -> poem::Result<Response> {
+    let id = request_id(&request);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = route_label(&path);
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!(
+        "http_request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.method = %method,
+        http.route = %route,
+        request.id = %id,
+    );
+    let incoming = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    shared::telemetry::continue_trace(&span, incoming.as_deref());
+    let mut response = REQUEST_ID
+        .scope(id.clone(), endpoint.call(request))
+        .instrument(span)
+        .await?
+        .into_response();
+    let status = response.status();
+    // a 404 from the router has no route: one label for all of them keeps cardinality bounded
+    let route = if status == StatusCode::NOT_FOUND && !route.contains("{id}") {
+        "unmatched".to_owned()
+    } else {
+        route
+    };
+    metrics::counter!(
+        "ih_http_requests_total",
+        "method" => method.to_string(),
+        "route" => route.clone(),
+        "status" => status.as_u16().to_string()
+    )
+    .increment(1);
+    metrics::histogram!("ih_http_request_duration_seconds", "method" => method.to_string(), "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    tracing::info!(
+        request.id = %id,
+        http.method = %method,
+        http.path = %path,
+        http.status = status.as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "request served"
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    Ok(response)
+}
+
+/// Serves the API on `listener` until `shutdown` completes (rendering `/metrics` from
+/// `metrics` when a recorder is installed), then lets in-flight requests
 /// finish for up to [`SHUTDOWN_GRACE`].
 ///
 /// # Errors
@@ -176,13 +245,30 @@ pub async fn serve(
     config: ApiConfig,
     pool: PgPool,
     listener: tokio::net::TcpListener,
+    metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let background = CancellationToken::new();
+    if let Some(handle) = metrics.clone() {
+        let pool = pool.clone();
+        let max_connections = config.database.max_connections;
+        let stop = background.clone();
+        tokio::spawn(async move {
+            loop {
+                shared::telemetry::record_pool(&pool, max_connections);
+                handle.run_upkeep();
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+    }
     let state = AppState {
         waker: WorkerWaker::spawn(pool.clone(), background.clone()),
         pool,
         config: Arc::new(config),
+        metrics,
     };
     let acceptor = TcpAcceptor::from_tokio(listener)?;
     let result = Server::new_with_acceptor(acceptor)

@@ -27,8 +27,15 @@ fn main() -> anyhow::Result<()> {
     let loaded = shared::config::load(cli.config.as_deref(), &cli)?;
     let settings = loaded.settings;
     let config = ApiConfig::from_settings(&settings)?;
-    shared::telemetry::init_logging(&settings.log_level, &settings.log_format)
-        .map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))?;
+    let telemetry = shared::telemetry::init(
+        "ih-api",
+        &settings.log_level,
+        &settings.log_format,
+        config.tracing.as_ref(),
+    )
+    .map_err(|error| anyhow::anyhow!("cannot set up logging and tracing: {error}"))?;
+    let metrics = shared::telemetry::install_metrics()
+        .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))?;
     for variable in &loaded.unknown_variables {
         tracing::warn!(variable = %variable, "unknown IH_ variable ignored");
     }
@@ -49,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting ih-api");
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let pool = shared::db::connect(&config.database, "ih-api")?;
         if let Err(error) = shared::db::ping(&pool).await {
             tracing::warn!(error.message = %error, "database not reachable yet; /ready answers 503 until it is");
@@ -58,6 +65,9 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
         tracing::info!(addr = %config.addr, "ih-api listening");
-        api::serve(config, pool, listener, shared::shutdown::signal()).await
-    })
+        api::serve(config, pool, listener, Some(metrics), shared::shutdown::signal()).await
+    });
+    // flushing spans may block on the collector, within its bounded timeout
+    telemetry.shutdown();
+    result
 }

@@ -59,6 +59,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_WORKER_ID",
     "IH_WORKER_SHUTDOWN_GRACE_SECONDS",
     "IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION",
+    "IH_OTLP_ENDPOINT",
+    "IH_OTEL_SAMPLE_RATIO",
 ];
 
 /// A string that must never be printed: `Debug` shows `***`.
@@ -239,6 +241,12 @@ pub struct Settings {
     /// `IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION`: most requests one worker has in flight to
     /// one subscription, so one slow endpoint cannot take every slot.
     pub worker_max_in_flight_per_subscription: usize,
+    /// `IH_OTLP_ENDPOINT` (or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`): OTLP/HTTP base URL;
+    /// traces are exported only when set.
+    #[serde(deserialize_with = "lenient_optional_string")]
+    pub otlp_endpoint: Option<String>,
+    /// `IH_OTEL_SAMPLE_RATIO`: fraction of new traces sampled (children follow their parent).
+    pub otel_sample_ratio: f64,
 }
 
 /// The default database of `make run` and of a fresh checkout.
@@ -281,6 +289,8 @@ impl Default for Settings {
             worker_id: None,
             worker_shutdown_grace_seconds: 25.0,
             worker_max_in_flight_per_subscription: 16,
+            otlp_endpoint: None,
+            otel_sample_ratio: 1.0,
         }
     }
 }
@@ -330,9 +340,15 @@ pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Loaded, C
     let figment = figment
         .merge(Env::prefixed("IH_").ignore(&["CONFIG_FILE"]))
         .merge(Serialized::defaults(overrides));
-    let settings: Settings = figment.extract().map_err(|error| ConfigError {
+    let mut settings: Settings = figment.extract().map_err(|error| ConfigError {
         problems: error.into_iter().map(|e| e.to_string()).collect(),
     })?;
+    if settings.otlp_endpoint.is_none() {
+        // the standard OpenTelemetry variable, for deployments that set it for every service
+        settings.otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|endpoint| !endpoint.trim().is_empty());
+    }
     let unknown_variables = environment
         .into_iter()
         .map(|(name, _)| name)
@@ -398,6 +414,8 @@ pub struct ApiConfig {
     pub limits: ApiLimits,
     /// Slack fan-out, when the connector is configured.
     pub slack: Option<SlackFanout>,
+    /// Trace export, when an endpoint is configured.
+    pub tracing: Option<crate::telemetry::TracingConfig>,
 }
 
 /// The validated configuration of `ih-worker`.
@@ -435,6 +453,8 @@ pub struct WorkerConfig {
     pub max_in_flight_per_subscription: usize,
     /// The Slack connector, when configured.
     pub slack: Option<SlackConnector>,
+    /// Trace export, when an endpoint is configured.
+    pub tracing: Option<crate::telemetry::TracingConfig>,
 }
 
 /// The Slack connector's settings, for the worker.
@@ -557,6 +577,27 @@ fn slack_fanout(problems: &mut Problems, settings: &Settings) -> Option<SlackFan
         .map(|_| SlackFanout { event_types })
 }
 
+fn tracing_config(
+    problems: &mut Problems,
+    settings: &Settings,
+) -> Option<crate::telemetry::TracingConfig> {
+    if !(0.0..=1.0).contains(&settings.otel_sample_ratio) {
+        problems.push("IH_OTEL_SAMPLE_RATIO: must be between 0 and 1");
+    }
+    let endpoint = settings.otlp_endpoint.as_deref()?.trim();
+    let valid = url::Url::parse(endpoint).is_ok_and(|url| matches!(url.scheme(), "http" | "https"));
+    if !valid {
+        problems.push(format!(
+            "IH_OTLP_ENDPOINT: `{endpoint}` is not an http(s) URL"
+        ));
+        return None;
+    }
+    Some(crate::telemetry::TracingConfig {
+        endpoint: endpoint.to_owned(),
+        sample_ratio: settings.otel_sample_ratio.clamp(0.0, 1.0),
+    })
+}
+
 fn common_checks(problems: &mut Problems, settings: &Settings) {
     if !matches!(settings.log_format.as_str(), "json" | "pretty") {
         problems.push(format!(
@@ -581,6 +622,7 @@ impl ApiConfig {
         let database = database_config(&mut problems, settings);
         let destination_policy = destination_policy(&mut problems, settings);
         let slack = slack_fanout(&mut problems, settings);
+        let tracing = tracing_config(&mut problems, settings);
 
         let tokens = match settings
             .api_tokens
@@ -626,6 +668,7 @@ impl ApiConfig {
             destination_policy,
             limits,
             slack,
+            tracing,
         })
     }
 }
@@ -729,6 +772,7 @@ impl WorkerConfig {
         {
             problems.push("IH_SLACK_API_BASE_URL: must be an http(s) URL");
         }
+        let tracing = tracing_config(&mut problems, settings);
         let worker_id = settings
             .worker_id
             .clone()
@@ -751,6 +795,7 @@ impl WorkerConfig {
             shutdown_grace,
             max_in_flight_per_subscription: settings.worker_max_in_flight_per_subscription,
             slack,
+            tracing,
         })
     }
 }

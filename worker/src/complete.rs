@@ -24,6 +24,10 @@ pub struct Finished {
     pub leased_at: Instant,
     /// The worker slot, released after the flush.
     pub permit: OwnedSemaphorePermit,
+    /// `webhook` or `slack`, for metrics.
+    pub target: String,
+    /// The subscription, for the per-subscription failure metric.
+    pub subscription_id: Option<Uuid>,
 }
 
 /// Runs until every sender is dropped and the buffer is flushed.
@@ -82,9 +86,17 @@ async fn flush(pool: &PgPool, worker_id: &str, buffer: &mut Vec<Finished>, lease
 async fn write(pool: &PgPool, worker_id: &str, buffer: &[Finished]) -> Result<(), db::DbError> {
     let mut completions: Vec<Completion> = Vec::new();
     let mut releases: Vec<(Uuid, Uuid, Duration)> = Vec::new();
+    let mut targets: std::collections::HashMap<Uuid, (String, Option<Uuid>)> =
+        std::collections::HashMap::new();
     for finished in buffer {
         match &finished.outcome {
-            Outcome::Complete(completion) => completions.push(completion.clone()),
+            Outcome::Complete(completion) => {
+                targets.insert(
+                    completion.delivery_id,
+                    (finished.target.clone(), finished.subscription_id),
+                );
+                completions.push(completion.clone());
+            }
             Outcome::Release {
                 delivery_id,
                 lease_token,
@@ -94,18 +106,42 @@ async fn write(pool: &PgPool, worker_id: &str, buffer: &[Finished]) -> Result<()
     }
     if !completions.is_empty() {
         let written = db::complete_deliveries(pool, worker_id, &completions).await?;
+        let lags: std::collections::HashMap<Uuid, Option<f64>> = written
+            .into_iter()
+            .map(|row| (row.id, row.lag_seconds))
+            .collect();
         for completion in &completions {
-            if !written.contains(&completion.delivery_id) {
+            let Some(lag) = lags.get(&completion.delivery_id) else {
                 tracing::warn!(delivery.id = %completion.delivery_id, "lease lost before the outcome was written; discarding it");
                 metrics::counter!("ih_leases_lost_total").increment(1);
-            } else {
-                let outcome = match completion.next {
-                    db::NextState::Delivered => "delivered",
-                    db::NextState::Retry(_) => "retry_scheduled",
-                    db::NextState::Dead { .. } => "dead_lettered",
-                    db::NextState::Cancelled => "cancelled",
-                };
-                metrics::counter!("ih_deliveries_total", "outcome" => outcome).increment(1);
+                continue;
+            };
+            let (target, subscription_id) = targets
+                .get(&completion.delivery_id)
+                .cloned()
+                .unwrap_or_default();
+            let failed_attempt =
+                completion.attempt.is_some() && completion.next != db::NextState::Delivered;
+            if let (true, Some(subscription_id)) = (failed_attempt, subscription_id) {
+                // one series per subscription: bounded by what operators create
+                metrics::counter!(
+                    "ih_subscription_failures_total",
+                    "subscription_id" => subscription_id.to_string()
+                )
+                .increment(1);
+            }
+            let outcome = match completion.next {
+                db::NextState::Delivered => "delivered",
+                db::NextState::Retry(_) => "retry_scheduled",
+                db::NextState::Dead { .. } => "dead_lettered",
+                db::NextState::Cancelled => "cancelled",
+            };
+            metrics::counter!("ih_deliveries_total", "target" => target.clone(), "outcome" => outcome).increment(1);
+            if let db::NextState::Dead { .. } = completion.next {
+                metrics::counter!("ih_dead_letters_total", "target" => target).increment(1);
+            }
+            if let Some(lag) = lag {
+                metrics::histogram!("ih_delivery_lag_seconds").record(*lag);
             }
         }
     }

@@ -230,8 +230,11 @@ pub async fn deliver_webhook(
         ("webhook-timestamp".to_owned(), timestamp.to_string()),
         ("webhook-signature".to_owned(), signatures.standard),
     ]);
-    if let Some(traceparent) = &delivery.traceparent {
-        headers.push(("traceparent".to_owned(), traceparent.clone()));
+    // the attempt's own span when traced, else the context the publisher handed in
+    if let Some(traceparent) =
+        shared::telemetry::current_traceparent().or_else(|| delivery.traceparent.clone())
+    {
+        headers.push(("traceparent".to_owned(), traceparent));
     }
 
     let clock = Instant::now();
@@ -244,7 +247,7 @@ pub async fn deliver_webhook(
     )
     .await;
     let elapsed = clock.elapsed();
-    metrics::histogram!("ih_attempt_duration_seconds").record(elapsed.as_secs_f64());
+    metrics::histogram!("ih_delivery_attempt_duration_seconds").record(elapsed.as_secs_f64());
     let outcome = outcome_of(context, delivery, result, started_at, elapsed);
     if let Outcome::Complete(completion) = &outcome {
         tracing::info!(

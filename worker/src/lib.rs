@@ -29,6 +29,7 @@ use shared::{
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub mod complete;
@@ -133,6 +134,14 @@ pub async fn run(
         listener_stop.clone(),
     ));
 
+    let samplers_stop = CancellationToken::new();
+    spawn_samplers(
+        pool.clone(),
+        config.database.max_connections,
+        samplers_stop.clone(),
+    );
+    register_metrics();
+
     let abort_sends = CancellationToken::new();
     let tasks = TaskTracker::new();
     tracing::info!(worker.id = %config.worker_id, concurrency = config.concurrency, "worker started");
@@ -234,9 +243,49 @@ pub async fn run(
         tracing::warn!("final flush did not finish in time; unwritten leases expire by themselves");
     }
     listener_stop.cancel();
+    samplers_stop.cancel();
     let _ = listener.await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// How often the queue and the pool are sampled for metrics.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Samples the queue (when this worker takes the sampling lock) and the pool, every ~10 s.
+fn spawn_samplers(pool: PgPool, max_connections: u32, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            shared::telemetry::record_pool(&pool, max_connections);
+            match db::sample_queue(&pool).await {
+                Ok(sample) if sample.leader => {
+                    metrics::gauge!("ih_queue_depth").set(sample.depth.unwrap_or_default() as f64);
+                    metrics::gauge!("ih_queue_oldest_due_age_seconds")
+                        .set(sample.oldest_due_age_seconds.unwrap_or_default().max(0.0));
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(error.message = %error, "queue sample failed"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(jittered(SAMPLE_INTERVAL)) => {}
+            }
+        }
+    });
+}
+
+/// Registers the counters at zero, so dashboards and alerts see them before the first event.
+fn register_metrics() {
+    for target in ["webhook", "slack"] {
+        for outcome in ["delivered", "retry_scheduled", "dead_lettered", "cancelled"] {
+            metrics::counter!("ih_deliveries_total", "target" => target, "outcome" => outcome)
+                .increment(0);
+        }
+        metrics::counter!("ih_dead_letters_total", "target" => target).increment(0);
+    }
+    metrics::counter!("ih_leases_lost_total").increment(0);
+    metrics::counter!("ih_deliveries_deferred_total").increment(0);
+    metrics::gauge!("ih_inflight_deliveries").set(0.0);
 }
 
 async fn load_subscriptions(
@@ -271,7 +320,7 @@ async fn deliver_one(
     outcomes: mpsc::Sender<Finished>,
     abort: CancellationToken,
 ) {
-    metrics::gauge!("ih_in_flight_deliveries").increment(1.0);
+    metrics::gauge!("ih_inflight_deliveries").increment(1.0);
     let outcome = match deliver::precheck(&context, &delivery, subscription.as_ref()) {
         Some(outcome) => outcome,
         None if abort.is_cancelled() => Outcome::Release {
@@ -282,26 +331,40 @@ async fn deliver_one(
         None => {
             let task_context = context.clone();
             let task_delivery = delivery.clone();
-            let send = tokio::spawn(async move {
-                match (
-                    task_delivery.target.as_str(),
-                    subscription,
-                    task_context.slack.as_ref(),
-                ) {
-                    ("webhook", Some(subscription), _) => {
-                        deliver::deliver_webhook(&task_context, &task_delivery, &subscription).await
+            // The attempt joins the publisher's trace: one trace shows publish → every attempt.
+            let span = tracing::info_span!(
+                "deliver",
+                otel.name = format!("deliver {}", delivery.target),
+                otel.kind = "client",
+                event.id = %delivery.event_id,
+                delivery.id = %delivery.id,
+                attempt = delivery.attempts,
+            );
+            shared::telemetry::continue_trace(&span, delivery.traceparent.as_deref());
+            let send = tokio::spawn(
+                async move {
+                    match (
+                        task_delivery.target.as_str(),
+                        subscription,
+                        task_context.slack.as_ref(),
+                    ) {
+                        ("webhook", Some(subscription), _) => {
+                            deliver::deliver_webhook(&task_context, &task_delivery, &subscription)
+                                .await
+                        }
+                        ("slack", _, Some(connector)) => {
+                            slack::deliver_slack(&task_context, connector, &task_delivery).await
+                        }
+                        // precheck settles every other combination
+                        _ => failed_attempt(
+                            &task_context,
+                            &task_delivery,
+                            "internal_error: unknown delivery target",
+                        ),
                     }
-                    ("slack", _, Some(connector)) => {
-                        slack::deliver_slack(&task_context, connector, &task_delivery).await
-                    }
-                    // precheck settles every other combination
-                    _ => failed_attempt(
-                        &task_context,
-                        &task_delivery,
-                        "internal_error: unknown delivery target",
-                    ),
                 }
-            });
+                .instrument(span),
+            );
             let abort_handle = send.abort_handle();
             tokio::select! {
                 joined = send => match joined {
@@ -318,12 +381,14 @@ async fn deliver_one(
             }
         }
     };
-    metrics::gauge!("ih_in_flight_deliveries").decrement(1.0);
+    metrics::gauge!("ih_inflight_deliveries").decrement(1.0);
     let _ = outcomes
         .send(Finished {
             outcome,
             leased_at,
             permit,
+            target: delivery.target.clone(),
+            subscription_id: delivery.subscription_id,
         })
         .await;
 }

@@ -80,8 +80,13 @@ fn main() -> anyhow::Result<()> {
     let loaded = shared::config::load(cli.config.as_deref(), &cli)?;
     let settings = loaded.settings;
     let config = WorkerConfig::from_settings(&settings)?;
-    shared::telemetry::init_logging(&settings.log_level, &settings.log_format)
-        .map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))?;
+    let telemetry = shared::telemetry::init(
+        "ih-worker",
+        &settings.log_level,
+        &settings.log_format,
+        config.tracing.as_ref(),
+    )
+    .map_err(|error| anyhow::anyhow!("cannot set up logging and tracing: {error}"))?;
     for variable in &loaded.unknown_variables {
         tracing::warn!(variable = %variable, "unknown IH_ variable ignored");
     }
@@ -92,12 +97,11 @@ fn main() -> anyhow::Result<()> {
     }
     tracing::info!(config = ?config, "starting ih-worker");
 
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    ::metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
+    let handle = shared::telemetry::install_metrics()
+        .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))?;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let pool = shared::db::connect(&config.database, "ih-worker")?;
         let shutdown = CancellationToken::new();
         let heartbeat = Heartbeat::default();
@@ -144,5 +148,8 @@ fn main() -> anyhow::Result<()> {
         shutdown.cancel();
         let _ = server.await;
         result
-    })
+    });
+    // flushing spans may block on the collector, within its bounded timeout
+    telemetry.shutdown();
+    result
 }

@@ -124,7 +124,7 @@ pub async fn deliver_slack(
     )
     .await;
     let elapsed = clock.elapsed();
-    metrics::histogram!("ih_attempt_duration_seconds").record(elapsed.as_secs_f64());
+    metrics::histogram!("ih_delivery_attempt_duration_seconds").record(elapsed.as_secs_f64());
 
     let attempt_number = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
     let (verdict, status, body) = match result {

@@ -10,6 +10,7 @@ use shared::{
     db::{self, EventFilter, NewEvent, Page, PublishOutcome},
     domain::{EventType, IdempotencyKey, request_hash},
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -73,18 +74,34 @@ impl EventsApi {
                 idempotency_key: input.idempotency_key.map(|key| key.as_str().to_owned()),
             })
             .collect();
-        let outcome = db::publish_events(
-            &self.state.pool,
-            caller.idempotency_scope(),
-            &events,
-            self.state.config.slack.as_ref(),
-            valid_traceparent(traceparent),
-        )
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = "publish events",
+            events.count = events.len()
+        );
+        let incoming = valid_traceparent(traceparent).map(str::to_owned);
+        let outcome = async {
+            // The publish span's own context is stored, so the deliveries join this trace; with
+            // tracing off, the publisher's context is passed through as received.
+            let stored_context = shared::telemetry::current_traceparent().or(incoming);
+            db::publish_events(
+                &self.state.pool,
+                caller.idempotency_scope(),
+                &events,
+                self.state.config.slack.as_ref(),
+                stored_context.as_deref(),
+            )
+            .await
+        }
+        .instrument(span)
         .await?;
         match outcome {
             PublishOutcome::Stored(stored) => {
                 // After commit, never inside the insert transaction: see shared::db::notify_workers.
                 self.state.waker.wake();
+                for event in &stored {
+                    metrics::counter!("ih_events_published_total", "event_type" => event.event_type.clone()).increment(1);
+                }
                 Ok(stored.into_iter().map(PublishedEvent::from).collect())
             }
             PublishOutcome::KeyReused { index } => Err(ApiError::conflict(

@@ -62,7 +62,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();
-        let server = tokio::spawn(api::serve(config, pool, listener, async move {
+        let server = tokio::spawn(api::serve(config, pool, listener, None, async move {
             let _ = signal.await;
         }));
         #[expect(

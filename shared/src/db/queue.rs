@@ -134,6 +134,15 @@ pub struct AttemptRecord {
     pub external_id: Option<String>,
 }
 
+/// A completion the database accepted.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct Written {
+    /// Delivery id.
+    pub id: Uuid,
+    /// Publish → delivered, in seconds, for delivered rows.
+    pub lag_seconds: Option<f64>,
+}
+
 /// One outcome to write back.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
@@ -149,8 +158,8 @@ pub struct Completion {
     pub attempt: Option<AttemptRecord>,
 }
 
-/// Writes a batch of outcomes of worker `worker_id` in one statement; returns the ids whose lease still held (the
-/// others were taken by another worker and nothing was written for them).
+/// Writes a batch of outcomes of worker `worker_id` in one statement; returns the rows whose
+/// lease still held (for the others, taken by another worker, nothing was written).
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails; nothing was written then.
@@ -158,7 +167,7 @@ pub async fn complete_deliveries(
     pool: &PgPool,
     worker_id: &str,
     completions: &[Completion],
-) -> Result<Vec<Uuid>, DbError> {
+) -> Result<Vec<Written>, DbError> {
     let mut sorted: Vec<&Completion> = completions.iter().collect();
     sorted.sort_by_key(|completion| completion.delivery_id);
     let len = sorted.len();
@@ -218,28 +227,26 @@ pub async fn complete_deliveries(
         disables.push(disable);
         external_ids.push(attempt.as_ref().and_then(|a| a.external_id.clone()));
     }
-    Ok(
-        sqlx::query_scalar(include_str!("sql/complete_deliveries.sql"))
-            .bind(&ids)
-            .bind(&tokens)
-            .bind(&statuses)
-            .bind(&delays)
-            .bind(&last_errors)
-            .bind(&has_attempt)
-            .bind(&attempt_numbers)
-            .bind(&started)
-            .bind(&durations)
-            .bind(&response_statuses)
-            .bind(&response_bodies)
-            .bind(&attempt_errors)
-            .bind(&attempt_outcomes)
-            .bind(&dead_reasons)
-            .bind(&disables)
-            .bind(worker_id)
-            .bind(&external_ids)
-            .fetch_all(pool)
-            .await?,
-    )
+    Ok(sqlx::query_as(include_str!("sql/complete_deliveries.sql"))
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&statuses)
+        .bind(&delays)
+        .bind(&last_errors)
+        .bind(&has_attempt)
+        .bind(&attempt_numbers)
+        .bind(&started)
+        .bind(&durations)
+        .bind(&response_statuses)
+        .bind(&response_bodies)
+        .bind(&attempt_errors)
+        .bind(&attempt_outcomes)
+        .bind(&dead_reasons)
+        .bind(&disables)
+        .bind(worker_id)
+        .bind(&external_ids)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Hands leased rows (id, lease token, due in) back to the queue without counting an attempt;
@@ -264,4 +271,25 @@ pub async fn release_deliveries(
             .fetch_all(pool)
             .await?,
     )
+}
+
+/// One sample of the queue, taken by the worker holding the sampling lock.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct QueueSample {
+    /// Whether this worker took the lock (the other fields are empty otherwise).
+    pub leader: bool,
+    /// Due rows (pending and due, or with an expired lease), counted up to 100,000.
+    pub depth: Option<i64>,
+    /// Seconds since the oldest due row became due.
+    pub oldest_due_age_seconds: Option<f64>,
+}
+
+/// Samples the queue's depth and oldest due age.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn sample_queue(pool: &PgPool) -> Result<QueueSample, DbError> {
+    Ok(sqlx::query_as(include_str!("sql/sample_queue.sql"))
+        .fetch_one(pool)
+        .await?)
 }

@@ -10,5 +10,6 @@
 
 mod crash;
 mod delivery;
+mod observability;
 mod slack;
 mod support;

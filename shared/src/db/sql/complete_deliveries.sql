@@ -68,4 +68,10 @@ subscription_updates as (
   from subscription_changes x
   where s.id = x.id
 )
-select done.id from done
+-- publish → delivered lag, from database timestamps only (no worker clock involved)
+select done.id,
+       case when c.status = 'delivered'
+            then extract(epoch from now() - e.created_at)::float8 end as lag_seconds
+from done
+join input c on c.id = done.id
+join outbox_events e on e.id = done.event_id
