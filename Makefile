@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/integrations_hub
 RUN_ENV = IH_DATABASE_URL=$(DATABASE_URL) IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty \
 	IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8 IH_WORKER_METRICS_ADDR=127.0.0.1:9091
 
-.PHONY: run test lint fmt migrate postgres build
+.PHONY: run test lint fmt migrate postgres build docker k8s-validate
 
 ## Build, create and migrate the local database, then run one worker beside the API on :8000
 ## (auth disabled). Ctrl-C stops both.
@@ -23,6 +23,15 @@ test: postgres
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	.ci/validate-deploy
+
+## Validate k8s/ and docker-compose.yml against their schemas (tools from PyPI, cached).
+k8s-validate:
+	.ci/validate-deploy
+
+## Build the container image (needs a Docker engine).
+docker:
+	docker build -t integrations-hub:local .
 
 fmt:
 	$(CARGO) fmt --all

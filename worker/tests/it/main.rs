@@ -10,6 +10,7 @@
 
 mod crash;
 mod delivery;
+mod deployment;
 mod observability;
 mod slack;
 mod support;

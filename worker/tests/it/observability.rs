@@ -20,7 +20,7 @@ use crate::support::{Receiver, Reply, count, eventually};
 const ADMIN_TOKEN: &str = "admin-token-for-observability-tests";
 
 /// A binary of this workspace, built beside the test executable.
-fn workspace_bin(name: &str) -> PathBuf {
+pub fn workspace_bin(name: &str) -> PathBuf {
     let test_exe = std::env::current_exe().unwrap();
     let directory = test_exe.parent().and_then(|deps| deps.parent()).unwrap();
     let binary = directory.join(name);
@@ -109,16 +109,16 @@ impl Drop for Service {
 }
 
 /// `ih-api` and `ih-worker` on one database.
-struct Stack {
+pub struct Stack {
     api: Service,
     worker: Service,
-    api_url: String,
-    worker_metrics_url: String,
-    client: reqwest::Client,
+    pub api_url: String,
+    pub worker_metrics_url: String,
+    pub client: reqwest::Client,
 }
 
 impl Stack {
-    async fn start(db: &TestDb, extra: &[(&str, String)]) -> Self {
+    pub async fn start(db: &TestDb, extra: &[(&str, String)]) -> Self {
         let api_port = free_port();
         let metrics_port = free_port();
         let mut common: Vec<(&str, String)> = vec![
