@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/integrations_hub
 RUN_ENV = IH_DATABASE_URL=$(DATABASE_URL) IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty \
 	IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8 IH_WORKER_METRICS_ADDR=127.0.0.1:9091
 
-.PHONY: run test lint fmt migrate postgres build docker k8s-validate
+.PHONY: run test lint fmt migrate postgres build docker k8s-validate bench
 
 ## Build, create and migrate the local database, then run one worker beside the API on :8000
 ## (auth disabled). Ctrl-C stops both.
@@ -28,6 +28,11 @@ lint:
 ## Validate k8s/ and docker-compose.yml against their schemas (tools from PyPI, cached).
 k8s-validate:
 	.ci/validate-deploy
+
+## Release build, then the standard benchmark suite on fresh databases; rewrites bench/README.md.
+bench: postgres
+	$(CARGO) build --release --bins
+	./target/release/ih-bench suite
 
 ## Build the container image (needs a Docker engine).
 docker:

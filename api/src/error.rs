@@ -145,6 +145,15 @@ impl ApiError {
         )
     }
 
+    /// 503 when the process already serves its maximum of requests: shed at once rather
+    /// than queued, so memory stays bounded and clients retry elsewhere or later.
+    pub fn overloaded() -> Self {
+        Self::Unavailable(
+            Problem::new("overloaded", "the service is at capacity; retry later"),
+            1,
+        )
+    }
+
     /// 500, logged here with its cause; the client sees only the request id.
     pub fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
         tracing::error!(

@@ -158,11 +158,14 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
     let limits = state.config.limits;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(state.config.max_in_flight));
     let authenticator = Authenticator::new(state.config.auth.clone());
     Route::new()
         .nest(
             "/api/v1",
-            service.around(move |endpoint, request| body::limit_body(endpoint, request, limits)),
+            service
+                .around(move |endpoint, request| body::limit_body(endpoint, request, limits))
+                .around(move |endpoint, request| shed_load(endpoint, request, in_flight.clone())),
         )
         .at("/openapi.json", spec)
         .nest("/docs", docs)
@@ -173,6 +176,20 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .data(state)
         .catch_all_error(render_framework_error)
         .around(observe_request)
+}
+
+/// Serves a request only while fewer than the configured maximum are in flight; the rest get
+/// 503 at once instead of waiting in memory for a database connection.
+async fn shed_load<E: Endpoint>(
+    endpoint: Arc<E>,
+    request: poem::Request,
+    in_flight: Arc<tokio::sync::Semaphore>,
+) -> poem::Result<Response> {
+    let Ok(_permit) = in_flight.try_acquire_owned() else {
+        metrics::counter!("ih_http_requests_shed_total").increment(1);
+        return Err(ApiError::overloaded().into());
+    };
+    Ok(endpoint.call(request).await?.into_response())
 }
 
 /// Gives every request an id, a server span (continuing an incoming `traceparent`), one log

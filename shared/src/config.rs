@@ -61,6 +61,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION",
     "IH_OTLP_ENDPOINT",
     "IH_OTEL_SAMPLE_RATIO",
+    "IH_API_MAX_IN_FLIGHT",
 ];
 
 /// A string that must never be printed: `Debug` shows `***`.
@@ -247,6 +248,9 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// `IH_OTEL_SAMPLE_RATIO`: fraction of new traces sampled (children follow their parent).
     pub otel_sample_ratio: f64,
+    /// `IH_API_MAX_IN_FLIGHT`: most `/api/v1` requests one API process serves at once; more
+    /// are answered 503 at once instead of queueing (memory stays bounded under overload).
+    pub api_max_in_flight: usize,
 }
 
 /// The default database of `make run` and of a fresh checkout.
@@ -291,6 +295,7 @@ impl Default for Settings {
             worker_max_in_flight_per_subscription: 16,
             otlp_endpoint: None,
             otel_sample_ratio: 1.0,
+            api_max_in_flight: 256,
         }
     }
 }
@@ -416,6 +421,8 @@ pub struct ApiConfig {
     pub slack: Option<SlackFanout>,
     /// Trace export, when an endpoint is configured.
     pub tracing: Option<crate::telemetry::TracingConfig>,
+    /// Most `/api/v1` requests served at once.
+    pub max_in_flight: usize,
 }
 
 /// The validated configuration of `ih-worker`.
@@ -623,6 +630,9 @@ impl ApiConfig {
         let destination_policy = destination_policy(&mut problems, settings);
         let slack = slack_fanout(&mut problems, settings);
         let tracing = tracing_config(&mut problems, settings);
+        if settings.api_max_in_flight == 0 {
+            problems.push("IH_API_MAX_IN_FLIGHT: must be at least 1");
+        }
 
         let tokens = match settings
             .api_tokens
@@ -669,12 +679,13 @@ impl ApiConfig {
             limits,
             slack,
             tracing,
+            max_in_flight: settings.api_max_in_flight,
         })
     }
 }
 
 /// Time a completion may wait in the worker's buffer before it is flushed.
-pub const COMPLETION_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+pub const COMPLETION_FLUSH_INTERVAL: Duration = Duration::from_millis(25);
 
 impl WorkerConfig {
     /// Validates the settings `ih-worker` uses.

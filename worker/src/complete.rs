@@ -1,5 +1,7 @@
 //! The completion buffer: outcomes are collected for up to [`FLUSH_INTERVAL`] (or until
-//! [`FLUSH_SIZE`] wait) and written in one statement. A worker's slot is freed only when its
+//! enough wait: [`FLUSH_SIZE`], or a quarter of the worker's slots, whichever is smaller) and
+//! written in one statement. The quarter keeps a small worker from holding its few slots for
+//! a whole interval waiting for a batch that cannot fill. A worker's slot is freed only when its
 //! outcome's flush is acknowledged, so capacity never runs ahead of what is recorded.
 
 use std::time::{Duration, Instant};
@@ -35,13 +37,15 @@ pub async fn run(
     pool: PgPool,
     worker_id: String,
     mut outcomes: mpsc::Receiver<Finished>,
+    concurrency: usize,
     lease: Duration,
 ) {
     let mut buffer: Vec<Finished> = Vec::with_capacity(FLUSH_SIZE);
     while let Some(first) = outcomes.recv().await {
         buffer.push(first);
         let deadline = tokio::time::Instant::now() + FLUSH_INTERVAL;
-        while buffer.len() < FLUSH_SIZE {
+        let flush_size = FLUSH_SIZE.min((concurrency / 4).max(1));
+        while buffer.len() < flush_size {
             tokio::select! {
                 next = outcomes.recv() => match next {
                     Some(finished) => buffer.push(finished),

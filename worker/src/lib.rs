@@ -123,6 +123,7 @@ pub async fn run(
         pool.clone(),
         config.worker_id.clone(),
         outcome_receiver,
+        config.concurrency,
         config.lease,
     ));
 

@@ -106,3 +106,56 @@ async fn the_server_stops_gracefully() {
         .await
         .expect("stops in time");
 }
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_are_shed_with_503() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = TestApp::spawn_with(|s| s.api_max_in_flight = 1).await;
+    // A publish whose body never finishes arriving holds the only slot.
+    let mut slow = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    let head = format!(
+        "POST /api/v1/events HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {PUBLISHER_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"event_type\":",
+        app.address
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.flush().await.unwrap();
+
+    let shed = eventually(Duration::from_secs(5), || async {
+        let response = app
+            .client
+            .post(app.url("/api/v1/events"))
+            .bearer_auth(PUBLISHER_TOKEN)
+            .json(&json!({"event_type": "a", "payload": {}}))
+            .send()
+            .await
+            .unwrap();
+        response.status() == StatusCode::SERVICE_UNAVAILABLE
+            && response.headers().get("retry-after").is_some()
+            && response.json::<serde_json::Value>().await.unwrap()["code"] == "overloaded"
+    })
+    .await;
+    assert!(
+        shed,
+        "a second request is refused while the first holds the only slot"
+    );
+    let (status, _) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "health is outside the limit");
+
+    drop(slow);
+    let served = eventually(Duration::from_secs(5), || async {
+        app.call(
+            Method::POST,
+            "/api/v1/events",
+            Some(PUBLISHER_TOKEN),
+            Some(json!({"event_type": "a", "payload": {}})),
+        )
+        .await
+        .0 == StatusCode::ACCEPTED
+    })
+    .await;
+    assert!(
+        served,
+        "the slot is free again once the slow request is gone"
+    );
+}

@@ -62,8 +62,8 @@ struct IdempotentRow {
     request_hash: String,
 }
 
-/// Stores events and their deliveries in one transaction; the caller answers 2xx only after
-/// this returns, so an acknowledged event is durable with all its deliveries.
+/// Stores events and their deliveries atomically; the caller answers 2xx only after this
+/// returns, so an acknowledged event is durable with all its deliveries.
 ///
 /// Events carrying an idempotency key already used in `scope` are not written again: the
 /// first answer is returned when the request hash matches, [`PublishOutcome::KeyReused`]
@@ -74,6 +74,35 @@ struct IdempotentRow {
 /// Returns [`DbError`] when the database fails; nothing was written then.
 pub async fn publish_events(
     pool: &PgPool,
+    scope: &str,
+    events: &[NewEvent],
+    slack: Option<&SlackFanout>,
+    traceparent: Option<&str>,
+) -> Result<PublishOutcome, DbError> {
+    // The fan-out is one statement, atomic on its own. Only a batch that may be refused after
+    // part of it was inserted (a reused key) needs an explicit transaction; everything else
+    // commits in a single round trip.
+    let keyed_batch =
+        events.len() > 1 && events.iter().any(|event| event.idempotency_key.is_some());
+    if !keyed_batch {
+        let mut connection = pool.acquire().await?;
+        return publish_on(&mut connection, scope, events, slack, traceparent).await;
+    }
+    let mut transaction = pool.begin().await?;
+    match publish_on(&mut transaction, scope, events, slack, traceparent).await? {
+        PublishOutcome::Stored(answers) => {
+            transaction.commit().await?;
+            Ok(PublishOutcome::Stored(answers))
+        }
+        reused @ PublishOutcome::KeyReused { .. } => {
+            transaction.rollback().await?;
+            Ok(reused)
+        }
+    }
+}
+
+async fn publish_on(
+    connection: &mut sqlx::PgConnection,
     scope: &str,
     events: &[NewEvent],
     slack: Option<&SlackFanout>,
@@ -97,7 +126,6 @@ pub async fn publish_events(
         .map(|fanout| fanout.event_types.clone())
         .unwrap_or_default();
 
-    let mut transaction = pool.begin().await?;
     let inserted: Vec<PublishedEvent> = sqlx::query_as(include_str!("sql/publish_events.sql"))
         .bind(&ids)
         .bind(&types)
@@ -108,7 +136,7 @@ pub async fn publish_events(
         .bind(traceparent)
         .bind(slack.is_some())
         .bind(&slack_types)
-        .fetch_all(&mut *transaction)
+        .fetch_all(&mut *connection)
         .await?;
     let mut inserted: HashMap<Uuid, PublishedEvent> = inserted
         .into_iter()
@@ -127,7 +155,7 @@ pub async fn publish_events(
             sqlx::query_as(include_str!("sql/find_idempotent_events.sql"))
                 .bind(scope)
                 .bind(&skipped_keys)
-                .fetch_all(&mut *transaction)
+                .fetch_all(&mut *connection)
                 .await?;
         rows.into_iter()
             .filter_map(|row| row.idempotency_key.clone().map(|key| (key, row)))
@@ -153,19 +181,12 @@ pub async fn publish_events(
                     deliveries_created: winner.deliveries_created,
                 })
             }
-            Some(_) => {
-                transaction.rollback().await?;
-                return Ok(PublishOutcome::KeyReused { index });
-            }
+            Some(_) => return Ok(PublishOutcome::KeyReused { index }),
             // Not inserted and no winner: cannot happen while the unique constraint holds,
             // so treat it as a failed statement rather than answer without a stored row.
-            None => {
-                transaction.rollback().await?;
-                return Err(DbError::Other(sqlx::Error::RowNotFound));
-            }
+            None => return Err(DbError::Other(sqlx::Error::RowNotFound)),
         }
     }
-    transaction.commit().await?;
     Ok(PublishOutcome::Stored(answers))
 }
 

@@ -1,0 +1,495 @@
+//! The standard suite: each scenario runs three times, each time against freshly started
+//! release binaries and a fresh database; the medians go into `bench/README.md`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+
+use crate::load::{self, Report, Scenario, Target};
+
+/// Options of `ih-bench suite`.
+#[derive(Args, Debug)]
+pub struct SuiteArgs {
+    /// The server to create the bench database on (its database name is replaced).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/ih_bench")]
+    database_url: String,
+    /// Runs per scenario (the table shows medians).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Only scenarios whose label contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// The README whose results table is rewritten.
+    #[arg(long, default_value = "bench/README.md")]
+    readme: PathBuf,
+    /// Port of the API under test.
+    #[arg(long, default_value_t = 18_000)]
+    api_port: u16,
+}
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+
+/// One scenario of the suite and how the stack is started for it.
+struct Plan {
+    scenario: Scenario,
+    workers: usize,
+    worker_concurrency: usize,
+    worker_env: Vec<(&'static str, &'static str)>,
+}
+
+fn scenario(label: &str) -> Scenario {
+    Scenario {
+        label: label.to_owned(),
+        events: 0,
+        concurrency: 32,
+        batch: 1,
+        endpoints: 1,
+        rate: 0.0,
+        duration_seconds: 0.0,
+        fail_rate: 0.0,
+        delay_ms: 0,
+    }
+}
+
+fn plans() -> Vec<Plan> {
+    let plan = |scenario: Scenario, workers: usize, worker_concurrency: usize| Plan {
+        scenario,
+        workers,
+        worker_concurrency,
+        worker_env: vec![],
+    };
+    let mut plans = vec![
+        plan(
+            Scenario {
+                events: 20_000,
+                ..scenario("burst 20k single, c32")
+            },
+            1,
+            128,
+        ),
+        plan(
+            Scenario {
+                events: 100_000,
+                batch: 100,
+                concurrency: 4,
+                ..scenario("batch 100k in 100s")
+            },
+            1,
+            256,
+        ),
+        plan(
+            Scenario {
+                events: 2_000,
+                endpoints: 10,
+                ..scenario("fan-out 2k x 10")
+            },
+            1,
+            256,
+        ),
+        plan(
+            Scenario {
+                rate: 500.0,
+                duration_seconds: 20.0,
+                ..scenario("steady 500/s 20 s")
+            },
+            1,
+            128,
+        ),
+        plan(
+            Scenario {
+                rate: 2_000.0,
+                duration_seconds: 20.0,
+                ..scenario("steady 2000/s 20 s")
+            },
+            1,
+            128,
+        ),
+    ];
+    for workers in [1, 2, 4] {
+        plans.push(plan(
+            Scenario {
+                events: 3_000,
+                delay_ms: 50,
+                ..scenario(&format!("50 ms receiver, {workers} worker(s)"))
+            },
+            workers,
+            32,
+        ));
+    }
+    let failing = [
+        ("IH_DELIVERY_BACKOFF_BASE_SECONDS", "1"),
+        ("IH_DELIVERY_MAX_ATTEMPTS", "20"),
+    ];
+    plans.push(Plan {
+        worker_env: failing.to_vec(),
+        ..plan(
+            Scenario {
+                rate: 500.0,
+                duration_seconds: 10.0,
+                ..scenario("steady 500/s, no failures")
+            },
+            1,
+            128,
+        )
+    });
+    plans.push(Plan {
+        worker_env: failing.to_vec(),
+        ..plan(
+            Scenario {
+                rate: 500.0,
+                duration_seconds: 10.0,
+                fail_rate: 0.2,
+                ..scenario("steady 500/s, 20 % 500s")
+            },
+            1,
+            128,
+        )
+    });
+    plans
+}
+
+/// A started API and workers; killed when dropped.
+struct Stack {
+    children: Vec<Child>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for child in &mut self.children {
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let here = std::env::current_exe()?;
+    let path = here.parent().map(|dir| dir.join(name)).unwrap_or_default();
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found beside ih-bench: build the release binaries",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let mut parsed = url::Url::parse(url)?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(parsed.to_string())
+}
+
+fn fresh_database(url: &str) -> anyhow::Result<()> {
+    let parsed = url::Url::parse(url)?;
+    let database = parsed.path().trim_start_matches('/').to_owned();
+    anyhow::ensure!(
+        database.starts_with("ih_bench"),
+        "refusing to drop {database}: the bench database name must start with ih_bench"
+    );
+    let maintenance = with_database(url, "postgres")?;
+    let status = Command::new("psql")
+        .args([
+            maintenance.as_str(),
+            "-qc",
+            &format!("drop database if exists {database} with (force)"),
+        ])
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "dropping the bench database failed");
+    let status = Command::new(binary("ih-migrate")?)
+        .args(["--database-url", url, "up"])
+        .stderr(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "ih-migrate failed");
+    Ok(())
+}
+
+fn start_stack(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
+    let mut stack = Stack { children: vec![] };
+    let common = [
+        ("IH_DATABASE_URL", args.database_url.clone()),
+        ("IH_API_TOKENS", format!("admin:{TOKEN}")),
+        ("IH_ALLOWED_DESTINATION_CIDRS", "127.0.0.1/32".to_owned()),
+        ("IH_LOG_LEVEL", "warn".to_owned()),
+    ];
+    let api = Command::new(binary("ih-api")?)
+        .env_clear()
+        .envs(common.iter().cloned())
+        .env("IH_API_ADDR", format!("127.0.0.1:{}", args.api_port))
+        .env("IH_DATABASE_MAX_CONNECTIONS", "24")
+        .stdout(Stdio::null())
+        .spawn()?;
+    stack.children.push(api);
+    for index in 0..plan.workers {
+        let worker = Command::new(binary("ih-worker")?)
+            .env_clear()
+            .envs(common.iter().cloned())
+            .envs(plan.worker_env.iter().map(|(k, v)| (*k, *v)))
+            .env("IH_WORKER_METRICS_ADDR", "127.0.0.1:0")
+            .env("IH_WORKER_ID", format!("bench-{index}"))
+            .env(
+                "IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION",
+                plan.worker_concurrency.to_string(),
+            )
+            .env("IH_DELIVERY_POLL_INTERVAL_SECONDS", "1")
+            .arg(format!("--concurrency={}", plan.worker_concurrency))
+            .arg(format!("--batch-size={}", plan.worker_concurrency.min(256)))
+            .stdout(Stdio::null())
+            .spawn()?;
+        stack.children.push(worker);
+    }
+    Ok(stack)
+}
+
+async fn wait_ready(api_url: &str) -> anyhow::Result<()> {
+    #[expect(clippy::disallowed_methods, reason = "the bench's own client")]
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if client
+            .get(format!("{api_url}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the API at {api_url} did not become ready")
+}
+
+/// One line of the results table: the medians of a scenario's runs.
+pub struct Row {
+    label: String,
+    settings: String,
+    delivery_rate: f64,
+    publish_rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    lost: usize,
+    rejected: usize,
+    duplicates: u64,
+    api_mib: f64,
+    worker_mib: f64,
+    cpu: String,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+fn settings(scenario: &Scenario, workers: usize, concurrency: usize) -> String {
+    let load = if scenario.rate > 0.0 {
+        format!("{}/s for {} s", scenario.rate, scenario.duration_seconds)
+    } else {
+        format!(
+            "n={} c={} batch={}",
+            scenario.events, scenario.concurrency, scenario.batch
+        )
+    };
+    let receiver = match (scenario.delay_ms, scenario.fail_rate) {
+        (0, 0.0) => String::new(),
+        (delay, rate) => format!(", receiver {delay} ms / {:.0} % fail", rate * 100.0),
+    };
+    format!(
+        "{load}, {} endpoint(s), {workers} worker(s) × {concurrency}{receiver}",
+        scenario.endpoints
+    )
+}
+
+impl Row {
+    /// A row from one run.
+    pub fn single(report: &Report) -> Self {
+        Self::median_of(std::slice::from_ref(report), String::new())
+    }
+
+    fn median_of(reports: &[Report], settings: String) -> Self {
+        let usage = |name: &str, field: fn(&crate::procstat::ProcessUsage) -> f64| {
+            reports
+                .iter()
+                .flat_map(|r| r.processes.iter().filter(|p| p.name == name).map(field))
+                .fold(0.0_f64, f64::max)
+        };
+        let cpu = ["ih-api", "ih-worker", "postgres"]
+            .iter()
+            .map(|name| {
+                median(
+                    reports
+                        .iter()
+                        .map(|r| {
+                            r.processes
+                                .iter()
+                                .filter(|p| p.name == *name)
+                                .map(|p| p.cpu_seconds)
+                                .sum()
+                        })
+                        .collect(),
+                )
+            })
+            .map(|seconds| format!("{seconds:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        Self {
+            label: reports
+                .first()
+                .map(|r| r.scenario.label.clone())
+                .unwrap_or_default(),
+            settings,
+            delivery_rate: median(reports.iter().map(|r| r.delivery_rate).collect()),
+            publish_rate: median(reports.iter().map(|r| r.publish_rate).collect()),
+            p50: median(reports.iter().map(|r| r.latency_ms.p50).collect()),
+            p99: median(reports.iter().map(|r| r.latency_ms.p99).collect()),
+            p999: median(reports.iter().map(|r| r.latency_ms.p999).collect()),
+            lost: reports.iter().map(|r| r.lost).max().unwrap_or_default(),
+            rejected: reports.iter().map(|r| r.rejected).max().unwrap_or_default(),
+            duplicates: reports
+                .iter()
+                .map(|r| r.duplicates)
+                .max()
+                .unwrap_or_default(),
+            api_mib: usage("ih-api", |p| p.peak_rss_mib),
+            worker_mib: usage("ih-worker", |p| p.peak_rss_mib),
+            cpu,
+        }
+    }
+}
+
+/// Renders rows as a Markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | settings | deliveries/s | publishes/s | p50 ms | p99 ms | p99.9 ms | lost | dup | refused | api MiB | worker MiB | CPU s api / worker / pg |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {} |\n",
+            row.label,
+            row.settings,
+            row.delivery_rate,
+            row.publish_rate,
+            row.p50,
+            row.p99,
+            row.p999,
+            row.lost,
+            row.duplicates,
+            row.rejected,
+            row.api_mib,
+            row.worker_mib,
+            row.cpu
+        ));
+    }
+    out
+}
+
+const BEGIN: &str = "<!-- results:begin -->";
+const END: &str = "<!-- results:end -->";
+
+fn write_readme(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map(|commit| commit.trim().to_owned())
+        .unwrap_or_default();
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|output| !output.stdout.is_empty());
+    let block = format!(
+        "{BEGIN}\nMeasured {} on commit `{commit}`{}; medians of the runs of each scenario.\n\n{}{END}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        table(rows)
+    );
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let updated = match (current.find(BEGIN), current.find(END)) {
+        (Some(start), Some(end)) if start < end => {
+            format!(
+                "{}{block}{}",
+                &current[..start],
+                &current[end + END.len()..]
+            )
+        }
+        _ => format!("{current}\n{block}\n"),
+    };
+    std::fs::write(path, updated)?;
+    Ok(())
+}
+
+/// Runs the suite and rewrites the README table.
+///
+/// # Errors
+/// Returns an error when a binary is missing or a run cannot start.
+#[expect(
+    clippy::print_stdout,
+    reason = "progress and results are the command's output"
+)]
+pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
+    let api_url = format!("http://127.0.0.1:{}", args.api_port);
+    let mut rows = Vec::new();
+    for plan in plans() {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|only| !plan.scenario.label.contains(only))
+        {
+            continue;
+        }
+        let mut reports = Vec::new();
+        for run in 1..=args.runs {
+            fresh_database(&args.database_url)?;
+            let stack = start_stack(&args, &plan)?;
+            wait_ready(&api_url).await?;
+            let target = Target {
+                api_url: api_url.clone(),
+                token: Some(TOKEN.to_owned()),
+                drain_timeout: Duration::from_secs(30),
+            };
+            let report = load::run(target, plan.scenario.clone()).await?;
+            drop(stack);
+            println!("{}", serde_json::to_string(&report)?);
+            println!(
+                "  {} run {run}: {:.0} deliveries/s, p50 {:.1} ms, p99 {:.1} ms, lost {}, duplicates {}",
+                plan.scenario.label,
+                report.delivery_rate,
+                report.latency_ms.p50,
+                report.latency_ms.p99,
+                report.lost,
+                report.duplicates
+            );
+            reports.push(report);
+        }
+        rows.push(Row::median_of(
+            &reports,
+            settings(&plan.scenario, plan.workers, plan.worker_concurrency),
+        ));
+    }
+    println!("{}", table(&rows));
+    if args.only.is_none() {
+        write_readme(&args.readme, &rows)?;
+    }
+    Ok(())
+}
