@@ -9,6 +9,7 @@
 //! - [`body`]: the body-size limit and the publish bodies, parsed without touching the payload.
 //! - [`auth`]: bearer tokens and roles.
 //! - [`error`]: the one mapping of errors to statuses and the error envelope.
+//! - [`coalesce`]: group commit of unkeyed publishes.
 //! - [`waker`]: coalesced NOTIFY of the workers after commits.
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -29,6 +30,7 @@ use uuid::Uuid;
 
 pub mod auth;
 pub mod body;
+pub mod coalesce;
 pub mod error;
 pub mod models;
 pub mod routes;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub waker: WorkerWaker,
     /// Renders `/metrics`; absent when no recorder is installed (in-process tests).
     pub metrics: Option<PrometheusHandle>,
+    /// Group commit of unkeyed publishes.
+    pub publisher: coalesce::PublishCoalescer,
 }
 
 /// How long in-flight requests may finish after a shutdown signal.
@@ -281,7 +285,16 @@ pub async fn serve(
             }
         });
     }
+    // Few concurrent writes make big groups: measured on two cores, 3 in flight published
+    // twice as fast as 8, with the same latency at moderate load.
+    let concurrent_writes = (config.database.max_connections as usize / 4).clamp(1, 3);
     let state = AppState {
+        publisher: coalesce::PublishCoalescer::spawn(
+            pool.clone(),
+            config.slack.clone(),
+            concurrent_writes,
+            background.clone(),
+        ),
         waker: WorkerWaker::spawn(pool.clone(), background.clone()),
         pool,
         config: Arc::new(config),

@@ -5,10 +5,10 @@
 //! statement. A wake during the pause is remembered (a stored permit), so the commit right
 //! after a notification is not left waiting for the workers' poll.
 //!
-//! The interval is 5 ms rather than the 50–100 ms queue libraries use: every event waits for
+//! The interval is 2 ms rather than the 50–100 ms queue libraries use: every event waits for
 //! the next notification, so the interval is a floor under publish → delivery latency, and a
 //! NOTIFY sent alone outside the insert transaction writes no WAL and holds the cluster-wide
-//! notify lock only for its own tiny commit. At most 200 notifications per second per API
+//! notify lock only for its own tiny commit. At most 500 notifications per second per API
 //! process is cheap for Postgres.
 
 use std::{sync::Arc, time::Duration};
@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Shortest gap between two notifications from one process.
-pub const MIN_NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+pub const MIN_NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Handle to the notifier task.
 #[derive(Clone, Debug)]

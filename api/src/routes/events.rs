@@ -64,6 +64,17 @@ impl EventsApi {
         inputs: Vec<EventInput>,
         traceparent: Option<&str>,
     ) -> Result<Vec<PublishedEvent>, ApiError> {
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = "publish events",
+            events.count = inputs.len()
+        );
+        let incoming = valid_traceparent(traceparent).map(str::to_owned);
+        // The publish span's own context is stored, so the deliveries join this trace; with
+        // tracing off, the publisher's context is passed through as received.
+        let stored_context = span
+            .in_scope(shared::telemetry::current_traceparent)
+            .or(incoming);
         let events: Vec<NewEvent> = inputs
             .into_iter()
             .map(|input| NewEvent {
@@ -72,26 +83,27 @@ impl EventsApi {
                 event_type: input.event_type.as_str().to_owned(),
                 payload: input.payload,
                 idempotency_key: input.idempotency_key.map(|key| key.as_str().to_owned()),
+                traceparent: stored_context.clone(),
             })
             .collect();
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = "publish events",
-            events.count = events.len()
-        );
-        let incoming = valid_traceparent(traceparent).map(str::to_owned);
+        let keyed = events.iter().any(|event| event.idempotency_key.is_some());
         let outcome = async {
-            // The publish span's own context is stored, so the deliveries join this trace; with
-            // tracing off, the publisher's context is passed through as received.
-            let stored_context = shared::telemetry::current_traceparent().or(incoming);
-            db::publish_events(
-                &self.state.pool,
-                caller.idempotency_scope(),
-                &events,
-                self.state.config.slack.as_ref(),
-                stored_context.as_deref(),
-            )
-            .await
+            if keyed {
+                db::publish_events(
+                    &self.state.pool,
+                    caller.idempotency_scope(),
+                    &events,
+                    self.state.config.slack.as_ref(),
+                )
+                .await
+                .map_err(ApiError::from)
+            } else {
+                self.state
+                    .publisher
+                    .publish(events.clone())
+                    .await
+                    .map(PublishOutcome::Stored)
+            }
         }
         .instrument(span)
         .await?;

@@ -623,3 +623,46 @@ async fn with_a_slack_token_request_submitted_also_gets_a_slack_delivery() {
     targets.sort_unstable();
     assert_eq!(targets, ["slack", "webhook"]);
 }
+
+#[tokio::test]
+async fn concurrent_unkeyed_publishes_sharing_a_commit_each_get_their_own_answer() {
+    let app = Arc::new(TestApp::spawn().await);
+    app.create_subscription("http://127.0.0.1:9/a", &["*"])
+        .await;
+    app.create_subscription("http://127.0.0.1:9/b", &["*"])
+        .await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(60));
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let app = app.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let event_type = format!("type.{i}");
+            let answer = app.publish(&event_type, json!({"i": i})).await;
+            (event_type, answer)
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        let (event_type, answer) = task.await.unwrap();
+        assert_eq!(
+            answer["event_type"], event_type,
+            "each request gets its own event back"
+        );
+        assert_eq!(answer["deliveries"], 2);
+        let id = uuid(&answer["id"]);
+        assert!(ids.insert(id));
+        assert_eq!(app.db.count_deliveries(id, "pending").await, 2);
+        let payload: Value = serde_json::from_str(&app.db.stored_payload(id).await).unwrap();
+        assert_eq!(format!("type.{}", payload["i"]), event_type);
+    }
+    assert_eq!(
+        app.db.fetch_i64("select count(*) from outbox_events").await,
+        60
+    );
+    assert_eq!(
+        app.db.fetch_i64("select count(*) from deliveries").await,
+        120
+    );
+}

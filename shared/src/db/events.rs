@@ -24,6 +24,8 @@ pub struct NewEvent {
     pub idempotency_key: Option<String>,
     /// Hash of type and payload, telling a retry from a conflicting reuse of the key.
     pub request_hash: String,
+    /// The W3C trace context the deliveries continue.
+    pub traceparent: Option<String>,
 }
 
 /// A stored event as the publish call answers it.
@@ -77,7 +79,6 @@ pub async fn publish_events(
     scope: &str,
     events: &[NewEvent],
     slack: Option<&SlackFanout>,
-    traceparent: Option<&str>,
 ) -> Result<PublishOutcome, DbError> {
     // The fan-out is one statement, atomic on its own. Only a batch that may be refused after
     // part of it was inserted (a reused key) needs an explicit transaction; everything else
@@ -86,10 +87,10 @@ pub async fn publish_events(
         events.len() > 1 && events.iter().any(|event| event.idempotency_key.is_some());
     if !keyed_batch {
         let mut connection = pool.acquire().await?;
-        return publish_on(&mut connection, scope, events, slack, traceparent).await;
+        return publish_on(&mut connection, scope, events, slack).await;
     }
     let mut transaction = pool.begin().await?;
-    match publish_on(&mut transaction, scope, events, slack, traceparent).await? {
+    match publish_on(&mut transaction, scope, events, slack).await? {
         PublishOutcome::Stored(answers) => {
             transaction.commit().await?;
             Ok(PublishOutcome::Stored(answers))
@@ -106,8 +107,11 @@ async fn publish_on(
     scope: &str,
     events: &[NewEvent],
     slack: Option<&SlackFanout>,
-    traceparent: Option<&str>,
 ) -> Result<PublishOutcome, DbError> {
+    let traceparents: Vec<Option<&str>> = events
+        .iter()
+        .map(|event| event.traceparent.as_deref())
+        .collect();
     let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
     let types: Vec<&str> = events
         .iter()
@@ -133,7 +137,7 @@ async fn publish_on(
         .bind(&keys)
         .bind(&hashes)
         .bind(scope)
-        .bind(traceparent)
+        .bind(&traceparents)
         .bind(slack.is_some())
         .bind(&slack_types)
         .fetch_all(&mut *connection)

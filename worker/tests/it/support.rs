@@ -327,9 +327,10 @@ pub async fn publish_with(
                 payload: payload.clone(),
                 idempotency_key: None,
                 request_hash: request_hash(&event_type, payload),
+                traceparent: None,
             })
             .collect();
-        match db::publish_events(&db.pool, "test", &events, fanout.as_ref(), None)
+        match db::publish_events(&db.pool, "test", &events, fanout.as_ref())
             .await
             .unwrap()
         {

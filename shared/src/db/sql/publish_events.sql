@@ -1,7 +1,7 @@
 -- Writes a batch of events and fans each out to its deliveries, in one statement so the count
 -- answered at publish and the rows inserted come from the same snapshot of subscriptions.
 -- $1 ids, $2 event types, $3 payloads, $4 idempotency keys (null = none), $5 request hashes,
--- $6 idempotency scope, $7 traceparent, $8 slack enabled, $9 slack event types.
+-- $6 idempotency scope, $7 traceparents (one per event), $8 slack enabled, $9 slack event types.
 -- A row whose (scope, key) already exists is skipped; the caller reads the winner.
 with live_subscriptions as materialized (
   select id, event_types
@@ -10,8 +10,8 @@ with live_subscriptions as materialized (
 ),
 input as (
   select *
-  from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
-    with ordinality as t(id, event_type, payload, idempotency_key, request_hash, position)
+  from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[])
+    with ordinality as t(id, event_type, payload, idempotency_key, request_hash, traceparent, position)
 ),
 counted as (
   select
@@ -29,7 +29,7 @@ inserted as (
      deliveries_created, traceparent, created_at)
   select id, event_type, payload, idempotency_key,
          case when idempotency_key is null then null else $6::text end,
-         request_hash, deliveries, $7::text, now()
+         request_hash, deliveries, traceparent, now()
   from counted
   order by position
   on conflict (idempotency_scope, idempotency_key) do nothing
