@@ -16,8 +16,10 @@ run: postgres build
 	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(RUN_ENV) ./target/debug/ih-api
 
-## The whole test suite, against the local Postgres.
+## The whole test suite, against the local Postgres. The binaries are built first: tests run
+## ih-api, ih-worker and ih-migrate as real processes.
 test: postgres
+	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 lint:

@@ -246,3 +246,79 @@ async fn every_probe_path_answers_on_the_running_binaries() {
         assert!(metrics.status().is_success());
     }
 }
+
+#[tokio::test]
+async fn two_migration_jobs_started_at_once_both_succeed_and_apply_the_schema_once() {
+    // a database that does not exist yet: both runs race to create it, then to migrate it
+    let db = TestDb::new().await;
+    let name = format!("{}_fresh", db.name);
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_path(&format!("/{name}"));
+    let spawn = || {
+        Command::new(workspace_bin("ih-migrate"))
+            .env_clear()
+            .args(["--database-url", url.as_str(), "up"])
+            .output()
+    };
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(spawn);
+        let second = scope.spawn(spawn);
+        (
+            first.join().unwrap().unwrap(),
+            second.join().unwrap().unwrap(),
+        )
+    });
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    let mut fresh = db.url.clone();
+    fresh.replace_range(fresh.rfind('/').unwrap().., &format!("/{name}"));
+    let pool = sqlx::PgPool::connect(&fresh).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("select count(*) from seaql_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let migrations = migration_count();
+    assert_eq!(applied, migrations, "each migration recorded once");
+    let tables: i64 = sqlx::query_scalar(
+        "select count(*) from information_schema.tables where table_name = 'deliveries'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 1);
+    pool.close().await;
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database {name} with (force)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+fn migration_count() -> i64 {
+    let output = Command::new(workspace_bin("ih-migrate"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    // one `m…` module per migration under migration/src
+    std::fs::read_dir(format!("{ROOT}/migration/src"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry.file_name().to_string_lossy().starts_with('m')
+                && entry.file_name().to_string_lossy().ends_with(".rs")
+        })
+        .filter(|entry| entry.file_name() != "main.rs")
+        .count() as i64
+}
