@@ -31,10 +31,13 @@ lint:
 k8s-validate:
 	.ci/validate-deploy
 
-## Release build, then the standard benchmark suite on fresh databases; rewrites bench/README.md.
-bench: postgres
+## Release build, then the standard benchmark suite on a throw-away stock PostgreSQL cluster
+## (bench/cluster) with fresh databases; rewrites bench/README.md.
+bench:
 	$(CARGO) build --release --bins
-	./target/release/ih-bench suite
+	url=$$(bench/cluster start); \
+	trap 'bench/cluster stop' EXIT; \
+	./target/release/ih-bench suite --database-url "$$url"
 
 ## Build the container image (needs a Docker engine).
 docker:
