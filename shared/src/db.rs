@@ -45,32 +45,7 @@ pub fn connect(config: &DatabaseConfig, application_name: &str) -> Result<PgPool
         .parse()
         .map_err(|error: sqlx::Error| DbError::InvalidUrl(error.to_string()))?;
     let options = options.application_name(application_name);
-    Ok(pool_options(config).connect_lazy_with(options))
-}
-
-/// Builds the worker's pool: like [`connect`], but its commits do not wait for the WAL flush.
-///
-/// Everything a worker writes can be lost in a database crash without breaking a promise: a
-/// lost lease leaves the row due, a lost completion leaves it leased until the lease expires,
-/// and either way the delivery is sent again (delivery is at-least-once, with the same
-/// `webhook-id`). Accepted events are written by the API, whose commits stay synchronous.
-///
-/// # Errors
-/// Returns [`DbError::InvalidUrl`] when the URL does not parse.
-pub fn connect_worker(config: &DatabaseConfig) -> Result<PgPool, DbError> {
-    let options: PgConnectOptions = config
-        .url
-        .expose()
-        .parse()
-        .map_err(|error: sqlx::Error| DbError::InvalidUrl(error.to_string()))?;
-    let options = options
-        .application_name("ih-worker")
-        .options([("synchronous_commit", "off")]);
-    Ok(pool_options(config).connect_lazy_with(options))
-}
-
-fn pool_options(config: &DatabaseConfig) -> PgPoolOptions {
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         // No ping before every acquire: it would cost a round trip per request. A connection
@@ -78,6 +53,7 @@ fn pool_options(config: &DatabaseConfig) -> PgPoolOptions {
         // is then replaced.
         .test_before_acquire(false)
         .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
 }
 
 /// Checks that the database answers.

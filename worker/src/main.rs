@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
-        let pool = shared::db::connect_worker(&config.database)?;
+        let pool = shared::db::connect(&config.database, "ih-worker")?;
         let shutdown = CancellationToken::new();
         let heartbeat = Heartbeat::default();
 
