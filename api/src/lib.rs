@@ -307,6 +307,3 @@ pub async fn serve(
     background.cancel();
     result.map_err(Into::into)
 }
-
-/// Keeps [`ApiError`] reachable from the crate root for integration tests.
-pub type Error = ApiError;

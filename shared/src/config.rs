@@ -15,11 +15,7 @@ use figment::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{
-    auth::{ApiToken, ApiTokens, Role},
-    domain::EventType,
-    url_policy::DestinationPolicy,
-};
+use crate::{auth::ApiTokens, domain::EventType, url_policy::DestinationPolicy};
 
 /// Every `IH_*` variable either binary understands; anything else with the prefix is warned
 /// about at start.
@@ -816,11 +812,6 @@ fn default_worker_id() -> String {
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "worker".to_owned());
     format!("{host}-{}", std::process::id())
-}
-
-/// Returns the API token of `role` configured first, for tools that call the API.
-pub fn first_token(tokens: &ApiTokens, role: Role) -> Option<&ApiToken> {
-    tokens.iter().find(|token| token.role() == role)
 }
 
 #[cfg(test)]

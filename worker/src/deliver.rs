@@ -102,6 +102,39 @@ pub struct DeliveryContext {
     pub slack_pacer: crate::slack::ChannelPacer,
 }
 
+impl DeliveryContext {
+    /// A receiver's `Retry-After`, bounded by `IH_RETRY_AFTER_MAX_SECONDS`; an unparseable
+    /// value is ignored with a warning.
+    pub fn retry_after(&self, delivery: &LeasedDelivery, header: Option<&str>) -> Option<Duration> {
+        let value = header?;
+        let parsed = parse_retry_after(value, Utc::now(), self.retry.retry_after_max);
+        if parsed.is_none() {
+            tracing::warn!(delivery.id = %delivery.id, "ignoring an unparseable Retry-After");
+        }
+        parsed
+    }
+
+    /// The next state after failed attempt `attempt`: dead with `dead_reason` after the last
+    /// attempt, else a retry after `retry_after` or the jittered backoff.
+    pub fn after_failure(
+        &self,
+        attempt: u32,
+        dead_reason: String,
+        retry_after: Option<Duration>,
+    ) -> NextState {
+        if self.retry.is_last(attempt) {
+            NextState::Dead {
+                reason: dead_reason,
+                disable_subscription: false,
+            }
+        } else {
+            NextState::Retry(
+                retry_after.unwrap_or_else(|| self.retry.delay(attempt, random_unit())),
+            )
+        }
+    }
+}
+
 /// A uniform number in [0, 1) from the operating system, for jitter.
 pub fn random_unit() -> f64 {
     let mut bytes = [0_u8; 8];
@@ -121,6 +154,16 @@ fn dead(delivery: &LeasedDelivery, reason: &str, attempt: Option<AttemptRecord>)
         },
         last_error: Some(reason.to_owned()),
         attempt,
+    })
+}
+
+fn cancelled(delivery: &LeasedDelivery) -> Outcome {
+    Outcome::Complete(Completion {
+        delivery_id: delivery.id,
+        lease_token: delivery.lease_token,
+        next: NextState::Cancelled,
+        last_error: Some("subscription_deleted".to_owned()),
+        attempt: None,
     })
 }
 
@@ -154,20 +197,9 @@ pub fn precheck(
         return None;
     }
     match subscription {
-        None => Some(Outcome::Complete(Completion {
-            delivery_id: delivery.id,
-            lease_token: delivery.lease_token,
-            next: NextState::Cancelled,
-            last_error: Some("subscription_deleted".to_owned()),
-            attempt: None,
-        })),
-        Some(subscription) if subscription.deleted => Some(Outcome::Complete(Completion {
-            delivery_id: delivery.id,
-            lease_token: delivery.lease_token,
-            next: NextState::Cancelled,
-            last_error: Some("subscription_deleted".to_owned()),
-            attempt: None,
-        })),
+        // a deleted subscription's row stays (soft delete); a missing one is treated the same
+        None => Some(cancelled(delivery)),
+        Some(subscription) if subscription.deleted => Some(cancelled(delivery)),
         Some(subscription) if !subscription.enabled => {
             Some(dead(delivery, "subscription_disabled", None))
         }
@@ -289,13 +321,7 @@ pub fn outcome_of(
             retry_after,
             body_excerpt,
         } => {
-            let retry_after = retry_after.as_deref().and_then(|value| {
-                let parsed = parse_retry_after(value, Utc::now(), context.retry.retry_after_max);
-                if parsed.is_none() {
-                    tracing::warn!(delivery.id = %delivery.id, "ignoring an unparseable Retry-After");
-                }
-                parsed
-            });
+            let retry_after = context.retry_after(delivery, retry_after.as_deref());
             let verdict = classify_status(status, retry_after);
             let error = match &verdict {
                 Verdict::Delivered => None,
@@ -329,13 +355,10 @@ pub fn outcome_of(
             reason: "endpoint_gone".to_owned(),
             disable_subscription: true,
         },
-        Verdict::Retry { reason, .. } if context.retry.is_last(attempt) => NextState::Dead {
-            reason: dead_reason(&reason),
-            disable_subscription: false,
-        },
-        Verdict::Retry { retry_after, .. } => NextState::Retry(
-            retry_after.unwrap_or_else(|| context.retry.delay(attempt, random_unit())),
-        ),
+        Verdict::Retry {
+            reason,
+            retry_after,
+        } => context.after_failure(attempt, dead_reason(&reason), retry_after),
     };
     Outcome::Complete(Completion {
         delivery_id: delivery.id,

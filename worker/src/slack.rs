@@ -12,12 +12,11 @@ use chrono::Utc;
 use shared::{
     config::SlackConnector,
     db::{AttemptRecord, Completion, LeasedDelivery, NextState},
-    retry::parse_retry_after,
     slack::{self, MessageError, SlackVerdict},
 };
 
 use crate::{
-    deliver::{DeliveryContext, Outcome, random_unit},
+    deliver::{DeliveryContext, Outcome},
     http::{self, SendResult},
 };
 
@@ -133,9 +132,7 @@ pub async fn deliver_slack(
             retry_after,
             body_excerpt,
         } => {
-            let retry_after = retry_after.as_deref().and_then(|value| {
-                parse_retry_after(value, Utc::now(), context.retry.retry_after_max)
-            });
+            let retry_after = context.retry_after(delivery, retry_after.as_deref());
             (
                 slack::classify(status, &body_excerpt, retry_after),
                 Some(i32::from(status)),
@@ -199,14 +196,11 @@ fn retry_or_die(
     error: String,
     retry_after: Option<Duration>,
 ) -> (NextState, Option<String>) {
-    let next = if context.retry.is_last(attempt) {
-        NextState::Dead {
-            reason: format!("max_attempts_exceeded: {error}"),
-            disable_subscription: false,
-        }
-    } else {
-        NextState::Retry(retry_after.unwrap_or_else(|| context.retry.delay(attempt, random_unit())))
-    };
+    let next = context.after_failure(
+        attempt,
+        format!("max_attempts_exceeded: {error}"),
+        retry_after,
+    );
     (next, Some(error))
 }
 
