@@ -123,22 +123,19 @@ async fn read_json_object(
         .into_vec()
         .await
         .map_err(|error| ApiError::bad_request("unreadable_body", error.to_string()))?;
-    let document: Box<RawValue> = serde_json::from_slice(&bytes).map_err(|error| {
+    let malformed = |error: serde_json::Error| {
         ApiError::bad_request(
             "malformed_json",
             format!("the body is not valid JSON: {error}"),
         )
-    })?;
-    if !document.get().starts_with('{') {
-        return Err(ApiError::from(ValidationError::new("body", "must be a JSON object")).into());
+    };
+    // An object is parsed once, straight into its fields; anything else is only checked for
+    // being JSON at all, to tell malformed (400) from not an object (422).
+    if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{') {
+        return serde_json::from_slice(&bytes).map_err(|error| malformed(error).into());
     }
-    serde_json::from_str(document.get()).map_err(|error| {
-        ApiError::bad_request(
-            "malformed_json",
-            format!("the body is not valid JSON: {error}"),
-        )
-        .into()
-    })
+    serde_json::from_slice::<Box<RawValue>>(&bytes).map_err(malformed)?;
+    Err(ApiError::from(ValidationError::new("body", "must be a JSON object")).into())
 }
 
 /// One event to publish, validated, its payload kept as received.

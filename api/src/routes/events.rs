@@ -87,7 +87,8 @@ impl EventsApi {
             })
             .collect();
         let keyed = events.iter().any(|event| event.idempotency_key.is_some());
-        let outcome = async {
+        let event_count = events.len();
+        let outcome = async move {
             if keyed {
                 db::publish_events(
                     &self.state.pool,
@@ -100,7 +101,7 @@ impl EventsApi {
             } else {
                 self.state
                     .publisher
-                    .publish(events.clone())
+                    .publish(events)
                     .await
                     .map(PublishOutcome::Stored)
             }
@@ -118,7 +119,7 @@ impl EventsApi {
             }
             PublishOutcome::KeyReused { index } => Err(ApiError::conflict(
                 "idempotency_key_reused",
-                if events.len() == 1 {
+                if event_count == 1 {
                     "this Idempotency-Key was used with a different request".to_owned()
                 } else {
                     format!("events[{index}].idempotency_key was used with a different request")
