@@ -90,7 +90,13 @@ async fn a_paused_worker_past_its_lease_changes_nothing_when_it_resumes() {
     subscribe(&db, &receiver.url("/hook"), SECRET, &["a"]).await;
     publish(&db, "a", &payloads(20)).await;
 
-    let mut zombie = WorkerProcess::spawn(&db.url, "zombie", &[]);
+    // the per-subscription cap must cover all 20, or the rows above it are handed back and
+    // re-leased in a loop instead of being held
+    let mut zombie = WorkerProcess::spawn(
+        &db.url,
+        "zombie",
+        &[("IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION", "32")],
+    );
     assert!(
         eventually(Duration::from_secs(10), || async {
             leased_by(&db, "zombie").await == 20

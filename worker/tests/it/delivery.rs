@@ -475,8 +475,18 @@ async fn an_idle_listening_worker_is_woken_without_waiting_for_its_poll() {
     let mut settings = worker_settings(&db.url);
     settings.delivery_poll_interval_seconds = 30.0;
     let worker = spawn_worker(&settings, None);
-    // let the worker connect its listener and finish its start-up lease
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // wait until the worker's LISTEN is registered, so only a notification can wake it
+    let listening = eventually(Duration::from_secs(10), || async {
+        count(
+            &db,
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and query ilike 'listen%'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(listening, "the worker never started listening");
     let started = std::time::Instant::now();
     publish(&db, "a", &["{}".to_owned()]).await;
     assert!(eventually(Duration::from_secs(10), || async { receiver.count() == 1 }).await);
