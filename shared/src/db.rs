@@ -65,7 +65,7 @@ pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Wakes every listening worker. Callers coalesce: at most one per process every ~50 ms.
+/// Wakes every listening worker. Callers coalesce (see `api::waker`).
 ///
 /// # Errors
 /// Returns [`DbError`] when the database cannot be reached; the workers' poll is the fallback.
