@@ -14,16 +14,17 @@ COPY api/Cargo.toml api/Cargo.toml
 COPY worker/Cargo.toml worker/Cargo.toml
 COPY shared/Cargo.toml shared/Cargo.toml
 COPY migration/Cargo.toml migration/Cargo.toml
+COPY migrate/Cargo.toml migrate/Cargo.toml
 COPY bench/Cargo.toml bench/Cargo.toml
-RUN for crate in api worker shared migration bench; do \
+RUN for crate in api worker shared migration migrate bench; do \
       mkdir -p $crate/src && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; \
     done \
  && cargo build --release --locked --bins \
- && rm -rf api/src worker/src shared/src migration/src bench/src
+ && rm -rf api/src worker/src shared/src migration/src migrate/src bench/src
 
 COPY . .
 # make cargo see the real sources as newer than the placeholder build
-RUN find api worker shared migration bench -name '*.rs' -exec touch {} + \
+RUN find api worker shared migration migrate bench -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --bin ih-api --bin ih-worker --bin ih-migrate
 
 # Stage 2: no shell, no package manager; CA certificates for TLS to subscribers and Slack;

@@ -207,9 +207,10 @@ impl From<DbError> for ApiError {
                 );
                 Self::unavailable()
             }
-            DbError::Constraint { .. } | DbError::InvalidUrl(_) | DbError::Other(_) => {
-                Self::internal(&error)
-            }
+            DbError::Constraint { .. }
+            | DbError::InvalidUrl(_)
+            | DbError::Crypto(_)
+            | DbError::Other(_) => Self::internal(&error),
         }
     }
 }

@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         None => tracing::info!("Slack connector off: IH_SLACK_BOT_TOKEN is not set"),
     }
     tracing::info!(config = ?config, "starting ih-api");
+    config.secrets.announce();
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {

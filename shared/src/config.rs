@@ -419,6 +419,8 @@ pub struct ApiConfig {
     pub tracing: Option<crate::telemetry::TracingConfig>,
     /// Most `/api/v1` requests served at once.
     pub max_in_flight: usize,
+    /// Seals subscription secrets before they are stored.
+    pub secrets: crate::crypto::SecretCipher,
 }
 
 /// The validated configuration of `ih-worker`.
@@ -458,6 +460,8 @@ pub struct WorkerConfig {
     pub slack: Option<SlackConnector>,
     /// Trace export, when an endpoint is configured.
     pub tracing: Option<crate::telemetry::TracingConfig>,
+    /// Opens the stored subscription secrets.
+    pub secrets: crate::crypto::SecretCipher,
 }
 
 /// The Slack connector's settings, for the worker.
@@ -562,6 +566,19 @@ fn destination_policy(problems: &mut Problems, settings: &Settings) -> Destinati
     }
 }
 
+fn secret_cipher(problems: &mut Problems, settings: &Settings) -> crate::crypto::SecretCipher {
+    let Some(raw) = settings.encryption_keys.as_ref() else {
+        return crate::crypto::SecretCipher::plaintext();
+    };
+    match crate::crypto::SecretCipher::parse(raw.expose()) {
+        Ok(cipher) => cipher,
+        Err(error) => {
+            problems.push(format!("IH_ENCRYPTION_KEYS: {error}"));
+            crate::crypto::SecretCipher::plaintext()
+        }
+    }
+}
+
 fn slack_fanout(problems: &mut Problems, settings: &Settings) -> Option<SlackFanout> {
     let mut event_types = Vec::new();
     for raw in settings.slack_event_types.split(',').map(str::trim) {
@@ -626,6 +643,7 @@ impl ApiConfig {
         let destination_policy = destination_policy(&mut problems, settings);
         let slack = slack_fanout(&mut problems, settings);
         let tracing = tracing_config(&mut problems, settings);
+        let secrets = secret_cipher(&mut problems, settings);
         if settings.api_max_in_flight == 0 {
             problems.push("IH_API_MAX_IN_FLIGHT: must be at least 1");
         }
@@ -676,6 +694,7 @@ impl ApiConfig {
             slack,
             tracing,
             max_in_flight: settings.api_max_in_flight,
+            secrets,
         })
     }
 }
@@ -780,6 +799,7 @@ impl WorkerConfig {
             problems.push("IH_SLACK_API_BASE_URL: must be an http(s) URL");
         }
         let tracing = tracing_config(&mut problems, settings);
+        let secrets = secret_cipher(&mut problems, settings);
         let worker_id = settings
             .worker_id
             .clone()
@@ -803,6 +823,7 @@ impl WorkerConfig {
             max_in_flight_per_subscription: settings.worker_max_in_flight_per_subscription,
             slack,
             tracing,
+            secrets,
         })
     }
 }
@@ -902,6 +923,36 @@ mod tests {
             Some(SlackFanout {
                 event_types: vec!["request_submitted".into(), "other".into()]
             })
+        );
+    }
+
+    #[test]
+    fn encryption_keys_are_validated_by_both_binaries_without_echoing_them() {
+        let bad = settings_with(|s| {
+            s.auth_disabled = true;
+            s.encryption_keys = Some(SecretString::new("k1:c2hvcnQ="));
+        });
+        for error in [
+            ApiConfig::from_settings(&bad).unwrap_err().to_string(),
+            WorkerConfig::from_settings(&bad).unwrap_err().to_string(),
+        ] {
+            assert!(error.contains("IH_ENCRYPTION_KEYS"), "{error}");
+            assert!(!error.contains("c2hvcnQ="), "{error}");
+        }
+        let good = settings_with(|s| {
+            s.auth_disabled = true;
+            s.encryption_keys = Some(SecretString::new(
+                "k2:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=,k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+            ));
+        });
+        let config = ApiConfig::from_settings(&good).unwrap();
+        assert_eq!(config.secrets.key_ids(), ["k2", "k1"]);
+        assert!(!format!("{config:?}").contains("AgICAg"));
+        assert!(
+            !ApiConfig::from_settings(&settings_with(|s| s.auth_disabled = true))
+                .unwrap()
+                .secrets
+                .enabled()
         );
     }
 }

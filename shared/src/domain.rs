@@ -216,6 +216,10 @@ impl SigningSecret {
         if !raw.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(invalid("must be printable ASCII without spaces"));
         }
+        if raw.starts_with(crate::crypto::SEALED_MARKER) {
+            // the marker tells a sealed stored value from a plain one
+            return Err(invalid("must not start with `enc.`"));
+        }
         if let Some(encoded) = raw.strip_prefix(SECRET_PREFIX) {
             match BASE64.decode(encoded) {
                 Ok(key) if !key.is_empty() => {}

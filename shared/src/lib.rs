@@ -7,6 +7,7 @@
 //! - [`config`]: settings from defaults, file, `IH_*` environment and flags; validated views
 //!   for each binary.
 //! - [`auth`]: API tokens and roles.
+//! - [`crypto`]: subscription secrets sealed at rest.
 //! - [`domain`]: validated values (event type, target URL, secret, headers, idempotency key).
 //! - [`url_policy`]: which destination addresses may be dialled.
 //! - [`signing`]: the webhook body and its signatures.
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod retry;

@@ -214,6 +214,28 @@ pub async fn deliver_webhook(
     delivery: &LeasedDelivery,
     subscription: &DeliverySubscription,
 ) -> Outcome {
+    let secrets = match &subscription.secrets {
+        Ok(secrets) => secrets,
+        Err(error) => {
+            // A missing key or a damaged value: this subscription's deliveries fail and retry
+            // (the operator may restore the key); every other subscription goes on.
+            tracing::error!(
+                subscription.id = %subscription.id,
+                delivery.id = %delivery.id,
+                error.message = %error,
+                "the subscription's secret cannot be opened"
+            );
+            return outcome_of(
+                context,
+                delivery,
+                http::SendResult::Failed {
+                    error: format!("secret_unavailable: {error}"),
+                },
+                Utc::now(),
+                Duration::ZERO,
+            );
+        }
+    };
     let Some(_slot) = context
         .slots
         .try_take(subscription.id, context.max_in_flight_per_subscription)
@@ -235,13 +257,9 @@ pub async fn deliver_webhook(
     let started_at = Utc::now();
     let timestamp = started_at.timestamp();
     let event_id = delivery.event_id.to_string();
-    let previous: Vec<&str> = subscription
-        .previous_secret
-        .as_deref()
-        .into_iter()
-        .collect();
+    let previous: Vec<&str> = secrets.previous.as_deref().into_iter().collect();
     let signatures = signing::sign(
-        &subscription.secret,
+        &secrets.current,
         &previous,
         &event_id,
         timestamp,

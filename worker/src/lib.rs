@@ -23,6 +23,7 @@ use std::{
 
 use shared::{
     config::WorkerConfig,
+    crypto::SecretCipher,
     db::{self, DeliverySubscription, LeasedDelivery},
     retry::RetryPolicy,
 };
@@ -198,7 +199,7 @@ pub async fn run(
         if leased.is_empty() {
             continue;
         }
-        let subscriptions = match load_subscriptions(&pool, &leased).await {
+        let subscriptions = match load_subscriptions(&pool, &config.secrets, &leased).await {
             Ok(subscriptions) => subscriptions,
             Err(error) => {
                 // The rows come back when their lease expires; the attempt they used is the
@@ -291,6 +292,7 @@ fn register_metrics() {
 
 async fn load_subscriptions(
     pool: &PgPool,
+    cipher: &SecretCipher,
     leased: &[LeasedDelivery],
 ) -> Result<HashMap<Uuid, DeliverySubscription>, db::DbError> {
     let ids: Vec<Uuid> = leased
@@ -302,7 +304,7 @@ async fn load_subscriptions(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    Ok(db::get_delivery_subscriptions(pool, &ids)
+    Ok(db::get_delivery_subscriptions(pool, cipher, &ids)
         .await?
         .into_iter()
         .map(|subscription| (subscription.id, subscription))

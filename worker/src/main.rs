@@ -96,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     tracing::info!(config = ?config, "starting ih-worker");
+    config.secrets.announce();
 
     let handle = shared::telemetry::install_metrics()
         .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))?;

@@ -100,6 +100,7 @@ impl SubscriptionsApi {
         };
         let row = db::insert_subscription(
             &self.state.pool,
+            &self.state.config.secrets,
             &NewSubscription {
                 id: Uuid::now_v7(),
                 url: url.as_str().to_owned(),
@@ -263,6 +264,7 @@ impl SubscriptionsApi {
         let secret = SigningSecret::generate()?;
         let row = db::rotate_subscription_secret(
             &self.state.pool,
+            &self.state.config.secrets,
             id.0,
             secret.expose(),
             SECRET_ROTATION_GRACE_SECONDS,

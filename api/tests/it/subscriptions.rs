@@ -292,3 +292,51 @@ async fn subscriptions_are_paged_by_cursor() {
     assert_eq!(second["data"][0]["url"], "http://127.0.0.1:9/2");
     assert!(second["next_cursor"].is_null());
 }
+
+#[tokio::test]
+async fn with_encryption_keys_the_table_holds_only_sealed_secrets() {
+    let key = "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let app = TestApp::spawn_with(|s| {
+        s.encryption_keys = Some(shared::config::SecretString::new(key));
+    })
+    .await;
+    let created = app
+        .create_subscription("https://example.com/hooks", &["a"])
+        .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = uuid(&created["id"]);
+    let (stored, previous) = app.db.stored_secrets(id).await;
+    assert!(stored.starts_with("enc.v1.k1."), "{stored}");
+    assert!(!stored.contains(secret.trim_start_matches("whsec_")));
+    assert_eq!(previous, None);
+
+    let (status, rotated) = app
+        .admin(
+            Method::POST,
+            &format!("/api/v1/subscriptions/{id}/rotate-secret"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap();
+    let (stored_after, previous) = app.db.stored_secrets(id).await;
+    assert!(stored_after.starts_with("enc.v1.k1."));
+    assert!(!stored_after.contains(new_secret.trim_start_matches("whsec_")));
+    // the old sealed value moved over as it was
+    assert_eq!(previous.as_deref(), Some(stored.as_str()));
+
+    // a chosen secret may not look like a sealed value
+    let (status, refused) = app
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({
+                "url": "https://example.com/hooks",
+                "secret": "enc.v1.k1.looks-sealed-but-is-not",
+                "events": ["a"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused.to_string().contains("enc."), "{refused}");
+}

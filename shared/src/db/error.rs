@@ -33,6 +33,9 @@ pub enum DbError {
     /// The configured URL does not parse.
     #[error("invalid database url: {0}")]
     InvalidUrl(String),
+    /// A secret could not be sealed for storage; nothing was written.
+    #[error("could not seal a secret: {0}")]
+    Crypto(#[from] crate::crypto::CryptoError),
     /// Anything else: a bug or a schema mismatch.
     #[error("database error")]
     Other(#[source] sqlx::Error),

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
-use crate::db::DbError;
+use crate::{crypto::CryptoError, crypto::SecretCipher, db::DbError};
 
 /// A leased delivery with everything its send needs.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -52,17 +52,25 @@ pub async fn lease_deliveries(
         .await?)
 }
 
+/// A subscription's signing secrets, opened.
+#[derive(Clone)]
+pub struct OpenedSecrets {
+    /// Current secret.
+    pub current: String,
+    /// The previous secret while its grace period lasts.
+    pub previous: Option<String>,
+}
+
 /// A subscription as the worker sends to it.
-#[derive(Clone, sqlx::FromRow)]
+#[derive(Clone)]
 pub struct DeliverySubscription {
     /// Subscription id.
     pub id: Uuid,
     /// Target URL.
     pub url: String,
-    /// Current secret.
-    pub secret: String,
-    /// The previous secret while its grace period lasts.
-    pub previous_secret: Option<String>,
+    /// The secrets, or why they cannot be opened (a missing key, a damaged value): only the
+    /// deliveries of this subscription fail then.
+    pub secrets: Result<OpenedSecrets, CryptoError>,
     /// Custom headers.
     pub headers: Json<BTreeMap<String, String>>,
     /// Disabled subscriptions get no requests.
@@ -81,20 +89,52 @@ impl std::fmt::Debug for DeliverySubscription {
     }
 }
 
-/// Reads the subscriptions of a leased batch.
+#[derive(sqlx::FromRow)]
+struct StoredDeliverySubscription {
+    id: Uuid,
+    url: String,
+    secret: String,
+    previous_secret: Option<String>,
+    headers: Json<BTreeMap<String, String>>,
+    enabled: bool,
+    deleted: bool,
+}
+
+/// Reads the subscriptions of a leased batch and opens their secrets.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn get_delivery_subscriptions(
     pool: &PgPool,
+    cipher: &SecretCipher,
     ids: &[Uuid],
 ) -> Result<Vec<DeliverySubscription>, DbError> {
-    Ok(
+    let rows: Vec<StoredDeliverySubscription> =
         sqlx::query_as(include_str!("sql/get_delivery_subscriptions.sql"))
             .bind(ids)
             .fetch_all(pool)
-            .await?,
-    )
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let secrets = cipher.open(row.id, &row.secret).and_then(|current| {
+                let previous = row
+                    .previous_secret
+                    .as_deref()
+                    .map(|previous| cipher.open(row.id, previous))
+                    .transpose()?;
+                Ok(OpenedSecrets { current, previous })
+            });
+            DeliverySubscription {
+                id: row.id,
+                url: row.url,
+                secrets,
+                headers: row.headers,
+                enabled: row.enabled,
+                deleted: row.deleted,
+            }
+        })
+        .collect())
 }
 
 /// The terminal or next state of a delivery after an attempt.

@@ -1,5 +1,5 @@
-//! Subscription storage. Secrets are written here and never read back by these queries: no
-//! listing or lookup returns them.
+//! Subscription storage. Secrets are sealed here before they are written (see
+//! [`crate::crypto`]) and never read back by these queries: no listing or lookup returns them.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +7,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
-use crate::db::{DbError, Page};
+use crate::{
+    crypto::{CryptoError, SecretCipher},
+    db::{DbError, Page},
+};
 
 /// A subscription without its secrets.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -65,12 +68,14 @@ pub struct NewSubscription {
 /// Returns [`DbError`] when the database fails.
 pub async fn insert_subscription(
     pool: &PgPool,
+    cipher: &SecretCipher,
     subscription: &NewSubscription,
 ) -> Result<SubscriptionRow, DbError> {
+    let secret = cipher.seal(subscription.id, &subscription.secret)?;
     Ok(sqlx::query_as(include_str!("sql/insert_subscription.sql"))
         .bind(subscription.id)
         .bind(&subscription.url)
-        .bind(&subscription.secret)
+        .bind(secret)
         .bind(Json(&subscription.event_types))
         .bind(subscription.enabled)
         .bind(subscription.description.as_deref())
@@ -161,10 +166,13 @@ pub async fn delete_subscription(pool: &PgPool, id: Uuid) -> Result<bool, DbErro
 /// Returns [`DbError`] when the database fails.
 pub async fn rotate_subscription_secret(
     pool: &PgPool,
+    cipher: &SecretCipher,
     id: Uuid,
     new_secret: &str,
     grace_seconds: f64,
 ) -> Result<Option<SubscriptionRow>, DbError> {
+    // the old value moves to previous_secret as it is stored: both are sealed for this id
+    let new_secret = cipher.seal(id, new_secret)?;
     Ok(
         sqlx::query_as(include_str!("sql/rotate_subscription_secret.sql"))
             .bind(id)
@@ -173,4 +181,95 @@ pub async fn rotate_subscription_secret(
             .fetch_optional(pool)
             .await?,
     )
+}
+
+/// What one re-encryption pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReencryptReport {
+    /// Subscriptions looked at.
+    pub examined: u64,
+    /// Subscriptions whose secrets were sealed again under the current key.
+    pub reencrypted: u64,
+    /// Subscriptions changed by someone else while this pass ran (already current).
+    pub changed_meanwhile: u64,
+    /// Subscriptions whose secrets could not be opened, with why.
+    pub failed: Vec<(Uuid, CryptoError)>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredSecrets {
+    id: Uuid,
+    secret: String,
+    previous_secret: Option<String>,
+}
+
+/// Seals every stored secret under the cipher's current key, `batch` rows per read; values
+/// already current are left alone, so the pass can be interrupted and run again.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails; the rows written until then stay written.
+pub async fn reencrypt_secrets(
+    pool: &PgPool,
+    cipher: &SecretCipher,
+    batch: i64,
+) -> Result<ReencryptReport, DbError> {
+    let mut report = ReencryptReport::default();
+    let mut cursor: Option<Uuid> = None;
+    loop {
+        let rows: Vec<StoredSecrets> = sqlx::query_as(include_str!("sql/list_stored_secrets.sql"))
+            .bind(cursor)
+            .bind(batch)
+            .fetch_all(pool)
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(report);
+        };
+        cursor = Some(last.id);
+        for row in rows {
+            report.examined += 1;
+            let current = cipher.is_current(&row.secret)
+                && row
+                    .previous_secret
+                    .as_deref()
+                    .is_none_or(|previous| cipher.is_current(previous));
+            if current {
+                continue;
+            }
+            let resealed = reseal(cipher, row.id, &row.secret).and_then(|secret| {
+                let previous = row
+                    .previous_secret
+                    .as_deref()
+                    .map(|previous| reseal(cipher, row.id, previous))
+                    .transpose()?;
+                Ok((secret, previous))
+            });
+            let (secret, previous) = match resealed {
+                Ok(resealed) => resealed,
+                Err(error) => {
+                    report.failed.push((row.id, error));
+                    continue;
+                }
+            };
+            let updated = sqlx::query(include_str!("sql/replace_stored_secrets.sql"))
+                .bind(row.id)
+                .bind(secret)
+                .bind(previous)
+                .bind(&row.secret)
+                .bind(row.previous_secret.as_deref())
+                .execute(pool)
+                .await?;
+            if updated.rows_affected() == 1 {
+                report.reencrypted += 1;
+            } else {
+                report.changed_meanwhile += 1;
+            }
+        }
+    }
+}
+
+fn reseal(cipher: &SecretCipher, id: Uuid, stored: &str) -> Result<String, CryptoError> {
+    if cipher.is_current(stored) {
+        return Ok(stored.to_owned());
+    }
+    cipher.seal(id, &cipher.open(id, stored)?)
 }

@@ -32,7 +32,7 @@ fn verify_brief_signature(secret: &str, timestamp: &str, body: &[u8], signature:
 
 /// The Standard Webhooks verification rule: any space-separated `v1,` signature matching
 /// base64(HMAC(base64-decoded whsec key, "{id}.{timestamp}.{body}")).
-fn verify_standard_signature(
+pub fn verify_standard_signature(
     secret: &str,
     id: &str,
     timestamp: &str,

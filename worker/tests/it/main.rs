@@ -12,5 +12,6 @@ mod crash;
 mod delivery;
 mod deployment;
 mod observability;
+mod secrets;
 mod slack;
 mod support;

@@ -17,6 +17,7 @@ use poem::{
 };
 use shared::{
     config::{DatabaseUrl, Settings, WorkerConfig},
+    crypto::SecretCipher,
     db::{self, NewEvent, NewSubscription, PublishOutcome, testing::TestDb},
     domain::{EventType, request_hash},
 };
@@ -284,8 +285,20 @@ impl Drop for WorkerProcess {
 
 /// Creates a subscription with a known secret.
 pub async fn subscribe(db: &TestDb, url: &str, secret: &str, events: &[&str]) -> Uuid {
+    subscribe_sealed(db, &SecretCipher::plaintext(), url, secret, events).await
+}
+
+/// Creates a subscription with a known secret, stored sealed by `cipher`.
+pub async fn subscribe_sealed(
+    db: &TestDb,
+    cipher: &SecretCipher,
+    url: &str,
+    secret: &str,
+    events: &[&str],
+) -> Uuid {
     let row = db::insert_subscription(
         &db.pool,
+        cipher,
         &NewSubscription {
             id: Uuid::now_v7(),
             url: url.to_owned(),

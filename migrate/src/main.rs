@@ -1,7 +1,13 @@
-//! `ih-migrate`: applies, rolls back or reports the schema migrations.
+//! `ih-migrate`: applies, rolls back or reports the schema migrations, and re-encrypts the
+//! stored subscription secrets under the current key.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shared::{
+    config::{DatabaseConfig, DatabaseUrl},
+    crypto::SecretCipher,
+};
+use std::time::Duration;
 
 /// Applies the Integrations Hub schema to the database named by `IH_DATABASE_URL`.
 #[derive(Parser)]
@@ -22,7 +28,14 @@ enum CommandArg {
     Down,
     /// List every migration and whether it is applied.
     Status,
+    /// Seal every stored subscription secret with the first key of `IH_ENCRYPTION_KEYS`
+    /// (after adding a new key in front; then the old key can be removed). Safe to interrupt
+    /// and run again.
+    Reencrypt,
 }
+
+/// Rows read per statement by `reencrypt`.
+const REENCRYPT_BATCH: i64 = 500;
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/integrations_hub";
 
@@ -42,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         CommandArg::Up => migration::Command::Up,
         CommandArg::Down => migration::Command::Down,
         CommandArg::Status => migration::Command::Status,
+        CommandArg::Reencrypt => return reencrypt(&database_url).await,
     };
     let states = migration::run(&database_url, command)
         .await
@@ -53,6 +67,41 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn reencrypt(database_url: &str) -> anyhow::Result<()> {
+    let keys = std::env::var("IH_ENCRYPTION_KEYS")
+        .ok()
+        .filter(|keys| !keys.trim().is_empty())
+        .context("IH_ENCRYPTION_KEYS is not set: there is no key to encrypt with")?;
+    let cipher = SecretCipher::parse(&keys).context("IH_ENCRYPTION_KEYS")?;
+    let database = DatabaseConfig {
+        url: DatabaseUrl::new(database_url),
+        listen_url: DatabaseUrl::new(database_url),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+    };
+    let pool = shared::db::connect(&database, "ih-migrate").context("IH_DATABASE_URL")?;
+    let report = shared::db::reencrypt_secrets(&pool, &cipher, REENCRYPT_BATCH)
+        .await
+        .context("re-encryption stopped; run it again to finish")?;
+    for (subscription_id, error) in &report.failed {
+        tracing::error!(subscription.id = %subscription_id, error.message = %error, "secret not re-encrypted");
+    }
+    tracing::info!(
+        key_id = cipher.key_ids().first().copied().unwrap_or_default(),
+        examined = report.examined,
+        reencrypted = report.reencrypted,
+        changed_meanwhile = report.changed_meanwhile,
+        failed = report.failed.len(),
+        "re-encryption finished"
+    );
+    anyhow::ensure!(
+        report.failed.is_empty(),
+        "{} subscription secrets could not be opened with the configured keys",
+        report.failed.len()
+    );
+    Ok(())
+}
+
 fn tracing_init() {
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
@@ -61,6 +110,7 @@ fn tracing_init() {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .finish();
     let _already_set = tracing::subscriber::set_global_default(subscriber);
 }
