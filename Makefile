@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/integrations_hub
 RUN_ENV = IH_DATABASE_URL=$(DATABASE_URL) IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty \
 	IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8 IH_WORKER_METRICS_ADDR=127.0.0.1:9091
 
-.PHONY: run test lint fmt migrate postgres build docker k8s-validate bench
+.PHONY: run test fuzz-api lint fmt migrate postgres build docker k8s-validate bench
 
 ## Build, create and migrate the local database, then run one worker beside the API on :8000
 ## (auth disabled). Ctrl-C stops both.
@@ -21,6 +21,11 @@ run: postgres build
 test: postgres
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
+
+## Fuzz the live API against its OpenAPI document with schemathesis (after `make test`).
+fuzz-api: postgres
+	$(CARGO) build --workspace --bins
+	.ci/schemathesis
 
 lint:
 	$(CARGO) fmt --all --check

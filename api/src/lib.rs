@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub mod allow;
 pub mod auth;
 pub mod body;
 pub mod coalesce;
@@ -159,6 +160,11 @@ fn request_id(request: &poem::Request) -> String {
 /// Builds the endpoint tree.
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let service = openapi_service(&state);
+    let allowed = Arc::new(allow::AllowedMethods::from_spec(
+        &service.spec(),
+        "/api/v1",
+        &["/openapi.json", "/health", "/ready", "/metrics"],
+    ));
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
     let limits = state.config.limits;
@@ -179,6 +185,9 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .data(authenticator)
         .data(state)
         .catch_all_error(render_framework_error)
+        .around(move |endpoint, request| {
+            allow::add_allow_header(endpoint, request, allowed.clone())
+        })
         .around(observe_request)
 }
 

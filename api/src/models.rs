@@ -49,6 +49,7 @@ pub struct EventPage {
     /// Newest first.
     pub data: Vec<PublishedEvent>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<Uuid>,
 }
 
@@ -146,6 +147,7 @@ pub struct DeliveryPage {
     /// Newest first.
     pub data: Vec<Delivery>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<Uuid>,
 }
 
@@ -250,6 +252,7 @@ pub struct SubscriptionPage {
     /// Oldest first.
     pub data: Vec<Subscription>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<Uuid>,
 }
 
@@ -356,6 +359,7 @@ pub struct DeadLetterPage {
     /// Newest first.
     pub data: Vec<DeadLetter>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<Uuid>,
 }
 

@@ -47,3 +47,37 @@ async fn swagger_ui_is_served_at_docs() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.as_str().unwrap().contains("swagger"), "{body}");
 }
+
+#[tokio::test]
+async fn a_method_not_allowed_lists_the_allowed_ones() {
+    let app = TestApp::spawn().await;
+    for (method, path, allowed) in [
+        (Method::PUT, "/api/v1/subscriptions", "GET, POST"),
+        (
+            Method::TRACE,
+            "/api/v1/subscriptions/01a22415-1292-7a36-aa6d-264ec608abbf",
+            "GET, DELETE, PATCH",
+        ),
+        (Method::DELETE, "/api/v1/events/batch", "POST"),
+        (Method::POST, "/health", "GET"),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(
+            response.headers()["allow"].to_str().unwrap(),
+            allowed,
+            "{method} {path}"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "method_not_allowed");
+    }
+}
