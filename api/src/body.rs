@@ -60,6 +60,24 @@ fn json_depth(text: &str) -> usize {
     deepest
 }
 
+/// Most bytes of header names and values one request may carry. The HTTP server's own guard
+/// (about 400 KiB) answers without the error envelope; this one answers with it, and well
+/// before a request can hold much memory.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Answers 431 to a request whose headers add up to more than [`MAX_HEADER_BYTES`].
+pub async fn limit_headers<E: Endpoint>(endpoint: E, request: Request) -> poem::Result<Response> {
+    let total: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if total > MAX_HEADER_BYTES {
+        return Err(ApiError::headers_too_large(MAX_HEADER_BYTES).into());
+    }
+    Ok(endpoint.call(request).await?.into_response())
+}
+
 /// Reads the body up to the route's limit before any handler sees it, answering 413 beyond it.
 /// A declared `Content-Length` over the limit is refused without reading a byte.
 pub async fn limit_body<E: Endpoint>(

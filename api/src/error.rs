@@ -84,6 +84,9 @@ pub enum ApiError {
     /// The request is well-formed but a value is invalid; `details` names the fields.
     #[oai(status = 422)]
     Unprocessable(Json<Problem>),
+    /// The request's headers together are larger than allowed.
+    #[oai(status = 431)]
+    HeadersTooLarge(Json<Problem>),
     /// An unexpected failure; the body carries only the request id.
     #[oai(status = 500)]
     Internal(Json<Problem>),
@@ -111,6 +114,14 @@ impl ApiError {
     /// 404 naming what was not found.
     pub fn not_found(what: &str) -> Self {
         Self::NotFound(Problem::new("not_found", format!("{what} not found")))
+    }
+
+    /// 431 naming the limit.
+    pub fn headers_too_large(limit: usize) -> Self {
+        Self::HeadersTooLarge(Problem::new(
+            "headers_too_large",
+            format!("the request headers exceed {limit} bytes in all"),
+        ))
     }
 
     /// 409 with a specific code.

@@ -184,6 +184,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .at("/metrics", get(render_metrics))
         .data(authenticator)
         .data(state)
+        .around(body::limit_headers)
         .catch_all_error(render_framework_error)
         .around(move |endpoint, request| {
             allow::add_allow_header(endpoint, request, allowed.clone())
