@@ -125,7 +125,7 @@ pub enum SendResult {
         /// The start of its body.
         body_excerpt: String,
     },
-    /// No answer: refused address, connection error, timeout.
+    /// No complete answer: refused address, connection error, timeout, a body cut short.
     Failed {
         /// A short class and description, without the URL's query or credentials.
         error: String,
@@ -202,8 +202,14 @@ pub async fn send(
                 }
             }
             Ok(None) => break,
-            // A body cut short or too slow still leaves the status that was answered.
-            Err(_) => break,
+            // An answer that broke off (connection closed mid-body, or the body trickled past
+            // the timeout) is no answer: the receiver may not have finished with the event,
+            // so it is a failed attempt and a retry rather than a delivery on the status line.
+            Err(error) => {
+                return SendResult::Failed {
+                    error: format!("{} (after status {status})", describe(&error)),
+                };
+            }
         }
     }
     read.truncate(MAX_RESPONSE_RECORDED);

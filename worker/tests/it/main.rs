@@ -11,6 +11,7 @@
 mod crash;
 mod delivery;
 mod deployment;
+mod hostile;
 mod observability;
 mod secrets;
 mod slack;
