@@ -13,6 +13,7 @@ mod delivery;
 mod deployment;
 mod hostile;
 mod observability;
+mod outage;
 mod secrets;
 mod slack;
 mod support;

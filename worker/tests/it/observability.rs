@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{Receiver, Reply, count, eventually};
 
-const ADMIN_TOKEN: &str = "admin-token-for-observability-tests";
+pub const ADMIN_TOKEN: &str = "admin-token-for-observability-tests";
 
 /// A binary of this workspace, built beside the test executable.
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -41,7 +41,7 @@ fn free_port() -> u16 {
 }
 
 /// A child process whose stdout and stderr are captured.
-struct Service {
+pub struct Service {
     child: Child,
     output: Arc<Mutex<String>>,
 }
@@ -80,7 +80,7 @@ impl Service {
         Self { child, output }
     }
 
-    fn output(&self) -> String {
+    pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
     }
 
@@ -110,8 +110,8 @@ impl Drop for Service {
 
 /// `ih-api` and `ih-worker` on one database.
 pub struct Stack {
-    api: Service,
-    worker: Service,
+    pub api: Service,
+    pub worker: Service,
     pub api_url: String,
     pub worker_metrics_url: String,
     pub client: reqwest::Client,
@@ -119,10 +119,14 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(db: &TestDb, extra: &[(&str, String)]) -> Self {
+        Self::start_on(&db.url, extra).await
+    }
+
+    pub async fn start_on(database_url: &str, extra: &[(&str, String)]) -> Self {
         let api_port = free_port();
         let metrics_port = free_port();
         let mut common: Vec<(&str, String)> = vec![
-            ("IH_DATABASE_URL", db.url.clone()),
+            ("IH_DATABASE_URL", database_url.to_owned()),
             ("IH_API_TOKENS", format!("admin:{ADMIN_TOKEN}")),
             ("IH_ALLOWED_DESTINATION_CIDRS", "127.0.0.1/32".to_owned()),
             ("IH_LOG_FORMAT", "json".to_owned()),
@@ -179,7 +183,7 @@ impl Stack {
         stack
     }
 
-    async fn admin(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Value {
+    pub async fn admin(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Value {
         let mut request = self
             .client
             .post(format!("{}{path}", self.api_url))
