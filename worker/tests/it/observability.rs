@@ -562,7 +562,15 @@ async fn logs_of_a_publish_deliver_dead_letter_run_hold_no_secret_and_no_payload
     let secret = "whsec_Q2FuYXJ5U2VjcmV0Q2FuYXJ5U2VjcmV0MTIzNDU=";
     let payload_canary = "payload-canary-7f3a";
     let query_canary = "query-canary-91bd";
-    let mut stack = Stack::start(&db, &[("IH_DELIVERY_MAX_ATTEMPTS", "2".to_owned())]).await;
+    let encryption_key = "S2V5Q2FuYXJ5S2V5Q2FuYXJ5S2V5Q2FuYXJ5MTIzNDU=";
+    let mut stack = Stack::start(
+        &db,
+        &[
+            ("IH_DELIVERY_MAX_ATTEMPTS", "2".to_owned()),
+            ("IH_ENCRYPTION_KEYS", format!("k1:{encryption_key}")),
+        ],
+    )
+    .await;
     stack
         .admin(
             "/api/v1/subscriptions",
@@ -604,6 +612,7 @@ async fn logs_of_a_publish_deliver_dead_letter_run_hold_no_secret_and_no_payload
         query_canary,
         ADMIN_TOKEN,
         "Bearer ",
+        encryption_key,
     ] {
         assert!(
             !logs.contains(forbidden),
