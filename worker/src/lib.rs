@@ -251,6 +251,32 @@ pub async fn run(
     Ok(())
 }
 
+/// Refuses to start when stored secrets are sealed with keys this worker was not given: every
+/// delivery to those subscriptions would fail. A database that cannot be reached yet only
+/// postpones the question to the deliveries themselves (`secret_unavailable`).
+///
+/// # Errors
+/// Names each missing key and how many secrets it seals.
+pub async fn check_encryption_keys(pool: &PgPool, cipher: &SecretCipher) -> anyhow::Result<()> {
+    match db::secrets_without_key(pool, cipher).await {
+        Ok(missing) if missing.is_empty() => Ok(()),
+        Ok(missing) => {
+            let listed: Vec<String> = missing
+                .iter()
+                .map(|(key_id, count)| format!("{count} sealed with key `{key_id}`"))
+                .collect();
+            anyhow::bail!(
+                "IH_ENCRYPTION_KEYS lacks keys that stored subscription secrets need ({}); add them back, or run `ih-migrate reencrypt` with them before removing them",
+                listed.join(", ")
+            )
+        }
+        Err(error) => {
+            tracing::warn!(error.message = %error, "could not check the stored secrets' keys at start");
+            Ok(())
+        }
+    }
+}
+
 /// How often the queue and the pool are sampled for metrics.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 

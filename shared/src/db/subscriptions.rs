@@ -273,3 +273,22 @@ fn reseal(cipher: &SecretCipher, id: Uuid, stored: &str) -> Result<String, Crypt
     }
     cipher.seal(id, &cipher.open(id, stored)?)
 }
+
+/// Stored secrets sealed with keys the cipher does not hold: `(key id, count)`.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn secrets_without_key(
+    pool: &PgPool,
+    cipher: &SecretCipher,
+) -> Result<Vec<(String, i64)>, DbError> {
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as(include_str!("sql/count_sealed_secrets_by_key.sql"))
+            .fetch_all(pool)
+            .await?;
+    let known = cipher.key_ids();
+    Ok(counts
+        .into_iter()
+        .filter(|(key_id, _)| !known.contains(&key_id.as_str()))
+        .collect())
+}

@@ -161,6 +161,11 @@ async fn keys_rotate_with_reencrypt_and_the_old_key_can_go() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("IH_ENCRYPTION_KEYS"));
 
+    // a worker missing a key still in use refuses to start, naming it
+    let refusal = worker_refusal(&db.url, &key_a).await;
+    assert!(refusal.contains("sealed with key `b`"), "{refusal}");
+    assert!(!refusal.contains(&key(2)), "{refusal}");
+
     // key a removed: every subscription still signs with its own secrets
     publish(&db, "a", &["{}".to_owned()]).await;
     let worker = spawn_worker(&keyed_settings(&db.url, &only_b), None);
@@ -189,6 +194,33 @@ async fn keys_rotate_with_reencrypt_and_the_old_key_can_go() {
             request.path
         );
     }
+}
+
+/// Starts `ih-worker` with `keys` and returns what it printed, asserting it exits non-zero.
+async fn worker_refusal(database_url: &str, keys: &str) -> String {
+    let mut child = Command::new(workspace_bin("ih-worker"))
+        .env_clear()
+        .env("IH_DATABASE_URL", database_url)
+        .env("IH_ENCRYPTION_KEYS", keys)
+        .env("IH_WORKER_METRICS_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(Duration::from_secs(20), || {
+        let status = child.try_wait().unwrap();
+        async move { status.is_some() }
+    })
+    .await;
+    if !exited {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        exited && !output.status.success(),
+        "the worker kept running"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[tokio::test]
