@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/integrations_hub
 RUN_ENV = IH_DATABASE_URL=$(DATABASE_URL) IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty \
 	IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8 IH_WORKER_METRICS_ADDR=127.0.0.1:9091
 
-.PHONY: run test fuzz-api lint fmt migrate postgres build docker k8s-validate bench
+.PHONY: run test fuzz-api browser console-screenshots lint fmt migrate postgres build docker k8s-validate bench
 
 ## Build, create and migrate the local database, then run one worker beside the API on :8000
 ## (auth disabled). Ctrl-C stops both.
@@ -18,7 +18,7 @@ run: postgres build
 
 ## The whole test suite, against the local Postgres. The binaries are built first: tests run
 ## ih-api, ih-worker and ih-migrate as real processes.
-test: postgres
+test: postgres browser
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 
@@ -59,3 +59,12 @@ build:
 
 postgres:
 	@.ci/ensure-postgres
+
+## Headless Chromium and chromedriver for the console's end-to-end test (Debian packages).
+browser:
+	@.ci/ensure-browser
+
+## Re-take the console screenshots in docs/ (runs the console's end-to-end test).
+console-screenshots: postgres browser
+	$(CARGO) build --workspace --bins
+	IH_CONSOLE_SCREENSHOTS=$(CURDIR)/docs $(CARGO) nextest run -p worker -E 'test(/^console::/)'

@@ -32,6 +32,7 @@ pub mod allow;
 pub mod auth;
 pub mod body;
 pub mod coalesce;
+pub mod console;
 pub mod error;
 pub mod models;
 pub mod routes;
@@ -160,10 +161,12 @@ fn request_id(request: &poem::Request) -> String {
 /// Builds the endpoint tree.
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let service = openapi_service(&state);
+    let mut plain_routes = vec!["/openapi.json", "/health", "/ready", "/metrics"];
+    plain_routes.extend(console::PATHS);
     let allowed = Arc::new(allow::AllowedMethods::from_spec(
         &service.spec(),
         "/api/v1",
-        &["/openapi.json", "/health", "/ready", "/metrics"],
+        &plain_routes,
     ));
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
@@ -179,6 +182,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         )
         .at("/openapi.json", spec)
         .nest("/docs", docs)
+        .nest("/console", console::routes())
         .at("/health", get(health))
         .at("/ready", get(ready))
         .at("/metrics", get(render_metrics))

@@ -395,6 +395,24 @@ pub struct BulkReplayResult {
     pub count: i64,
 }
 
+/// `GET /admin/stats`: the console's overview.
+#[derive(Object, Debug)]
+pub struct AdminStats {
+    /// Seconds covered by `delivered` and `failed`.
+    pub window_seconds: u32,
+    /// Deliveries due now (pending and due, or with an expired lease), counted up to 100,000.
+    pub due: i64,
+    /// Seconds since the oldest due delivery became due; absent when none is due.
+    #[oai(skip_serializing_if_is_none)]
+    pub oldest_due_age_seconds: Option<f64>,
+    /// Attempts in the window that delivered.
+    pub delivered: i64,
+    /// Attempts in the window that failed (a retry scheduled or a dead letter).
+    pub failed: i64,
+    /// Dead letters not replayed.
+    pub dead_letters: i64,
+}
+
 /// Health of the process.
 #[derive(Object, Debug, serde::Serialize)]
 pub struct Health {

@@ -13,7 +13,7 @@ use crate::{
     auth::Caller,
     error::ApiError,
     models::{
-        AttemptList, BulkReplayRequest, BulkReplayResult, DeadLetterPage, DeliveryPage,
+        AdminStats, AttemptList, BulkReplayRequest, BulkReplayResult, DeadLetterPage, DeliveryPage,
         DeliveryStatus, Replayed, next_cursor,
     },
     routes::{ApiTags, page_limit},
@@ -21,6 +21,9 @@ use crate::{
 
 /// Dead letters replayed per transaction by a bulk replay.
 pub const BULK_REPLAY_BATCH_SIZE: i64 = 500;
+
+/// The window of the overview's attempt counts.
+pub const STATS_WINDOW_SECONDS: u32 = 300;
 
 /// Admin operations.
 pub struct AdminApi {
@@ -47,6 +50,22 @@ enum BulkReplayResponse {
 
 #[OpenApi(prefix_path = "/admin", tag = "ApiTags::Admin")]
 impl AdminApi {
+    /// The overview of the queue: deliveries due now and the age of the oldest, attempts of
+    /// the last five minutes by outcome, and dead letters not yet replayed.
+    #[oai(path = "/stats", method = "get", operation_id = "get_stats")]
+    async fn get_stats(&self, caller: Caller) -> Result<Json<AdminStats>, ApiError> {
+        caller.require_admin()?;
+        let stats = db::console_stats(&self.state.pool, f64::from(STATS_WINDOW_SECONDS)).await?;
+        Ok(Json(AdminStats {
+            window_seconds: STATS_WINDOW_SECONDS,
+            due: stats.due,
+            oldest_due_age_seconds: stats.oldest_due_age_seconds,
+            delivered: stats.delivered,
+            failed: stats.failed,
+            dead_letters: stats.dead_letters,
+        }))
+    }
+
     /// List every attempt of every delivery of an event.
     #[oai(
         path = "/events/:event_id/attempts",

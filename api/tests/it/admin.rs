@@ -256,3 +256,92 @@ async fn deliveries_are_listed_with_status_and_subscription_filters() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn stats_count_the_due_queue_recent_attempts_and_open_dead_letters() {
+    let app = TestApp::spawn().await;
+    let (status, empty) = app.admin(Method::GET, "/api/v1/admin/stats", None).await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(
+        empty,
+        json!({"window_seconds": 300, "due": 0, "delivered": 0, "failed": 0, "dead_letters": 0})
+    );
+    dead_letter(&app).await;
+    app.publish("a", json!({"n": 2})).await;
+    app.publish("a", json!({"n": 3})).await;
+    let (_, stats) = app.admin(Method::GET, "/api/v1/admin/stats", None).await;
+    assert_eq!(stats["due"], 2);
+    assert!(stats["oldest_due_age_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(stats["failed"], 1);
+    assert_eq!(stats["delivered"], 0);
+    assert_eq!(stats["dead_letters"], 1);
+    let (status, _) = app
+        .call(
+            Method::GET,
+            "/api/v1/admin/stats",
+            Some(crate::support::PUBLISHER_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_a_strict_content_security_policy() {
+    let app = TestApp::spawn().await;
+    for (path, content_type, marker) in [
+        ("/console", "text/html", "<main id=\"main\""),
+        ("/console/app.js", "text/javascript", "textContent"),
+        ("/console/app.css", "text/css", "--accent"),
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers().clone();
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(content_type),
+            "{path}"
+        );
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("default-src 'none'"), "{policy}");
+        assert!(policy.contains("script-src 'self'"), "{policy}");
+        assert!(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"));
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(marker), "{path}");
+    }
+    // no inline script or handler the policy would have to allow, and no HTML writing
+    let page = app
+        .client
+        .get(app.url("/console"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("<script>") && !page.contains(" onclick="));
+    let script = app
+        .client
+        .get(app.url("/console/app.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for forbidden in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(
+            !script.contains(forbidden),
+            "{forbidden} in the console script"
+        );
+    }
+}

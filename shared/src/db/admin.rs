@@ -236,3 +236,29 @@ pub async fn replay_dead_letters_batch(
         .await?;
     Ok(ids.len() as u64)
 }
+
+/// The numbers of the console's overview.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ConsoleStats {
+    /// Deliveries due now (pending and due, or with an expired lease), counted up to 100,000.
+    pub due: i64,
+    /// Seconds since the oldest due delivery became due.
+    pub oldest_due_age_seconds: Option<f64>,
+    /// Attempts in the window that delivered.
+    pub delivered: i64,
+    /// Attempts in the window that failed (retry scheduled or dead-lettered).
+    pub failed: i64,
+    /// Dead letters not replayed.
+    pub dead_letters: i64,
+}
+
+/// Reads the overview numbers, with attempts counted over the last `window_seconds`.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn console_stats(pool: &PgPool, window_seconds: f64) -> Result<ConsoleStats, DbError> {
+    Ok(sqlx::query_as(include_str!("sql/console_stats.sql"))
+        .bind(window_seconds)
+        .fetch_one(pool)
+        .await?)
+}

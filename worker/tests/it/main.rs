@@ -8,6 +8,7 @@
     reason = "tests"
 )]
 
+mod console;
 mod crash;
 mod delivery;
 mod deployment;
