@@ -472,6 +472,51 @@ async fn an_operator_subscribes_watches_a_delivery_and_replays_a_dead_letter_in_
     assert_eq!(dead, json!("0"));
     browser.screenshot("overview").await;
 
+    // subscription management: rotate (the new secret shown once), edit, disable
+    browser.go(&format!("{console}#/subscriptions")).await;
+    browser
+        .wait_for(&ready("#/subscriptions"), "the subscriptions view")
+        .await;
+    browser.click("tr[data-id] button:nth-child(3)").await;
+    browser.accept_dialog().await;
+    browser
+        .wait_for(
+            "return !!document.getElementById('secret-value')",
+            "the rotated secret",
+        )
+        .await;
+    let rotated = browser
+        .eval("return document.getElementById('secret-value').textContent")
+        .await;
+    assert!(rotated.as_str().unwrap().starts_with("whsec_") && rotated != secret);
+    browser.click("tr[data-id] button:nth-child(1)").await;
+    browser
+        .type_into("#edit-subscription input[name=description]", "billing, EU")
+        .await;
+    browser
+        .click("#edit-subscription button[type=submit]")
+        .await;
+    browser
+        .wait_for(
+            "return document.getElementById('notice').textContent === 'Subscription saved.'",
+            "the saved edit",
+        )
+        .await;
+    browser.click("tr[data-id] button:nth-child(2)").await;
+    browser.accept_dialog().await;
+    browser
+        .wait_for(
+            "return document.querySelector('tr[data-id] td:nth-child(3)').textContent.startsWith('disabled')",
+            "the disabled subscription",
+        )
+        .await;
+    let stored: (Option<String>, bool) =
+        sqlx::query_as("select description, enabled from subscriptions")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, (Some("billing, EU".to_owned()), false));
+
     // an API error is shown with its message
     browser.go(&format!("{console}#/events/not-a-uuid")).await;
     browser
