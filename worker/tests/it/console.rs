@@ -4,6 +4,7 @@
 //! view there (`make console-screenshots` writes the ones in `docs/`).
 
 use std::{
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -47,7 +48,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // its own process group, so the browser it starts can be killed with it
         let driver = Command::new(&chromedriver)
+            .process_group(0)
+            .stdin(Stdio::null())
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -227,7 +231,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // the whole group: chromedriver and any browser a failed test left open
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.wait();
     }
 }
