@@ -98,14 +98,20 @@ impl Browser {
         }
     }
 
-    async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    /// Sends a WebDriver command and returns its whole answer, errors included.
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.session));
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Sends a WebDriver command that must succeed and returns its value.
+    async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let answer = self.send(method, path, body).await;
         assert!(
             answer["value"].get("error").is_none(),
             "WebDriver {path}: {answer}"
@@ -159,16 +165,13 @@ impl Browser {
     async fn click(&self, css: &str) {
         for _ in 0..5 {
             let id = self.element(css).await;
-            let answer: Value = self
-                .client
-                .post(format!("{}/element/{id}/click", self.session))
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let answer = self
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/element/{id}/click"),
+                    Some(json!({})),
+                )
+                .await;
             match answer["value"]["error"].as_str() {
                 None => return,
                 Some("stale element reference") => continue,
@@ -197,16 +200,9 @@ impl Browser {
     /// Accepts the confirmation dialog the last click opened.
     async fn accept_dialog(&self) {
         let answered = eventually(Duration::from_secs(5), || async {
-            let answer: Value = self
-                .client
-                .post(format!("{}/alert/accept", self.session))
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let answer = self
+                .send(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+                .await;
             answer["value"].get("error").is_none()
         })
         .await;
