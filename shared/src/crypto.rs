@@ -17,7 +17,8 @@
 use std::fmt;
 
 use base64::{
-    Engine as _, engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD,
+    Engine as _,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
 use chacha20poly1305::{
     Key, XChaCha20Poly1305, XNonce,

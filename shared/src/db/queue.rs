@@ -7,7 +7,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
-use crate::{crypto::CryptoError, crypto::SecretCipher, db::DbError};
+use crate::{
+    crypto::{CryptoError, SecretCipher},
+    db::DbError,
+};
 
 /// A leased delivery with everything its send needs.
 #[derive(Clone, Debug, sqlx::FromRow)]
