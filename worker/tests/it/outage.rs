@@ -29,6 +29,8 @@ struct Cluster {
     data: PathBuf,
     root: PathBuf,
     port: u16,
+    /// Running as root: the cluster's commands then run as the postgres user.
+    as_root: bool,
 }
 
 impl Cluster {
@@ -46,13 +48,18 @@ impl Cluster {
             .port();
         let root = std::env::temp_dir().join(format!("ih-outage-{}", Uuid::now_v7()));
         std::fs::create_dir_all(&root).unwrap();
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|output| output.stdout.starts_with(b"0\n"));
         let cluster = Self {
             data: root.join("data"),
             bin,
             root,
             port,
+            as_root,
         };
-        if cluster.as_root() {
+        if cluster.as_root {
             // initdb refuses to run as root: the cluster belongs to the postgres user
             assert!(
                 Command::new("chown")
@@ -71,23 +78,23 @@ impl Cluster {
         cluster
     }
 
-    fn as_root(&self) -> bool {
-        Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|output| output.stdout.starts_with(b"0\n"))
+    /// Runs a shell command as the cluster's owner; returns whether it succeeded.
+    fn run_as_owner(&self, command: &str) -> bool {
+        let mut shell = if self.as_root {
+            let mut su = Command::new("su");
+            su.arg("postgres");
+            su
+        } else {
+            Command::new("sh")
+        };
+        shell
+            .args(["-c", command])
+            .status()
+            .is_ok_and(|status| status.success())
     }
 
     fn pg(&self, command: &str) {
-        let status = if self.as_root() {
-            Command::new("su")
-                .args(["postgres", "-c", command])
-                .status()
-                .unwrap()
-        } else {
-            Command::new("sh").args(["-c", command]).status().unwrap()
-        };
-        assert!(status.success(), "{command}");
+        assert!(self.run_as_owner(command), "{command}");
     }
 
     /// `pg_ctl start`, `restart -m fast`, `restart -m immediate`, `stop`; waits for it.
@@ -109,18 +116,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new(if self.as_root() { "su" } else { "sh" })
-            .args(if self.as_root() {
-                vec!["postgres".to_owned(), "-c".to_owned()]
-            } else {
-                vec!["-c".to_owned()]
-            })
-            .arg(format!(
-                "{}/pg_ctl -D {} -m immediate stop",
-                self.bin.display(),
-                self.data.display()
-            ))
-            .status();
+        self.run_as_owner(&format!(
+            "{}/pg_ctl -D {} -m immediate stop",
+            self.bin.display(),
+            self.data.display()
+        ));
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -240,19 +240,10 @@ async fn every_acknowledged_event_is_delivered_across_fast_and_immediate_restart
     );
     let expected: HashSet<Uuid> = seen.acknowledged.iter().copied().collect();
     let delivered_all = eventually(Duration::from_secs(90), || async {
-        let arrived: HashSet<Uuid> = receiver
-            .received()
-            .iter()
-            .filter_map(|request| request.header("webhook-id").parse().ok())
-            .collect();
-        expected.is_subset(&arrived)
+        expected.is_subset(&arrived_ids(&receiver))
     })
     .await;
-    let arrived: HashSet<Uuid> = receiver
-        .received()
-        .iter()
-        .filter_map(|request| request.header("webhook-id").parse().ok())
-        .collect();
+    let arrived = arrived_ids(&receiver);
     assert!(
         delivered_all,
         "{} of {} acknowledged events never arrived\napi:\n{}\nworker:\n{}",
@@ -280,13 +271,17 @@ async fn every_acknowledged_event_is_delivered_across_fast_and_immediate_restart
     .await;
     assert!(settled, "deliveries left pending or leased");
     // events whose answer was lost in an outage but which were stored are delivered too
-    let arrived: HashSet<Uuid> = receiver
+    assert!(stored.is_subset(&arrived_ids(&receiver)));
+    pool.close().await;
+}
+
+/// The event ids the receiver has seen (`webhook-id`).
+fn arrived_ids(receiver: &Receiver) -> HashSet<Uuid> {
+    receiver
         .received()
         .iter()
         .filter_map(|request| request.header("webhook-id").parse().ok())
-        .collect();
-    assert!(stored.is_subset(&arrived));
-    pool.close().await;
+        .collect()
 }
 
 fn tail(output: &str) -> String {
