@@ -227,14 +227,6 @@ pub async fn reencrypt_secrets(
         cursor = Some(last.id);
         for row in rows {
             report.examined += 1;
-            let current = cipher.is_current(&row.secret)
-                && row
-                    .previous_secret
-                    .as_deref()
-                    .is_none_or(|previous| cipher.is_current(previous));
-            if current {
-                continue;
-            }
             let resealed = reseal(cipher, row.id, &row.secret).and_then(|secret| {
                 let previous = row
                     .previous_secret
@@ -250,6 +242,10 @@ pub async fn reencrypt_secrets(
                     continue;
                 }
             };
+            if secret == row.secret && previous == row.previous_secret {
+                // already under the current key
+                continue;
+            }
             let updated = sqlx::query(include_str!("sql/replace_stored_secrets.sql"))
                 .bind(row.id)
                 .bind(secret)
@@ -267,6 +263,7 @@ pub async fn reencrypt_secrets(
     }
 }
 
+/// The stored value under the current key: unchanged when it already is.
 fn reseal(cipher: &SecretCipher, id: Uuid, stored: &str) -> Result<String, CryptoError> {
     if cipher.is_current(stored) {
         return Ok(stored.to_owned());
