@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
-use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
+use poem::{
+    Endpoint, IntoResponse, Request, Response,
+    http::{HeaderValue, StatusCode},
+};
 
-/// Path templates and the methods each one serves.
+/// Path templates and the methods each one serves, as ready `Allow` values.
 #[derive(Debug, Default)]
 pub struct AllowedMethods {
-    routes: Vec<(Vec<Segment>, String)>,
+    routes: Vec<(Vec<Segment>, HeaderValue)>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -44,6 +47,10 @@ impl AllowedMethods {
     }
 
     fn add(&mut self, template: &str, methods: String) {
+        // method names are always valid header text
+        let Ok(methods) = HeaderValue::from_str(&methods) else {
+            return;
+        };
         let pattern = segments(template)
             .map(|segment| {
                 if segment.starts_with('{') && segment.ends_with('}') {
@@ -57,7 +64,7 @@ impl AllowedMethods {
     }
 
     /// The methods served at `path`, as an `Allow` value.
-    pub fn for_path(&self, path: &str) -> Option<&str> {
+    pub fn for_path(&self, path: &str) -> Option<&HeaderValue> {
         let wanted: Vec<&str> = segments(path).collect();
         self.routes.iter().find_map(|(pattern, methods)| {
             let matches = pattern.len() == wanted.len()
@@ -68,7 +75,7 @@ impl AllowedMethods {
                         Segment::Parameter => true,
                         Segment::Literal(literal) => literal == part,
                     });
-            matches.then_some(methods.as_str())
+            matches.then_some(methods)
         })
     }
 }
@@ -83,15 +90,15 @@ pub async fn add_allow_header<E: Endpoint>(
     request: Request,
     allowed: Arc<AllowedMethods>,
 ) -> poem::Result<Response> {
-    let path = request.uri().path().to_owned();
+    // a reference-counted copy: every request passes here, few are answered 405
+    let uri = request.uri().clone();
     let mut response = endpoint.call(request).await?.into_response();
     if response.status() == StatusCode::METHOD_NOT_ALLOWED
-        && let Some(methods) = allowed.for_path(&path)
-        && let Ok(value) = methods.parse()
+        && let Some(methods) = allowed.for_path(uri.path())
     {
         response
             .headers_mut()
-            .insert(poem::http::header::ALLOW, value);
+            .insert(poem::http::header::ALLOW, methods.clone());
     }
     Ok(response)
 }
@@ -99,6 +106,10 @@ pub async fn add_allow_header<E: Endpoint>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn allowed_text<'a>(allowed: &'a AllowedMethods, path: &str) -> Option<&'a str> {
+        allowed.for_path(path).map(|value| value.to_str().unwrap())
+    }
 
     #[test]
     fn paths_match_their_templates() {
@@ -108,16 +119,19 @@ mod tests {
             "/subscriptions/{id}/rotate-secret": {"post": {}}
         }}"#;
         let allowed = AllowedMethods::from_spec(spec, "/api/v1", &["/health"]);
-        assert_eq!(allowed.for_path("/api/v1/subscriptions"), Some("GET, POST"));
         assert_eq!(
-            allowed.for_path("/api/v1/subscriptions/abc"),
+            allowed_text(&allowed, "/api/v1/subscriptions"),
+            Some("GET, POST")
+        );
+        assert_eq!(
+            allowed_text(&allowed, "/api/v1/subscriptions/abc"),
             Some("GET, DELETE, PATCH")
         );
         assert_eq!(
-            allowed.for_path("/api/v1/subscriptions/abc/rotate-secret"),
+            allowed_text(&allowed, "/api/v1/subscriptions/abc/rotate-secret"),
             Some("POST")
         );
-        assert_eq!(allowed.for_path("/health"), Some("GET"));
-        assert_eq!(allowed.for_path("/api/v1/nothing"), None);
+        assert_eq!(allowed_text(&allowed, "/health"), Some("GET"));
+        assert_eq!(allowed_text(&allowed, "/api/v1/nothing"), None);
     }
 }
