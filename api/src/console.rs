@@ -7,11 +7,30 @@
 //! slipped into the page as markup still could not run; the script itself only ever writes
 //! text (`textContent`), never HTML.
 
-use poem::{Response, Route, get, handler, http::header};
+use poem::{Response, Route, endpoint::make_sync, get, http::header};
 
-const INDEX: &str = include_str!("../console/index.html");
-const SCRIPT: &str = include_str!("../console/app.js");
-const STYLE: &str = include_str!("../console/app.css");
+/// Where the console is mounted.
+pub const PREFIX: &str = "/console";
+
+/// The assets: path under [`PREFIX`], body, content type. The routes and the `Allow` table
+/// both come from this one list.
+const ASSETS: [(&str, &str, &str); 3] = [
+    (
+        "/",
+        include_str!("../console/index.html"),
+        "text/html; charset=utf-8",
+    ),
+    (
+        "/app.js",
+        include_str!("../console/app.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "/app.css",
+        include_str!("../console/app.css"),
+        "text/css; charset=utf-8",
+    ),
+];
 
 /// The console's Content-Security-Policy.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -30,28 +49,19 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .body(body)
 }
 
-#[handler]
-fn index() -> Response {
-    asset(INDEX, "text/html; charset=utf-8")
-}
-
-#[handler]
-fn script() -> Response {
-    asset(SCRIPT, "text/javascript; charset=utf-8")
-}
-
-#[handler]
-fn style() -> Response {
-    asset(STYLE, "text/css; charset=utf-8")
-}
-
-/// The console's routes, mounted at `/console`.
+/// The console's routes, mounted at [`PREFIX`].
 pub fn routes() -> Route {
-    Route::new()
-        .at("/", get(index))
-        .at("/app.js", get(script))
-        .at("/app.css", get(style))
+    ASSETS
+        .into_iter()
+        .fold(Route::new(), |route, (path, body, content_type)| {
+            route.at(path, get(make_sync(move |_| asset(body, content_type))))
+        })
 }
 
-/// The console's paths, for the `Allow` table.
-pub const PATHS: [&str; 3] = ["/console", "/console/app.js", "/console/app.css"];
+/// The console's full paths, for the `Allow` table.
+pub fn paths() -> Vec<String> {
+    ASSETS
+        .into_iter()
+        .map(|(path, _, _)| format!("{PREFIX}{}", path.trim_end_matches('/')))
+        .collect()
+}

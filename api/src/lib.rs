@@ -161,8 +161,9 @@ fn request_id(request: &poem::Request) -> String {
 /// Builds the endpoint tree.
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let service = openapi_service(&state);
+    let console_paths = console::paths();
     let mut plain_routes = vec!["/openapi.json", "/health", "/ready", "/metrics"];
-    plain_routes.extend(console::PATHS);
+    plain_routes.extend(console_paths.iter().map(String::as_str));
     let allowed = Arc::new(allow::AllowedMethods::from_spec(
         &service.spec(),
         "/api/v1",
@@ -182,7 +183,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         )
         .at("/openapi.json", spec)
         .nest("/docs", docs)
-        .nest("/console", console::routes())
+        .nest(console::PREFIX, console::routes())
         .at("/health", get(health))
         .at("/ready", get(ready))
         .at("/metrics", get(render_metrics))

@@ -60,6 +60,8 @@ async fn a_method_not_allowed_lists_the_allowed_ones() {
         ),
         (Method::DELETE, "/api/v1/events/batch", "POST"),
         (Method::POST, "/health", "GET"),
+        (Method::POST, "/console", "GET"),
+        (Method::DELETE, "/console/app.js", "GET"),
     ] {
         let response = app
             .client
