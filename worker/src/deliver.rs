@@ -207,6 +207,23 @@ pub fn precheck(
     }
 }
 
+/// The outcome of an attempt that failed before any request was made.
+pub fn failed_attempt(
+    context: &DeliveryContext,
+    delivery: &LeasedDelivery,
+    error: &str,
+) -> Outcome {
+    outcome_of(
+        context,
+        delivery,
+        SendResult::Failed {
+            error: error.to_owned(),
+        },
+        Utc::now(),
+        Duration::ZERO,
+    )
+}
+
 /// Sends a webhook delivery and returns its outcome. Takes the subscription's in-flight slot
 /// first; at the cap, the lease is handed back for a moment later.
 pub async fn deliver_webhook(
@@ -225,15 +242,7 @@ pub async fn deliver_webhook(
                 error.message = %error,
                 "the subscription's secret cannot be opened"
             );
-            return outcome_of(
-                context,
-                delivery,
-                http::SendResult::Failed {
-                    error: format!("secret_unavailable: {error}"),
-                },
-                Utc::now(),
-                Duration::ZERO,
-            );
+            return failed_attempt(context, delivery, &format!("secret_unavailable: {error}"));
         }
     };
     let Some(_slot) = context

@@ -41,7 +41,7 @@ pub mod slack;
 
 use crate::{
     complete::Finished,
-    deliver::{DeliveryContext, Outcome, SubscriptionSlots, random_unit},
+    deliver::{DeliveryContext, Outcome, SubscriptionSlots, failed_attempt, random_unit},
 };
 
 /// Longest pause after a failed lease statement.
@@ -420,16 +420,4 @@ async fn deliver_one(
             subscription_id: delivery.subscription_id,
         })
         .await;
-}
-
-fn failed_attempt(context: &DeliveryContext, delivery: &LeasedDelivery, error: &str) -> Outcome {
-    deliver::outcome_of(
-        context,
-        delivery,
-        http::SendResult::Failed {
-            error: error.to_owned(),
-        },
-        chrono::Utc::now(),
-        Duration::ZERO,
-    )
 }
