@@ -3,21 +3,27 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/integrations_hub
 # Local development only: no tokens, loopback receivers allowed, readable logs.
-RUN_ENV = IH_DATABASE_URL=$(DATABASE_URL) IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty \
-	IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8 IH_WORKER_METRICS_ADDR=127.0.0.1:9091
+DEV_ENV = IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8
+RUN_ENV = IH_DATABASE_URL=$(DATABASE_URL) $(DEV_ENV) IH_WORKER_METRICS_ADDR=127.0.0.1:9091
 
-.PHONY: run test fuzz-api browser console-screenshots lint fmt migrate postgres build docker k8s-validate bench
+.PHONY: run run-pg test fuzz-api browser console-screenshots lint fmt migrate postgres build docker k8s-validate bench
 
-## Build, create and migrate the local database, then run one worker beside the API on :8000
-## (auth disabled). Ctrl-C stops both.
-run: postgres build
+## Build, then run `ih`: the API on :8000 and a worker in one process, on the SQLite file
+## data/integrations-hub.db (created with its schema at first start; auth disabled). No
+## database server needed. Ctrl-C stops it.
+run: build
+	$(DEV_ENV) ./target/debug/ih
+
+## The scale-out pair on PostgreSQL: build, create and migrate the local database, then run
+## one ih-worker beside ih-api on :8000 (auth disabled). Ctrl-C stops both.
+run-pg: postgres build
 	IH_DATABASE_URL=$(DATABASE_URL) ./target/debug/ih-migrate up
 	$(RUN_ENV) ./target/debug/ih-worker & worker=$$!; \
 	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(RUN_ENV) ./target/debug/ih-api
 
-## The whole test suite, against the local Postgres. The binaries are built first: tests run
-## ih-api, ih-worker and ih-migrate as real processes.
+## The whole test suite, against the local Postgres and on SQLite files. The binaries are built
+## first: tests run ih, ih-api, ih-worker and ih-migrate as real processes.
 test: postgres browser
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast

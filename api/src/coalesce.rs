@@ -14,9 +14,8 @@ use std::sync::Arc;
 
 use shared::{
     config::SlackFanout,
-    db::{self, NewEvent, PublishOutcome, PublishedEvent},
+    db::{self, Db, NewEvent, PublishOutcome, PublishedEvent},
 };
-use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +55,7 @@ impl std::fmt::Debug for Job {
 impl PublishCoalescer {
     /// Starts the task; `concurrent_writes` statements may be in flight at once.
     pub fn spawn(
-        pool: PgPool,
+        pool: Db,
         slack: Option<SlackFanout>,
         concurrent_writes: usize,
         shutdown: CancellationToken,
@@ -118,7 +117,7 @@ impl PublishCoalescer {
     }
 }
 
-async fn write(pool: &PgPool, slack: Option<&SlackFanout>, batch: Vec<Job>) {
+async fn write(pool: &Db, slack: Option<&SlackFanout>, batch: Vec<Job>) {
     let events: Vec<NewEvent> = batch
         .iter()
         .flat_map(|job| job.events.iter().cloned())

@@ -22,8 +22,7 @@ use poem::{
     web::{Data, Json},
 };
 use poem_openapi::OpenApiService;
-use shared::config::ApiConfig;
-use sqlx::PgPool;
+use shared::{config::ApiConfig, db::Db};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -49,7 +48,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The database pool.
-    pub pool: PgPool,
+    pub pool: Db,
     /// The validated configuration.
     pub config: Arc<ApiConfig>,
     /// Wakes workers after commits.
@@ -271,6 +270,22 @@ async fn observe_request<E: Endpoint>(
     Ok(response)
 }
 
+/// Logs at start what an operator must not miss: authentication switched off, and whether
+/// the Slack connector is on.
+pub fn announce(config: &ApiConfig) {
+    if matches!(config.auth, shared::config::AuthConfig::Disabled) {
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED (IH_AUTH_DISABLED=true): every caller is an admin; never run like this outside local development"
+        );
+    }
+    match &config.slack {
+        Some(fanout) => {
+            tracing::info!(event_types = ?fanout.event_types, "Slack connector on: these event types also get a slack delivery")
+        }
+        None => tracing::info!("Slack connector off: IH_SLACK_BOT_TOKEN is not set"),
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes (rendering `/metrics` from
 /// `metrics` when a recorder is installed), then lets in-flight requests
 /// finish for up to [`SHUTDOWN_GRACE`].
@@ -279,7 +294,7 @@ async fn observe_request<E: Endpoint>(
 /// Returns an error when the listener fails.
 pub async fn serve(
     config: ApiConfig,
-    pool: PgPool,
+    pool: Db,
     listener: tokio::net::TcpListener,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send,

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
-use shared::config::{ApiConfig, AuthConfig};
+use shared::config::ApiConfig;
 
 /// Serves the Integrations Hub publish and admin API.
 ///
@@ -42,16 +42,11 @@ fn main() -> anyhow::Result<()> {
     if settings.database_url_sync.is_some() {
         tracing::info!("IH_DATABASE_URL_SYNC is accepted for compatibility and ignored");
     }
-    if matches!(config.auth, AuthConfig::Disabled) {
+    api::announce(&config);
+    if config.database.url.is_sqlite() {
         tracing::warn!(
-            "AUTHENTICATION IS DISABLED (IH_AUTH_DISABLED=true): every caller is an admin; never run like this outside local development"
+            "SQLite file: no worker runs in this process, so an ih-worker on the same file finds new events at its next poll; `ih` runs the API and a worker in one process. Every process on the file must run on this machine, on a local disk; replicas on several machines need Postgres"
         );
-    }
-    match &config.slack {
-        Some(fanout) => {
-            tracing::info!(event_types = ?fanout.event_types, "Slack connector on: these event types also get a slack delivery")
-        }
-        None => tracing::info!("Slack connector off: IH_SLACK_BOT_TOKEN is not set"),
     }
     tracing::info!(config = ?config, "starting ih-api");
     config.secrets.announce();

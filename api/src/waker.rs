@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use shared::db::Db;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,7 @@ pub struct WorkerWaker {
 
 impl WorkerWaker {
     /// Starts the notifier task; it ends when `shutdown` is cancelled.
-    pub fn spawn(pool: PgPool, shutdown: CancellationToken) -> Self {
+    pub fn spawn(pool: Db, shutdown: CancellationToken) -> Self {
         let pending = Arc::new(Notify::new());
         let task_pending = pending.clone();
         tokio::spawn(async move {

@@ -1,22 +1,26 @@
 //! Schema migrations of Integrations Hub.
 //!
-//! Each migration is a pair of SQL files under `src/sql/`, run through sea-orm-migration so the
-//! applied set is recorded in `seaql_migrations`. [`run`] is what `ih-migrate` does: it creates
-//! the target database when it is missing and serialises concurrent runs with an advisory lock,
-//! so two migration jobs started at once both succeed and the schema is applied once.
+//! Each migration is a pair of SQL files under `src/sql/` per backend (Postgres, and SQLite
+//! for the embedded mode), run through sea-orm-migration so the applied set is recorded in
+//! `seaql_migrations`. Both files of a migration create the same tables, columns, constraints
+//! and indexes; they differ only in column types and in what SQLite lacks. [`run`] is what
+//! `ih-migrate` does: on Postgres it creates the target database when it is missing and
+//! serialises concurrent runs with an advisory lock, so two migration jobs started at once both
+//! succeed and the schema is applied once; on SQLite it creates the file and its directory.
 //!
 //! Applied migrations are never edited; a change is a new migration.
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
 
 use sea_orm_migration::{
     MigrationStatus,
     prelude::*,
-    sea_orm::{ConnectionTrait, SqlxPostgresConnector},
+    sea_orm::{ConnectionTrait, DatabaseConnection, SqlxPostgresConnector, SqlxSqliteConnector},
 };
 use sqlx::{
     Connection, PgConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
 };
 
 mod m20261128_000001_initial;
@@ -36,6 +40,8 @@ impl MigratorTrait for Migrator {
 pub const SCHEMA_FINGERPRINT_SOURCE: &str = concat!(
     include_str!("sql/m20261128_000001_initial.up.sql"),
     include_str!("sql/m20261128_000001_initial.down.sql"),
+    include_str!("sql/m20261128_000001_initial.sqlite.up.sql"),
+    include_str!("sql/m20261128_000001_initial.sqlite.down.sql"),
 );
 
 /// Key of the session advisory lock that serialises concurrent `ih-migrate` runs.
@@ -73,6 +79,20 @@ pub enum MigrationError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(#[from] DbErr),
+    /// The SQLite file's directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether a database URL names an SQLite file (`sqlite:` or `sqlite://`).
+pub fn is_sqlite_url(database_url: &str) -> bool {
+    database_url.starts_with("sqlite:")
 }
 
 /// Runs `command` against the database at `database_url`, creating the database first when it
@@ -84,6 +104,9 @@ pub async fn run(
     database_url: &str,
     command: Command,
 ) -> Result<Vec<MigrationState>, MigrationError> {
+    if is_sqlite_url(database_url) {
+        return run_sqlite(database_url, command).await;
+    }
     let options: PgConnectOptions = database_url.parse().map_err(MigrationError::InvalidUrl)?;
     let options = options.application_name("ih-migrate");
     if command == Command::Up {
@@ -118,7 +141,45 @@ async fn run_locked(
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(options.clone())
         .await?;
-    let db = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
+    migrate(
+        SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+        command,
+    )
+    .await
+}
+
+/// SQLite has one writer at a time, so a second run waits on the file lock (the busy timeout)
+/// instead of on an advisory lock; its migrations then find the schema applied.
+async fn run_sqlite(
+    database_url: &str,
+    command: Command,
+) -> Result<Vec<MigrationState>, MigrationError> {
+    let options = SqliteConnectOptions::from_str(database_url)
+        .map_err(MigrationError::InvalidUrl)?
+        .create_if_missing(command == Command::Up)
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(30));
+    if command == Command::Up
+        && let Some(directory) = options.get_filename().parent()
+        && !directory.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(directory).map_err(|source| MigrationError::Directory {
+            path: directory.display().to_string(),
+            source,
+        })?;
+    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    migrate(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool), command).await
+}
+
+async fn migrate(
+    db: DatabaseConnection,
+    command: Command,
+) -> Result<Vec<MigrationState>, MigrationError> {
     match command {
         Command::Up => Migrator::up(&db, None).await?,
         Command::Down => Migrator::down(&db, Some(1)).await?,
@@ -164,8 +225,19 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), Mi
     Ok(())
 }
 
-/// Runs raw SQL through sea-orm's schema manager; shared by every migration.
-async fn execute_sql(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+/// One migration's SQL for each backend.
+struct BackendSql {
+    postgres: &'static str,
+    sqlite: &'static str,
+}
+
+/// Runs the connection's backend's SQL through sea-orm's schema manager; shared by every
+/// migration.
+async fn execute_sql(manager: &SchemaManager<'_>, sql: BackendSql) -> Result<(), DbErr> {
+    let sql = match manager.get_database_backend() {
+        sea_orm_migration::sea_orm::DbBackend::Sqlite => sql.sqlite,
+        _ => sql.postgres,
+    };
     manager
         .get_connection()
         .execute_unprepared(sql)

@@ -2,7 +2,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::execute_sql;
+use crate::{BackendSql, execute_sql};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -14,14 +14,18 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        execute_sql(manager, include_str!("sql/m20261128_000001_initial.up.sql")).await
+        let sql = BackendSql {
+            postgres: include_str!("sql/m20261128_000001_initial.up.sql"),
+            sqlite: include_str!("sql/m20261128_000001_initial.sqlite.up.sql"),
+        };
+        execute_sql(manager, sql).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        execute_sql(
-            manager,
-            include_str!("sql/m20261128_000001_initial.down.sql"),
-        )
-        .await
+        let sql = BackendSql {
+            postgres: include_str!("sql/m20261128_000001_initial.down.sql"),
+            sqlite: include_str!("sql/m20261128_000001_initial.sqlite.down.sql"),
+        };
+        execute_sql(manager, sql).await
     }
 }

@@ -103,6 +103,11 @@ impl DatabaseUrl {
         &self.0
     }
 
+    /// Whether it names an SQLite file (`sqlite:` or `sqlite://`) rather than a Postgres server.
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+
     /// Returns the URL with any password replaced by `***`, for logs.
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.0) {
@@ -320,6 +325,18 @@ pub struct Loaded {
 /// # Errors
 /// Returns [`ConfigError`] when a layer cannot be read or a value has the wrong type.
 pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Loaded, ConfigError> {
+    load_with_database(file, overrides, DEFAULT_DATABASE_URL)
+}
+
+/// [`load`] with another default for `IH_DATABASE_URL` (the embedded mode's SQLite file).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with_database(
+    file: Option<&Path>,
+    overrides: &impl Serialize,
+    default_database_url: &str,
+) -> Result<Loaded, ConfigError> {
     let environment: Vec<(String, String)> = std::env::vars()
         .filter(|(name, _)| name.starts_with("IH_"))
         .collect();
@@ -329,7 +346,7 @@ pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Loaded, C
         .map(|(_, value)| std::path::PathBuf::from(value));
     let file = file.map(Path::to_path_buf).or(file_from_env);
 
-    let mut figment = Figment::new();
+    let mut figment = Figment::from(Serialized::default("database_url", default_database_url));
     if let Some(path) = &file {
         if !path.exists() {
             return Err(ConfigError {
@@ -524,15 +541,35 @@ fn database_config(problems: &mut Problems, settings: &Settings) -> DatabaseConf
         ),
     ] {
         if let Some(url) = url {
-            let scheme_ok = url.expose().starts_with("postgres://")
+            let postgres = url.expose().starts_with("postgres://")
                 || url.expose().starts_with("postgresql://");
-            if !scheme_ok {
+            if !postgres && !url.is_sqlite() {
                 problems.push(format!(
-                    "{variable}: must be a postgres:// or postgresql:// URL, got {}",
+                    "{variable}: must be a postgres://, postgresql:// or sqlite:// URL, got {}",
                     url.redacted()
                 ));
             }
         }
+    }
+    if settings.database_url.is_sqlite() {
+        if settings.database_url.expose().contains(":memory:")
+            || settings.database_url.expose().contains("mode=memory")
+        {
+            problems.push(
+                "IH_DATABASE_URL: an in-memory SQLite database keeps nothing across connections; name a file, e.g. sqlite://data/integrations-hub.db",
+            );
+        }
+        if settings.database_listen_url.is_some() {
+            problems.push(
+                "IH_DATABASE_LISTEN_URL: LISTEN/NOTIFY needs Postgres; on SQLite the workers of the same process are woken directly and others poll (IH_DELIVERY_POLL_INTERVAL_SECONDS)",
+            );
+        }
+    } else if settings
+        .database_listen_url
+        .as_ref()
+        .is_some_and(DatabaseUrl::is_sqlite)
+    {
+        problems.push("IH_DATABASE_LISTEN_URL: must be a Postgres URL (LISTEN/NOTIFY)");
     }
     if settings.database_max_connections == 0 {
         problems.push("IH_DATABASE_MAX_CONNECTIONS: must be at least 1");
@@ -874,6 +911,35 @@ mod tests {
             "IH_API_TOKENS",
         ] {
             assert!(text.contains(variable), "{variable} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn database_urls_are_postgres_or_an_sqlite_file() {
+        let with_url = |url: &str, listen: Option<&str>| {
+            WorkerConfig::from_settings(&settings_with(|s| {
+                s.database_url = DatabaseUrl::new(url);
+                s.database_listen_url = listen.map(DatabaseUrl::new);
+            }))
+        };
+        assert!(with_url("sqlite://data/hub.db", None).is_ok());
+        assert!(with_url("postgresql://db/ih", Some("postgres://direct/ih")).is_ok());
+        for (url, listen, variable) in [
+            ("mysql://db/ih", None, "IH_DATABASE_URL"),
+            ("sqlite::memory:", None, "in-memory"),
+            (
+                "sqlite://data/hub.db",
+                Some("postgres://db/ih"),
+                "LISTEN/NOTIFY needs Postgres",
+            ),
+            (
+                "postgres://db/ih",
+                Some("sqlite://data/hub.db"),
+                "IH_DATABASE_LISTEN_URL",
+            ),
+        ] {
+            let error = with_url(url, listen).unwrap_err();
+            assert!(error.to_string().contains(variable), "{url}: {error}");
         }
     }
 

@@ -1,9 +1,16 @@
-//! Every SQL statement of the service, behind named, typed functions.
+//! Every SQL statement of the service, behind named, typed functions, on two backends.
 //!
-//! The statements live in `db/sql/*.sql`, lowercase, with a header saying which index they
-//! rely on; each is executed by at least one integration test against a real Postgres (raw SQL
-//! is not compile-checked, so that test is its check). Handlers and loops call these functions
-//! and never build SQL.
+//! [`Db`] is PostgreSQL (the scale-out path: many workers, row locks, LISTEN/NOTIFY) or an
+//! SQLite file (the embedded single-process mode). Each public function takes a `Db` and runs
+//! the statement of its backend; callers never know which. The two mechanisms that differ in
+//! kind, not only in syntax, are the lease (`FOR NO KEY UPDATE SKIP LOCKED` on Postgres, one
+//! `UPDATE … RETURNING` in an immediate transaction on SQLite, whose single writer makes it
+//! safe) and the wake-up ([`wake`]: LISTEN/NOTIFY, or an in-process signal).
+//!
+//! The Postgres statements live in `db/sql/*.sql`, lowercase, with a header saying which index
+//! they rely on; the SQLite ones in `db/sqlite/`. Each is executed by at least one integration
+//! test against a real database (raw SQL is not compile-checked, so that test is its check).
+//! Handlers and loops call these functions and never build SQL.
 
 use std::time::Duration;
 
@@ -20,32 +27,67 @@ mod admin;
 mod error;
 mod events;
 mod queue;
+mod sqlite;
 mod subscriptions;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod wake;
 
 pub use admin::*;
 pub use error::DbError;
 pub use events::*;
 pub use queue::*;
+pub use sqlite::SqliteDb;
 pub use subscriptions::*;
 
 /// The channel workers LISTEN on.
 pub const DELIVERY_CHANNEL: &str = "ih_deliveries";
 
-/// Builds the connection pool. It connects lazily, so a process starts (and reports not ready)
-/// while the database is down instead of crash-looping.
+/// The service's database.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// A PostgreSQL pool.
+    Postgres(PgPool),
+    /// An SQLite file, for one machine.
+    Sqlite(SqliteDb),
+}
+
+impl Db {
+    /// Connections open and idle now, for the pool metrics.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        match self {
+            Self::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Self::Sqlite(sqlite) => sqlite.pool_usage(),
+        }
+    }
+
+    /// Closes every connection (the SQLite file is checkpointed and left consistent).
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(sqlite) => sqlite.close().await,
+        }
+    }
+}
+
+/// Builds the database handle for `config.url`: `postgres://…` or `sqlite://…`. It connects
+/// lazily, so a process starts (and reports not ready) while the database is down instead of
+/// crash-looping.
 ///
 /// # Errors
 /// Returns [`DbError::InvalidUrl`] when the URL does not parse.
-pub fn connect(config: &DatabaseConfig, application_name: &str) -> Result<PgPool, DbError> {
+pub fn connect(config: &DatabaseConfig, application_name: &str) -> Result<Db, DbError> {
+    if config.url.is_sqlite() {
+        return SqliteDb::connect(config).map(Db::Sqlite);
+    }
     let options: PgConnectOptions = config
         .url
         .expose()
         .parse()
         .map_err(|error: sqlx::Error| DbError::InvalidUrl(error.to_string()))?;
     let options = options.application_name(application_name);
-    Ok(PgPoolOptions::new()
+    Ok(Db::Postgres(
+        PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         // No ping before every acquire: it would cost a round trip per request. A connection
@@ -53,26 +95,37 @@ pub fn connect(config: &DatabaseConfig, application_name: &str) -> Result<PgPool
         // is then replaced.
         .test_before_acquire(false)
         .idle_timeout(Some(Duration::from_secs(300)))
-        .connect_lazy_with(options))
+        .connect_lazy_with(options),
+    ))
 }
 
 /// Checks that the database answers.
 ///
 /// # Errors
 /// Returns [`DbError::Unavailable`] when it does not.
-pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
-    sqlx::query("select 1").execute(pool).await?;
+pub async fn ping(db: &Db) -> Result<(), DbError> {
+    match db {
+        Db::Postgres(pool) => sqlx::query("select 1").execute(pool).await.map(drop)?,
+        Db::Sqlite(sqlite) => sqlite.ping().await?,
+    }
     Ok(())
 }
 
-/// Wakes every listening worker. Callers coalesce (see `api::waker`).
+/// Wakes every listening worker: NOTIFY on Postgres, reaching every process; on SQLite the
+/// workers of this process only (others find the work at their next poll). Callers coalesce
+/// (see `api::waker`).
 ///
 /// # Errors
 /// Returns [`DbError`] when the database cannot be reached; the workers' poll is the fallback.
-pub async fn notify_workers(pool: &PgPool) -> Result<(), DbError> {
-    sqlx::query(include_str!("db/sql/notify_workers.sql"))
-        .execute(pool)
-        .await?;
+pub async fn notify_workers(db: &Db) -> Result<(), DbError> {
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(include_str!("db/sql/notify_workers.sql"))
+                .execute(pool)
+                .await?;
+        }
+        Db::Sqlite(sqlite) => sqlite.notify_workers(),
+    }
     Ok(())
 }
 

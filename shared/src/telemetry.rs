@@ -211,9 +211,9 @@ pub fn install_metrics()
 }
 
 /// Records the connection pool's use as `ih_db_pool_connections{state}`.
-pub fn record_pool(pool: &sqlx::PgPool, max_connections: u32) {
-    let size = pool.size();
-    let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+pub fn record_pool(db: &crate::db::Db, max_connections: u32) {
+    let (size, idle) = db.pool_usage();
+    let idle = u32::try_from(idle).unwrap_or(u32::MAX);
     metrics::gauge!("ih_db_pool_connections", "state" => "idle").set(f64::from(idle));
     metrics::gauge!("ih_db_pool_connections", "state" => "in_use")
         .set(f64::from(size.saturating_sub(idle)));

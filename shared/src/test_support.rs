@@ -1,4 +1,5 @@
-//! Fault injection for tests: a TCP proxy in front of Postgres that can cut the network.
+//! Test support: a TCP proxy in front of Postgres that can cut the network, a local receiving
+//! server, and polling with a deadline.
 
 #![allow(
     clippy::unwrap_used,
@@ -6,6 +7,8 @@
     clippy::panic,
     reason = "test support"
 )]
+
+pub mod receiver;
 
 use std::{
     future::Future,
@@ -117,4 +120,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A port free on 127.0.0.1 a moment ago, for a child process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

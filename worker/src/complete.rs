@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use shared::db::{self, Completion};
-use sqlx::PgPool;
+use shared::db::{self, Completion, Db};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
 
@@ -34,7 +33,7 @@ pub struct Finished {
 
 /// Runs until every sender is dropped and the buffer is flushed.
 pub async fn run(
-    pool: PgPool,
+    pool: Db,
     worker_id: String,
     mut outcomes: mpsc::Receiver<Finished>,
     concurrency: usize,
@@ -58,7 +57,7 @@ pub async fn run(
     }
 }
 
-async fn flush(pool: &PgPool, worker_id: &str, buffer: &mut Vec<Finished>, lease: Duration) {
+async fn flush(pool: &Db, worker_id: &str, buffer: &mut Vec<Finished>, lease: Duration) {
     let mut delay = Duration::from_millis(100);
     loop {
         // An outcome older than its lease is dropped, not written: the row may already belong
@@ -87,7 +86,7 @@ async fn flush(pool: &PgPool, worker_id: &str, buffer: &mut Vec<Finished>, lease
     }
 }
 
-async fn write(pool: &PgPool, worker_id: &str, buffer: &[Finished]) -> Result<(), db::DbError> {
+async fn write(pool: &Db, worker_id: &str, buffer: &[Finished]) -> Result<(), db::DbError> {
     let mut completions: Vec<Completion> = Vec::new();
     let mut releases: Vec<(Uuid, Uuid, Duration)> = Vec::new();
     let mut targets: std::collections::HashMap<Uuid, (String, Option<Uuid>)> =

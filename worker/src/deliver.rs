@@ -135,14 +135,7 @@ impl DeliveryContext {
     }
 }
 
-/// A uniform number in [0, 1) from the operating system, for jitter.
-pub fn random_unit() -> f64 {
-    let mut bytes = [0_u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64
-}
+pub use shared::retry::random_unit;
 
 fn dead(delivery: &LeasedDelivery, reason: &str, attempt: Option<AttemptRecord>) -> Outcome {
     Outcome::Complete(Completion {

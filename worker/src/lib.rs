@@ -24,10 +24,9 @@ use std::{
 use shared::{
     config::WorkerConfig,
     crypto::SecretCipher,
-    db::{self, DeliverySubscription, LeasedDelivery},
+    db::{self, Db, DeliverySubscription, LeasedDelivery},
     retry::RetryPolicy,
 };
-use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -36,7 +35,6 @@ use uuid::Uuid;
 pub mod complete;
 pub mod deliver;
 pub mod http;
-pub mod listen;
 pub mod slack;
 
 use crate::{
@@ -94,7 +92,7 @@ fn jittered(interval: Duration) -> Duration {
 /// Returns an error when the delivery client cannot be built.
 pub async fn run(
     config: WorkerConfig,
-    pool: PgPool,
+    pool: Db,
     shutdown: CancellationToken,
     options: WorkerOptions,
 ) -> anyhow::Result<()> {
@@ -130,7 +128,8 @@ pub async fn run(
 
     let (wake_sender, mut wake) = mpsc::channel::<()>(1);
     let listener_stop = CancellationToken::new();
-    let listener = tokio::spawn(listen::run(
+    let listener = tokio::spawn(db::wake::run(
+        pool.clone(),
         config.database.listen_url.clone(),
         wake_sender,
         listener_stop.clone(),
@@ -257,7 +256,7 @@ pub async fn run(
 ///
 /// # Errors
 /// Names each missing key and how many secrets it seals.
-pub async fn check_encryption_keys(pool: &PgPool, cipher: &SecretCipher) -> anyhow::Result<()> {
+pub async fn check_encryption_keys(pool: &Db, cipher: &SecretCipher) -> anyhow::Result<()> {
     match db::secrets_without_key(pool, cipher).await {
         Ok(missing) if missing.is_empty() => Ok(()),
         Ok(missing) => {
@@ -281,7 +280,7 @@ pub async fn check_encryption_keys(pool: &PgPool, cipher: &SecretCipher) -> anyh
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Samples the queue (when this worker takes the sampling lock) and the pool, every ~10 s.
-fn spawn_samplers(pool: PgPool, max_connections: u32, stop: CancellationToken) {
+fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
     tokio::spawn(async move {
         loop {
             shared::telemetry::record_pool(&pool, max_connections);
@@ -317,7 +316,7 @@ fn register_metrics() {
 }
 
 async fn load_subscriptions(
-    pool: &PgPool,
+    pool: &Db,
     cipher: &SecretCipher,
     leased: &[LeasedDelivery],
 ) -> Result<HashMap<Uuid, DeliverySubscription>, db::DbError> {

@@ -95,6 +95,12 @@ fn main() -> anyhow::Result<()> {
             "Slack connector off: IH_SLACK_BOT_TOKEN is not set; slack deliveries are dead-lettered as connector_not_configured"
         );
     }
+    if config.database.url.is_sqlite() {
+        tracing::warn!(
+            poll_interval_seconds = config.poll_interval.as_secs_f64(),
+            "SQLite file: there is no LISTEN/NOTIFY, so this worker finds events published by other processes at its next poll; `ih` runs the API and a worker in one process, woken at once. Every process on the file must run on this machine, on a local disk; replicas on several machines need Postgres"
+        );
+    }
     tracing::info!(config = ?config, "starting ih-worker");
     config.secrets.announce();
 

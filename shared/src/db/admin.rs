@@ -1,10 +1,9 @@
 //! Operator queries: attempts, deliveries, dead letters and their replay.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db::{DbError, DeliveryRow, Page};
+use crate::db::{Db, DbError, DeliveryRow, Page};
 
 /// One recorded attempt.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -42,9 +41,13 @@ pub struct AttemptRow {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn list_event_attempts(
-    pool: &PgPool,
+    db: &Db,
     event_id: Uuid,
 ) -> Result<Option<Vec<AttemptRow>>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.list_event_attempts(event_id).await,
+    };
     let exists: bool = sqlx::query_scalar(include_str!("sql/event_exists.sql"))
         .bind(event_id)
         .fetch_one(pool)
@@ -75,10 +78,14 @@ pub struct DeliveryFilter {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn list_deliveries(
-    pool: &PgPool,
+    db: &Db,
     filter: &DeliveryFilter,
     page: Page,
 ) -> Result<Vec<DeliveryRow>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.list_deliveries(filter, page).await,
+    };
     Ok(sqlx::query_as(include_str!("sql/list_deliveries.sql"))
         .bind(filter.status.as_deref())
         .bind(filter.subscription_id)
@@ -126,10 +133,14 @@ pub struct DeadLetterFilter {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn list_dead_letters(
-    pool: &PgPool,
+    db: &Db,
     filter: &DeadLetterFilter,
     page: Page,
 ) -> Result<Vec<DeadLetterRow>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.list_dead_letters(filter, page).await,
+    };
     Ok(sqlx::query_as(include_str!("sql/list_dead_letters.sql"))
         .bind(filter.subscription_id)
         .bind(filter.replayed)
@@ -161,10 +172,14 @@ pub enum ReplayOutcome {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn replay_dead_letter(
-    pool: &PgPool,
+    db: &Db,
     id: Uuid,
     new_delivery_id: Uuid,
 ) -> Result<ReplayOutcome, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.replay_dead_letter(id, new_delivery_id).await,
+    };
     let replayed: Option<Uuid> = sqlx::query_scalar(include_str!("sql/replay_dead_letter.sql"))
         .bind(id)
         .bind(new_delivery_id)
@@ -178,14 +193,21 @@ pub async fn replay_dead_letter(
             .bind(id)
             .fetch_optional(pool)
             .await?;
-    Ok(match state {
-        None => ReplayOutcome::NotFound,
-        Some((true, _)) => ReplayOutcome::AlreadyReplayed,
-        Some((false, true)) => ReplayOutcome::SubscriptionDeleted,
-        // It became replayable between the two statements (cannot un-replay), or its
-        // subscription was restored: report it as replayed by someone else.
-        Some((false, false)) => ReplayOutcome::AlreadyReplayed,
-    })
+    Ok(ReplayOutcome::from_state(state))
+}
+
+impl ReplayOutcome {
+    /// Why a dead letter was not replayed, from `(replayed, subscription deleted)`.
+    pub(crate) fn from_state(state: Option<(bool, bool)>) -> Self {
+        match state {
+            None => Self::NotFound,
+            Some((true, _)) => Self::AlreadyReplayed,
+            Some((false, true)) => Self::SubscriptionDeleted,
+            // It became replayable between the two statements (cannot un-replay), or its
+            // subscription was restored: report it as replayed by someone else.
+            Some((false, false)) => Self::AlreadyReplayed,
+        }
+    }
 }
 
 /// Which dead letters a bulk replay takes.
@@ -204,9 +226,13 @@ pub struct BulkReplayFilter {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn count_replayable_dead_letters(
-    pool: &PgPool,
+    db: &Db,
     filter: &BulkReplayFilter,
 ) -> Result<i64, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.count_replayable_dead_letters(filter).await,
+    };
     Ok(
         sqlx::query_scalar(include_str!("sql/count_replayable_dead_letters.sql"))
             .bind(filter.subscription_id)
@@ -223,10 +249,14 @@ pub async fn count_replayable_dead_letters(
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn replay_dead_letters_batch(
-    pool: &PgPool,
+    db: &Db,
     filter: &BulkReplayFilter,
     batch_size: i64,
 ) -> Result<u64, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.replay_dead_letters_batch(filter, batch_size).await,
+    };
     let ids: Vec<Uuid> = sqlx::query_scalar(include_str!("sql/replay_dead_letters_batch.sql"))
         .bind(filter.subscription_id)
         .bind(filter.since)
@@ -256,7 +286,11 @@ pub struct ConsoleStats {
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
-pub async fn console_stats(pool: &PgPool, window_seconds: f64) -> Result<ConsoleStats, DbError> {
+pub async fn console_stats(db: &Db, window_seconds: f64) -> Result<ConsoleStats, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.console_stats(window_seconds).await,
+    };
     Ok(sqlx::query_as(include_str!("sql/console_stats.sql"))
         .bind(window_seconds)
         .fetch_one(pool)

@@ -17,8 +17,9 @@ mod sqlstate {
 /// A failed database call.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The database cannot be reached, is shutting down, refuses connections, is read-only,
-    /// or no pooled connection became free in time. Nothing was changed; retrying later is safe.
+    /// The database cannot be reached, is shutting down, refuses connections, is read-only
+    /// or full (an SQLite file locked by another process past the busy timeout too), or no
+    /// pooled connection became free in time. Nothing was changed; retrying later is safe.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// A unique or foreign-key constraint refused the write.
@@ -49,6 +50,32 @@ impl From<sqlx::Error> for DbError {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
+            sqlx::Error::Database(database_error)
+                if database_error
+                    .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                    .is_some() =>
+            {
+                let code = database_error
+                    .code()
+                    .map(|code| code.into_owned())
+                    .unwrap_or_default();
+                if super::sqlite::is_unavailable(&code) {
+                    return Self::Unavailable(error);
+                }
+                if matches!(
+                    database_error.kind(),
+                    sqlx::error::ErrorKind::UniqueViolation
+                        | sqlx::error::ErrorKind::ForeignKeyViolation
+                ) {
+                    // SQLite names the columns in its message, not the constraint
+                    let constraint = database_error.message().to_owned();
+                    return Self::Constraint {
+                        constraint,
+                        source: error,
+                    };
+                }
+                Self::Other(error)
+            }
             sqlx::Error::Database(database_error) => {
                 let code = database_error
                     .code()

@@ -3,12 +3,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
     config::SlackFanout,
-    db::{DbError, DeliveryRow, Page},
+    db::{Db, DbError, DeliveryRow, Page},
 };
 
 /// One event to publish, already validated.
@@ -54,14 +53,27 @@ pub enum PublishOutcome {
     },
 }
 
+/// The event stored under an idempotency key.
 #[derive(sqlx::FromRow)]
-struct IdempotentRow {
-    id: Uuid,
-    event_type: String,
-    created_at: DateTime<Utc>,
-    deliveries_created: i32,
-    idempotency_key: Option<String>,
-    request_hash: String,
+pub(crate) struct IdempotentRow {
+    pub(crate) id: Uuid,
+    pub(crate) event_type: String,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) deliveries_created: i32,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) request_hash: String,
+}
+
+impl IdempotentRow {
+    /// The earlier answer, for a retry of the same request.
+    pub(crate) fn answer(&self) -> PublishedEvent {
+        PublishedEvent {
+            id: self.id,
+            event_type: self.event_type.clone(),
+            created_at: self.created_at,
+            deliveries_created: self.deliveries_created,
+        }
+    }
 }
 
 /// Stores events and their deliveries atomically; the caller answers 2xx only after this
@@ -75,11 +87,15 @@ struct IdempotentRow {
 /// # Errors
 /// Returns [`DbError`] when the database fails; nothing was written then.
 pub async fn publish_events(
-    pool: &PgPool,
+    db: &Db,
     scope: &str,
     events: &[NewEvent],
     slack: Option<&SlackFanout>,
 ) -> Result<PublishOutcome, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.publish_events(scope, events, slack).await,
+    };
     // The fan-out is one statement, atomic on its own. Only a batch that may be refused after
     // part of it was inserted (a reused key) needs an explicit transaction; everything else
     // commits in a single round trip.
@@ -178,12 +194,7 @@ async fn publish_on(
             .and_then(|key| winners.get(key));
         match winner {
             Some(winner) if winner.request_hash == event.request_hash => {
-                answers.push(PublishedEvent {
-                    id: winner.id,
-                    event_type: winner.event_type.clone(),
-                    created_at: winner.created_at,
-                    deliveries_created: winner.deliveries_created,
-                })
+                answers.push(winner.answer());
             }
             Some(_) => return Ok(PublishOutcome::KeyReused { index }),
             // Not inserted and no winner: cannot happen while the unique constraint holds,
@@ -210,10 +221,14 @@ pub struct EventFilter {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn list_events(
-    pool: &PgPool,
+    db: &Db,
     filter: &EventFilter,
     page: Page,
 ) -> Result<Vec<PublishedEvent>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.list_events(filter, page).await,
+    };
     Ok(sqlx::query_as(include_str!("sql/list_events.sql"))
         .bind(filter.event_type.as_deref())
         .bind(filter.since)
@@ -245,10 +260,11 @@ pub struct EventRow {
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
-pub async fn get_event(
-    pool: &PgPool,
-    id: Uuid,
-) -> Result<Option<(EventRow, Vec<DeliveryRow>)>, DbError> {
+pub async fn get_event(db: &Db, id: Uuid) -> Result<Option<(EventRow, Vec<DeliveryRow>)>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.get_event(id).await,
+    };
     let Some(event) = sqlx::query_as::<_, EventRow>(include_str!("sql/get_event.sql"))
         .bind(id)
         .fetch_optional(pool)

@@ -4,12 +4,12 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, types::Json};
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::{
     crypto::{CryptoError, SecretCipher},
-    db::DbError,
+    db::{Db, DbError},
 };
 
 /// A leased delivery with everything its send needs.
@@ -42,11 +42,15 @@ pub struct LeasedDelivery {
 /// # Errors
 /// Returns [`DbError`] when the database fails; nothing is leased then.
 pub async fn lease_deliveries(
-    pool: &PgPool,
+    db: &Db,
     limit: usize,
     worker_id: &str,
     lease: Duration,
 ) -> Result<Vec<LeasedDelivery>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.lease_deliveries(limit, worker_id, lease).await,
+    };
     Ok(sqlx::query_as(include_str!("sql/lease_deliveries.sql"))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(worker_id)
@@ -92,15 +96,38 @@ impl std::fmt::Debug for DeliverySubscription {
     }
 }
 
+/// A subscription row as the worker reads it, secrets still sealed.
 #[derive(sqlx::FromRow)]
-struct StoredDeliverySubscription {
-    id: Uuid,
-    url: String,
-    secret: String,
-    previous_secret: Option<String>,
-    headers: Json<BTreeMap<String, String>>,
-    enabled: bool,
-    deleted: bool,
+pub(crate) struct StoredDeliverySubscription {
+    pub(crate) id: Uuid,
+    pub(crate) url: String,
+    pub(crate) secret: String,
+    pub(crate) previous_secret: Option<String>,
+    pub(crate) headers: Json<BTreeMap<String, String>>,
+    pub(crate) enabled: bool,
+    pub(crate) deleted: bool,
+}
+
+impl StoredDeliverySubscription {
+    /// Opens the secrets; a failure stays with this subscription.
+    pub(crate) fn open(self, cipher: &SecretCipher) -> DeliverySubscription {
+        let secrets = cipher.open(self.id, &self.secret).and_then(|current| {
+            let previous = self
+                .previous_secret
+                .as_deref()
+                .map(|previous| cipher.open(self.id, previous))
+                .transpose()?;
+            Ok(OpenedSecrets { current, previous })
+        });
+        DeliverySubscription {
+            id: self.id,
+            url: self.url,
+            secrets,
+            headers: self.headers,
+            enabled: self.enabled,
+            deleted: self.deleted,
+        }
+    }
 }
 
 /// Reads the subscriptions of a leased batch and opens their secrets.
@@ -108,36 +135,20 @@ struct StoredDeliverySubscription {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn get_delivery_subscriptions(
-    pool: &PgPool,
+    db: &Db,
     cipher: &SecretCipher,
     ids: &[Uuid],
 ) -> Result<Vec<DeliverySubscription>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.get_delivery_subscriptions(cipher, ids).await,
+    };
     let rows: Vec<StoredDeliverySubscription> =
         sqlx::query_as(include_str!("sql/get_delivery_subscriptions.sql"))
             .bind(ids)
             .fetch_all(pool)
             .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let secrets = cipher.open(row.id, &row.secret).and_then(|current| {
-                let previous = row
-                    .previous_secret
-                    .as_deref()
-                    .map(|previous| cipher.open(row.id, previous))
-                    .transpose()?;
-                Ok(OpenedSecrets { current, previous })
-            });
-            DeliverySubscription {
-                id: row.id,
-                url: row.url,
-                secrets,
-                headers: row.headers,
-                enabled: row.enabled,
-                deleted: row.deleted,
-            }
-        })
-        .collect())
+    Ok(rows.into_iter().map(|row| row.open(cipher)).collect())
 }
 
 /// The terminal or next state of a delivery after an attempt.
@@ -207,10 +218,14 @@ pub struct Completion {
 /// # Errors
 /// Returns [`DbError`] when the database fails; nothing was written then.
 pub async fn complete_deliveries(
-    pool: &PgPool,
+    db: &Db,
     worker_id: &str,
     completions: &[Completion],
 ) -> Result<Vec<Written>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.complete_deliveries(worker_id, completions).await,
+    };
     let mut sorted: Vec<&Completion> = completions.iter().collect();
     sorted.sort_by_key(|completion| completion.delivery_id);
     let len = sorted.len();
@@ -298,9 +313,13 @@ pub async fn complete_deliveries(
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn release_deliveries(
-    pool: &PgPool,
+    db: &Db,
     leases: &[(Uuid, Uuid, Duration)],
 ) -> Result<Vec<Uuid>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.release_deliveries(leases).await,
+    };
     let mut sorted = leases.to_vec();
     sorted.sort_by_key(|(id, _, _)| *id);
     let ids: Vec<Uuid> = sorted.iter().map(|(id, _, _)| *id).collect();
@@ -331,7 +350,11 @@ pub struct QueueSample {
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
-pub async fn sample_queue(pool: &PgPool) -> Result<QueueSample, DbError> {
+pub async fn sample_queue(db: &Db) -> Result<QueueSample, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.sample_queue().await,
+    };
     Ok(sqlx::query_as(include_str!("sql/sample_queue.sql"))
         .fetch_one(pool)
         .await?)

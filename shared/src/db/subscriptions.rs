@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, types::Json};
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::{
     crypto::{CryptoError, SecretCipher},
-    db::{DbError, Page},
+    db::{Db, DbError, Page},
 };
 
 /// A subscription without its secrets.
@@ -67,10 +67,14 @@ pub struct NewSubscription {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn insert_subscription(
-    pool: &PgPool,
+    db: &Db,
     cipher: &SecretCipher,
     subscription: &NewSubscription,
 ) -> Result<SubscriptionRow, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.insert_subscription(cipher, subscription).await,
+    };
     let secret = cipher.seal(subscription.id, &subscription.secret)?;
     Ok(sqlx::query_as(include_str!("sql/insert_subscription.sql"))
         .bind(subscription.id)
@@ -88,7 +92,11 @@ pub async fn insert_subscription(
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
-pub async fn get_subscription(pool: &PgPool, id: Uuid) -> Result<Option<SubscriptionRow>, DbError> {
+pub async fn get_subscription(db: &Db, id: Uuid) -> Result<Option<SubscriptionRow>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.get_subscription(id).await,
+    };
     Ok(sqlx::query_as(include_str!("sql/get_subscription.sql"))
         .bind(id)
         .fetch_optional(pool)
@@ -100,10 +108,14 @@ pub async fn get_subscription(pool: &PgPool, id: Uuid) -> Result<Option<Subscrip
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn list_subscriptions(
-    pool: &PgPool,
+    db: &Db,
     enabled: Option<bool>,
     page: Page,
 ) -> Result<Vec<SubscriptionRow>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.list_subscriptions(enabled, page).await,
+    };
     Ok(sqlx::query_as(include_str!("sql/list_subscriptions.sql"))
         .bind(page.cursor)
         .bind(enabled)
@@ -132,10 +144,14 @@ pub struct SubscriptionPatch {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn update_subscription(
-    pool: &PgPool,
+    db: &Db,
     id: Uuid,
     patch: &SubscriptionPatch,
 ) -> Result<Option<SubscriptionRow>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.update_subscription(id, patch).await,
+    };
     Ok(sqlx::query_as(include_str!("sql/update_subscription.sql"))
         .bind(id)
         .bind(patch.url.as_deref())
@@ -152,7 +168,11 @@ pub async fn update_subscription(
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
-pub async fn delete_subscription(pool: &PgPool, id: Uuid) -> Result<bool, DbError> {
+pub async fn delete_subscription(db: &Db, id: Uuid) -> Result<bool, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.delete_subscription(id).await,
+    };
     let deleted: Option<Uuid> = sqlx::query_scalar(include_str!("sql/delete_subscription.sql"))
         .bind(id)
         .fetch_optional(pool)
@@ -165,12 +185,20 @@ pub async fn delete_subscription(pool: &PgPool, id: Uuid) -> Result<bool, DbErro
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn rotate_subscription_secret(
-    pool: &PgPool,
+    db: &Db,
     cipher: &SecretCipher,
     id: Uuid,
     new_secret: &str,
     grace_seconds: f64,
 ) -> Result<Option<SubscriptionRow>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => {
+            return sqlite
+                .rotate_subscription_secret(cipher, id, new_secret, grace_seconds)
+                .await;
+        }
+    };
     // the old value moves to previous_secret as it is stored: both are sealed for this id
     let new_secret = cipher.seal(id, new_secret)?;
     Ok(
@@ -196,11 +224,53 @@ pub struct ReencryptReport {
     pub failed: Vec<(Uuid, CryptoError)>,
 }
 
+/// A subscription's stored (sealed) secrets, as `ih-migrate reencrypt` reads them.
 #[derive(sqlx::FromRow)]
-struct StoredSecrets {
-    id: Uuid,
-    secret: String,
-    previous_secret: Option<String>,
+pub(crate) struct StoredSecrets {
+    pub(crate) id: Uuid,
+    pub(crate) secret: String,
+    pub(crate) previous_secret: Option<String>,
+}
+
+/// New values for a subscription's secrets, written only if they are still as `read`.
+pub(crate) struct ReplacedSecrets<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) secret: String,
+    pub(crate) previous_secret: Option<String>,
+    pub(crate) read: &'a StoredSecrets,
+}
+
+async fn list_stored_secrets(
+    db: &Db,
+    cursor: Option<Uuid>,
+    batch: i64,
+) -> Result<Vec<StoredSecrets>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.list_stored_secrets(cursor, batch).await,
+    };
+    Ok(sqlx::query_as(include_str!("sql/list_stored_secrets.sql"))
+        .bind(cursor)
+        .bind(batch)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Compare-and-set; returns whether the row was written.
+async fn replace_stored_secrets(db: &Db, replaced: ReplacedSecrets<'_>) -> Result<bool, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(sqlite) => return sqlite.replace_stored_secrets(replaced).await,
+    };
+    let updated = sqlx::query(include_str!("sql/replace_stored_secrets.sql"))
+        .bind(replaced.id)
+        .bind(replaced.secret)
+        .bind(replaced.previous_secret)
+        .bind(&replaced.read.secret)
+        .bind(replaced.read.previous_secret.as_deref())
+        .execute(pool)
+        .await?;
+    Ok(updated.rows_affected() == 1)
 }
 
 /// Seals every stored secret under the cipher's current key, `batch` rows per read; values
@@ -209,18 +279,14 @@ struct StoredSecrets {
 /// # Errors
 /// Returns [`DbError`] when the database fails; the rows written until then stay written.
 pub async fn reencrypt_secrets(
-    pool: &PgPool,
+    db: &Db,
     cipher: &SecretCipher,
     batch: i64,
 ) -> Result<ReencryptReport, DbError> {
     let mut report = ReencryptReport::default();
     let mut cursor: Option<Uuid> = None;
     loop {
-        let rows: Vec<StoredSecrets> = sqlx::query_as(include_str!("sql/list_stored_secrets.sql"))
-            .bind(cursor)
-            .bind(batch)
-            .fetch_all(pool)
-            .await?;
+        let rows = list_stored_secrets(db, cursor, batch).await?;
         let Some(last) = rows.last() else {
             return Ok(report);
         };
@@ -246,15 +312,13 @@ pub async fn reencrypt_secrets(
                 // already under the current key
                 continue;
             }
-            let updated = sqlx::query(include_str!("sql/replace_stored_secrets.sql"))
-                .bind(row.id)
-                .bind(secret)
-                .bind(previous)
-                .bind(&row.secret)
-                .bind(row.previous_secret.as_deref())
-                .execute(pool)
-                .await?;
-            if updated.rows_affected() == 1 {
+            let replaced = ReplacedSecrets {
+                id: row.id,
+                secret,
+                previous_secret: previous,
+                read: &row,
+            };
+            if replace_stored_secrets(db, replaced).await? {
                 report.reencrypted += 1;
             } else {
                 report.changed_meanwhile += 1;
@@ -276,13 +340,17 @@ fn reseal(cipher: &SecretCipher, id: Uuid, stored: &str) -> Result<String, Crypt
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn secrets_without_key(
-    pool: &PgPool,
+    db: &Db,
     cipher: &SecretCipher,
 ) -> Result<Vec<(String, i64)>, DbError> {
-    let counts: Vec<(String, i64)> =
-        sqlx::query_as(include_str!("sql/count_sealed_secrets_by_key.sql"))
-            .fetch_all(pool)
-            .await?;
+    let counts: Vec<(String, i64)> = match db {
+        Db::Postgres(pool) => {
+            sqlx::query_as(include_str!("sql/count_sealed_secrets_by_key.sql"))
+                .fetch_all(pool)
+                .await?
+        }
+        Db::Sqlite(sqlite) => sqlite.count_sealed_secrets_by_key().await?,
+    };
     let known = cipher.key_ids();
     Ok(counts
         .into_iter()

@@ -1,9 +1,10 @@
-//! Test databases: one fresh database per test, copied from a migrated template.
+//! Test databases: one fresh database per test, on either backend.
 //!
-//! The template is built once per schema version (its name carries a hash of the migrations)
-//! under an advisory lock, so test processes running in parallel wait for one another instead
-//! of racing. Each test's database is dropped when its [`TestDb`] is dropped; databases left by
-//! crashed runs are swept after two hours.
+//! On Postgres, a database copied from a migrated template. The template is built once per
+//! schema version (its name carries a hash of the migrations) under an advisory lock, so test
+//! processes running in parallel wait for one another instead of racing. Each test's database
+//! is dropped when its [`TestDb`] is dropped; databases left by crashed runs are swept after
+//! two hours. On SQLite, a freshly migrated file in a directory of its own, removed on drop.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,11 +13,56 @@
     reason = "test support"
 )]
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    path::PathBuf,
+    str::FromStr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use sha2::{Digest, Sha256};
-use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
+use sqlx::{
+    Connection, PgConnection, PgPool, SqlitePool,
+    postgres::PgConnectOptions,
+    sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+};
 use uuid::Uuid;
+
+use crate::{
+    config::{DatabaseConfig, DatabaseUrl},
+    db::{Db, SqliteDb},
+};
+
+/// The two backends, for tests that run on each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// An SQLite file.
+    Sqlite,
+}
+
+/// The test's own connections, for assertions in raw SQL.
+enum Raw {
+    Postgres {
+        pool: PgPool,
+        server: Box<PgConnectOptions>,
+    },
+    Sqlite {
+        pool: SqlitePool,
+        directory: PathBuf,
+    },
+}
+
+/// Runs `$body` with `$pool` bound to the raw pool of either backend (the body compiles once
+/// per backend; sqlx's query functions are generic over the database).
+macro_rules! on_raw {
+    ($raw:expr, $pool:ident => $body:expr) => {
+        match $raw {
+            Raw::Postgres { pool: $pool, .. } => $body,
+            Raw::Sqlite { pool: $pool, .. } => $body,
+        }
+    };
+}
 
 const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const TEMPLATE_LOCK_KEY: i64 = 0x4948_5445_5354_4442; // "IHTESTDB"
@@ -28,9 +74,9 @@ pub struct TestDb {
     pub url: String,
     /// The database's name.
     pub name: String,
-    /// A small pool for the test's own assertions.
-    pub pool: PgPool,
-    server: PgConnectOptions,
+    /// The service's handle on it, as `shared::db::connect` makes it.
+    pub pool: Db,
+    raw: Raw,
 }
 
 fn server_options() -> (String, PgConnectOptions) {
@@ -50,7 +96,67 @@ fn url_with_database(url: &str, database: &str) -> String {
 }
 
 impl TestDb {
-    /// Creates a fresh database from the migrated template (the template's name carries a
+    /// Creates a fresh database on `backend`.
+    pub async fn on(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Self::new().await,
+            Backend::Sqlite => Self::sqlite().await,
+        }
+    }
+
+    /// Creates a fresh, migrated SQLite file in a new directory under the system's temporary
+    /// directory.
+    pub async fn sqlite() -> Self {
+        let name = format!("ih_test_{}", Uuid::new_v4().simple());
+        let directory = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&directory).unwrap();
+        let url = format!("sqlite://{}", directory.join("hub.db").display());
+        if let Err(error) = migration::run(&url, migration::Command::Up).await {
+            panic!("migrating the test SQLite file failed: {error}");
+        }
+        let config = DatabaseConfig {
+            url: DatabaseUrl::new(url.clone()),
+            listen_url: DatabaseUrl::new(url.clone()),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(10),
+        };
+        let db = SqliteDb::connect(&config).unwrap();
+        let raw = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(SqliteConnectOptions::from_str(&url).unwrap())
+            .await
+            .unwrap();
+        Self {
+            url,
+            name,
+            pool: Db::Sqlite(db),
+            raw: Raw::Sqlite {
+                pool: raw,
+                directory,
+            },
+        }
+    }
+
+    /// Which backend this database is on.
+    pub fn backend(&self) -> Backend {
+        match self.raw {
+            Raw::Postgres { .. } => Backend::Postgres,
+            Raw::Sqlite { .. } => Backend::Sqlite,
+        }
+    }
+
+    /// The raw Postgres pool, for tests of Postgres-only behaviour.
+    ///
+    /// # Panics
+    /// On SQLite.
+    pub fn pg(&self) -> &PgPool {
+        match &self.raw {
+            Raw::Postgres { pool, .. } => pool,
+            Raw::Sqlite { .. } => panic!("this test needs Postgres"),
+        }
+    }
+
+    /// Creates a fresh Postgres database from the migrated template (the template's name carries a
     /// hash of every migration, so a changed schema never reuses a stale one).
     ///
     /// Panics with instructions when Postgres is not reachable: a missing database fails the
@@ -158,30 +264,87 @@ impl TestDb {
         Self {
             url,
             name,
-            pool,
-            server,
+            pool: Db::Postgres(pool.clone()),
+            raw: Raw::Postgres {
+                pool,
+                server: Box::new(server),
+            },
         }
     }
 
     /// Runs a query returning one integer (counts for assertions).
     pub async fn fetch_i64(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+        on_raw!(&self.raw, pool => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap())
+    }
+
+    /// Runs a query returning one text column (catalog reads for assertions).
+    pub async fn fetch_strings(&self, sql: &'static str) -> Vec<String> {
+        on_raw!(&self.raw, pool => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap())
     }
 
     /// Counts the delivery rows of an event, by status.
     pub async fn count_deliveries(&self, event_id: Uuid, status: &str) -> i64 {
-        sqlx::query_scalar("select count(*) from deliveries where event_id = $1 and status = $2")
-            .bind(event_id)
-            .bind(status)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        on_raw!(&self.raw, pool => {
+            sqlx::query_scalar("select count(*) from deliveries where event_id = $1 and status = $2")
+                .bind(event_id)
+                .bind(status)
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        })
     }
 
     /// Ends a delivery `dead` and writes its dead letter and failed attempt, as the worker
     /// does after the last attempt; returns the dead letter's id.
     pub async fn kill_delivery(&self, delivery_id: Uuid, reason: &str) -> Uuid {
         let dead_letter_id = Uuid::now_v7();
+        if let Raw::Sqlite { pool, .. } = &self.raw {
+            let mut transaction = pool.begin_with("begin immediate").await.unwrap();
+            let (event_id, subscription_id, target, attempts): (Uuid, Option<Uuid>, String, i32) =
+                sqlx::query_as(
+                    "update deliveries set status = 'dead', attempts = attempts + 1,
+                                           last_error = ?2,
+                                           updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                     where id = ?1
+                     returning event_id, subscription_id, target, attempts",
+                )
+                .bind(delivery_id)
+                .bind(reason)
+                .fetch_one(&mut *transaction)
+                .await
+                .unwrap();
+            sqlx::query(
+                "insert into delivery_attempts (id, delivery_id, event_id, attempt_number,
+                                                started_at, duration_ms, response_status,
+                                                error, outcome)
+                 values (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 1, 500, ?5,
+                         'dead_lettered')",
+            )
+            .bind(Uuid::now_v7())
+            .bind(delivery_id)
+            .bind(event_id)
+            .bind(attempts)
+            .bind(reason)
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+            sqlx::query(
+                "insert into dead_letters (id, delivery_id, event_id, subscription_id, target,
+                                           reason)
+                 values (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(dead_letter_id)
+            .bind(delivery_id)
+            .bind(event_id)
+            .bind(subscription_id)
+            .bind(target)
+            .bind(reason)
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+            transaction.commit().await.unwrap();
+            return dead_letter_id;
+        }
         sqlx::query(
             "with dead as (
                update deliveries set status = 'dead', attempts = attempts + 1, last_error = $2,
@@ -199,7 +362,7 @@ impl TestDb {
         .bind(delivery_id)
         .bind(reason)
         .bind(dead_letter_id)
-        .execute(&self.pool)
+        .execute(self.pg())
         .await
         .unwrap();
         dead_letter_id
@@ -207,35 +370,48 @@ impl TestDb {
 
     /// The ids of an event's deliveries, oldest first.
     pub async fn delivery_ids(&self, event_id: Uuid) -> Vec<Uuid> {
-        sqlx::query_scalar("select id from deliveries where event_id = $1 order by id")
-            .bind(event_id)
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
+        on_raw!(&self.raw, pool => {
+            sqlx::query_scalar("select id from deliveries where event_id = $1 order by id")
+                .bind(event_id)
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        })
     }
 
     /// The raw stored secret columns of a subscription.
     pub async fn stored_secrets(&self, subscription_id: Uuid) -> (String, Option<String>) {
-        sqlx::query_as("select secret, previous_secret from subscriptions where id = $1")
-            .bind(subscription_id)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        on_raw!(&self.raw, pool => {
+            sqlx::query_as("select secret, previous_secret from subscriptions where id = $1")
+                .bind(subscription_id)
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        })
     }
 
     /// The stored payload text of an event.
     pub async fn stored_payload(&self, event_id: Uuid) -> String {
-        sqlx::query_scalar("select payload from outbox_events where id = $1")
-            .bind(event_id)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        on_raw!(&self.raw, pool => {
+            sqlx::query_scalar("select payload from outbox_events where id = $1")
+                .bind(event_id)
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        })
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let server = self.server.clone();
+        let server = match &self.raw {
+            Raw::Postgres { server, .. } => (**server).clone(),
+            Raw::Sqlite { directory, .. } => {
+                // open connections keep their unlinked files until they close
+                let _ = std::fs::remove_dir_all(directory);
+                return;
+            }
+        };
         let name = self.name.clone();
         // Drop cannot await, and the test's runtime may already be shutting down: drop the
         // database from a thread with a runtime of its own.

@@ -515,7 +515,7 @@ async fn an_operator_subscribes_watches_a_delivery_and_replays_a_dead_letter_in_
         .await;
     let stored: (Option<String>, bool) =
         sqlx::query_as("select description, enabled from subscriptions")
-            .fetch_one(&db.pool)
+            .fetch_one(db.pg())
             .await
             .unwrap();
     assert_eq!(stored, (Some("billing, EU".to_owned()), false));

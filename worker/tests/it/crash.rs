@@ -19,7 +19,7 @@ fn payloads(n: usize) -> Vec<String> {
 async fn leased_by(db: &TestDb, worker: &str) -> i64 {
     sqlx::query_scalar("select count(*) from deliveries where status = 'leased' and leased_by = $1")
         .bind(worker)
-        .fetch_one(&db.pool)
+        .fetch_one(db.pg())
         .await
         .unwrap()
 }
@@ -191,7 +191,7 @@ async fn three_workers_share_three_thousand_deliveries_exactly_once() {
         let share: i64 =
             sqlx::query_scalar("select count(*) from delivery_attempts where worker_id = $1")
                 .bind(worker)
-                .fetch_one(&db.pool)
+                .fetch_one(db.pg())
                 .await
                 .unwrap();
         assert!(share > 0, "{worker} took no share");
@@ -200,6 +200,53 @@ async fn three_workers_share_three_thousand_deliveries_exactly_once() {
         count(&db, "select count(*) from delivery_attempts").await,
         3000
     );
+}
+
+/// Separate `ih-worker` processes on one SQLite file find work by polling, and SQLite's single
+/// writer keeps their leases apart: every delivery is made once.
+#[tokio::test]
+async fn two_worker_processes_share_an_sqlite_file_exactly_once() {
+    let db = TestDb::sqlite().await;
+    let receiver = Receiver::start().await;
+    // slow enough, with few slots each, that neither worker can take everything alone
+    receiver.reply_with(|_, _| Reply::status(200).delayed(Duration::from_millis(10)));
+    subscribe(&db, &receiver.url("/hook"), SECRET, &["a"]).await;
+    let limits = [
+        ("IH_WORKER_BATCH_SIZE", "8"),
+        ("IH_WORKER_CONCURRENCY", "8"),
+    ];
+    let mut workers: Vec<WorkerProcess> = ["p1", "p2"]
+        .iter()
+        .map(|id| WorkerProcess::spawn(&db.url, id, &limits))
+        .collect();
+    for _ in 0..6 {
+        publish(&db, "a", &payloads(100)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count(
+                &db,
+                "select count(*) from deliveries where status = 'delivered'",
+            )
+            .await
+                == 600
+        })
+        .await
+    );
+    for worker in &mut workers {
+        worker.signal("TERM");
+        assert!(worker.wait(Duration::from_secs(10)).await);
+    }
+    let received = receiver.received();
+    let ids: HashSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(received.len(), 600, "no duplicates without faults");
+    assert_eq!(ids.len(), 600);
+    for share in [
+        "select count(*) from delivery_attempts where worker_id = 'p1'",
+        "select count(*) from delivery_attempts where worker_id = 'p2'",
+    ] {
+        assert!(count(&db, share).await > 0, "{share}: no share");
+    }
 }
 
 #[tokio::test]
@@ -229,7 +276,7 @@ async fn terminated_worker_connections_are_survived() {
             "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
               where application_name = 'ih-worker' and datname = current_database()) t",
         )
-        .fetch_one(&db.pool)
+        .fetch_one(db.pg())
         .await
         .unwrap();
         assert!(

@@ -12,7 +12,7 @@ use std::{
 
 use poem::{EndpointExt, Route, Server, handler, listener::TcpAcceptor, web::Data};
 use serde_json::{Value, json};
-use shared::db::testing::TestDb;
+use shared::{db::testing::TestDb, test_support::free_port};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{Receiver, Reply, count, eventually};
@@ -30,14 +30,6 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         binary.display()
     );
     binary
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process whose stdout and stderr are captured.

@@ -282,7 +282,7 @@ async fn a_damaged_or_foreign_secret_fails_only_its_own_deliveries() {
         sqlx::query("update subscriptions set secret = $2 where id = $1")
             .bind(id)
             .bind(value)
-            .execute(&db.pool)
+            .execute(db.pg())
             .await
             .unwrap();
     }
@@ -306,7 +306,7 @@ async fn a_damaged_or_foreign_secret_fails_only_its_own_deliveries() {
         "select d.subscription_id, a.error from delivery_attempts a \
          join deliveries d on d.id = a.delivery_id where a.error is not null",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(db.pg())
     .await
     .unwrap();
     let mut failed: Vec<Uuid> = errors.iter().map(|(id, _)| *id).collect();

@@ -1,17 +1,24 @@
-//! The LISTEN connection: wakes the lease loop when the API signals new work.
+//! Wake-ups of the lease loop when a publish (or a replay) queued work.
 //!
-//! Notifications are a latency hint, not a queue: they are lost while the connection is down,
-//! so every (re)connect also wakes the loop for a catch-up lease, and the poll interval stays
-//! the safety net.
+//! On Postgres, a LISTEN connection: it reaches every worker process. On SQLite, a signal from
+//! the publish path of the same process; a worker in another process on the same file learns
+//! of new work at its next poll.
+//!
+//! Wake-ups are a latency hint, not a queue: notifications are lost while a LISTEN connection
+//! is down, so every (re)connect also wakes the loop for a catch-up lease, and the poll interval
+//! stays the safety net.
 
 use std::time::Duration;
 
-use shared::{config::DatabaseUrl, db::DELIVERY_CHANNEL};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::random_unit;
+use crate::{
+    config::DatabaseUrl,
+    db::{DELIVERY_CHANNEL, Db},
+    retry::random_unit,
+};
 
 /// Longest pause between reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -28,8 +35,36 @@ async fn connect(url: &DatabaseUrl) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
+/// Sends a wake-up on `wake` for each signal of new work, and once at start, until `shutdown`.
+/// `listen_url` is where Postgres notifications are listened for (unused on SQLite).
+pub async fn run(
+    db: Db,
+    listen_url: DatabaseUrl,
+    wake: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) {
+    match db {
+        Db::Postgres(_) => listen(listen_url, wake, shutdown).await,
+        Db::Sqlite(sqlite) => {
+            let mut wakeups = sqlite.wakeups();
+            let _ = wake.try_send(());
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = wakeups.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let _ = wake.try_send(());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Listens until `shutdown`, sending a wake-up for each notification and after each connect.
-pub async fn run(url: DatabaseUrl, wake: mpsc::Sender<()>, shutdown: CancellationToken) {
+async fn listen(url: DatabaseUrl, wake: mpsc::Sender<()>, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(100);
     loop {
         let connected = tokio::select! {

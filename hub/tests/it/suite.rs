@@ -1,0 +1,512 @@
+//! The end-to-end suite, once per backend: publish → signed delivery, retries → dead letter →
+//! replay, the Slack connector, idempotency and the admin listings, all through the HTTP API
+//! of one `ih` process.
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use shared::{config::SecretString, db::testing::Backend};
+
+use crate::support::{Hub, Receiver, Reply, eventually, on_both_backends};
+
+on_both_backends!(
+    a_published_event_is_delivered_signed,
+    failures_retry_then_dead_letter_and_a_replay_delivers,
+    request_submitted_is_posted_to_slack,
+    an_idempotency_key_stores_one_event,
+    admin_listings_page_and_filter,
+    a_subscription_is_changed_rotated_and_deleted,
+    maintenance_statements_work,
+);
+
+/// The Standard Webhooks rule: base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")) among the
+/// `v1,` signatures, the key being the base64 after `whsec_`.
+fn signed_by(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
+    let key = BASE64
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(&[id.as_bytes(), b".", timestamp.as_bytes(), b".", body].concat());
+    let expected = BASE64.encode(mac.finalize().into_bytes());
+    header
+        .split(' ')
+        .filter_map(|part| part.strip_prefix("v1,"))
+        .any(|signature| signature == expected)
+}
+
+async fn a_published_event_is_delivered_signed(backend: Backend) {
+    let hub = Hub::start(backend, |settings| {
+        let key = BASE64.encode([7_u8; 32]);
+        settings.encryption_keys = Some(SecretString::new(format!("k1:{key}")));
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let (subscription_id, secret) = hub
+        .subscribe(&receiver.url("/hook"), &["order.created"])
+        .await;
+    let (stored, _) = hub
+        .db
+        .stored_secrets(subscription_id.parse().unwrap())
+        .await;
+    assert!(stored.starts_with("enc.v1.k1."), "sealed at rest: {stored}");
+    assert!(!stored.contains(&secret));
+    let published = hub
+        .publish("order.created", json!({"order": 42, "note": "é"}), None)
+        .await;
+    assert_eq!(published["deliveries"], 1);
+    let event_id = published["id"].as_str().unwrap().to_owned();
+
+    assert!(eventually(Duration::from_secs(20), || async { receiver.count() == 1 }).await);
+    let request = receiver.received().pop().unwrap();
+    assert_eq!(request.header("webhook-id"), event_id);
+    assert!(signed_by(
+        &secret,
+        &event_id,
+        request.header("webhook-timestamp"),
+        &request.body,
+        request.header("webhook-signature"),
+    ));
+    let body: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["type"], "order.created");
+    assert_eq!(body["data"], json!({"order": 42, "note": "é"}));
+
+    let path = format!("/admin/events/{event_id}/attempts");
+    assert!(hub.wait_for_listing(&path, 1).await);
+    let attempts = hub.get(&path).await;
+    assert_eq!(attempts["data"][0]["outcome"], "delivered");
+    assert_eq!(attempts["data"][0]["response_status"], 200);
+    let event = hub.get(&format!("/events/{event_id}")).await;
+    assert_eq!(event["deliveries"][0]["status"], "delivered");
+    hub.stop().await;
+}
+
+async fn failures_retry_then_dead_letter_and_a_replay_delivers(backend: Backend) {
+    let hub = Hub::start(backend, |settings| settings.delivery_max_attempts = 3).await;
+    let receiver = Receiver::start().await;
+    receiver.reply_with(|_, _| Reply::status(500));
+    let (subscription_id, _) = hub.subscribe(&receiver.url("/hook"), &["a"]).await;
+    let event_id = hub.publish("a", json!({}), None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    hub.publish("a", json!({"second": true}), None).await;
+
+    assert!(
+        hub.wait_for_listing("/admin/dead-letters?replayed=false", 2)
+            .await,
+        "both dead-lettered after the last attempt"
+    );
+    assert_eq!(receiver.count(), 6);
+    let attempts = hub.get(&format!("/admin/events/{event_id}/attempts")).await;
+    let outcomes: Vec<&str> = attempts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attempt| attempt["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["retry_scheduled", "retry_scheduled", "dead_lettered"]
+    );
+    let dead = hub.get("/admin/deliveries?status=dead").await;
+    assert_eq!(dead["data"].as_array().unwrap().len(), 2);
+    let letters = hub.get("/admin/dead-letters?replayed=false").await;
+    let letter = &letters["data"][0];
+    assert_eq!(letter["reason"], "max_attempts_exceeded: http_500");
+    assert_eq!(letter["subscription_id"], subscription_id.as_str());
+    let subscription = hub.get(&format!("/subscriptions/{subscription_id}")).await;
+    assert_eq!(subscription["consecutive_failures"], 6);
+
+    receiver.reply_with(|_, _| Reply::status(200));
+    let replay = format!(
+        "/admin/dead-letters/{}/replay",
+        letter["id"].as_str().unwrap()
+    );
+    let (status, body) = hub.call(Method::POST, &replay, None, &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (again, body) = hub.call(Method::POST, &replay, None, &[]).await;
+    assert_eq!(again, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "already_replayed");
+
+    // the other one in bulk, counted first
+    let bulk = json!({"subscription_id": subscription_id, "dry_run": true});
+    let (_, counted) = hub
+        .call(Method::POST, "/admin/dead-letters/replay", Some(bulk), &[])
+        .await;
+    assert_eq!(counted["count"], 1, "{counted}");
+    let bulk = json!({"subscription_id": subscription_id});
+    let (status, replayed) = hub
+        .call(Method::POST, "/admin/dead-letters/replay", Some(bulk), &[])
+        .await;
+    assert!(status.is_success(), "{replayed}");
+    assert_eq!(replayed["count"], 1, "{replayed}");
+    assert!(
+        hub.wait_for_listing("/admin/dead-letters?replayed=true", 2)
+            .await
+    );
+
+    assert!(
+        hub.wait_for_listing("/admin/deliveries?status=delivered", 2)
+            .await,
+        "the replayed deliveries arrive"
+    );
+    assert_eq!(receiver.count(), 8);
+    let subscription = hub.get(&format!("/subscriptions/{subscription_id}")).await;
+    assert_eq!(subscription["consecutive_failures"], 0);
+    hub.stop().await;
+}
+
+async fn request_submitted_is_posted_to_slack(backend: Backend) {
+    let slack = Receiver::start().await;
+    slack.reply_with(|_, _| {
+        Reply::json(
+            200,
+            r#"{"ok":true,"channel":"C-team","ts":"1700000000.000200"}"#,
+        )
+    });
+    let hub = Hub::start(backend, |settings| {
+        settings.slack_bot_token = Some(SecretString::new("xoxb-test-token"));
+        settings.slack_api_base_url = slack.url("/api");
+        settings.slack_default_channel = Some("C-team".to_owned());
+    })
+    .await;
+    let published = hub
+        .publish(
+            "request_submitted",
+            json!({"title": "New laptop", "requester": "ana"}),
+            None,
+        )
+        .await;
+    assert_eq!(published["deliveries"], 1, "the Slack delivery, no webhook");
+    let event_id = published["id"].as_str().unwrap().to_owned();
+
+    let path = format!("/admin/events/{event_id}/attempts");
+    assert!(hub.wait_for_listing(&path, 1).await);
+    let attempt = &hub.get(&path).await["data"][0];
+    assert_eq!(attempt["target"], "slack");
+    assert_eq!(attempt["outcome"], "delivered");
+    assert_eq!(attempt["external_id"], "1700000000.000200");
+    let request = slack.received().pop().unwrap();
+    assert_eq!(request.path, "/api/chat.postMessage");
+    assert_eq!(request.header("authorization"), "Bearer xoxb-test-token");
+    let body: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["channel"], "C-team");
+    assert_eq!(body["blocks"][0]["text"]["text"], "New laptop");
+    hub.stop().await;
+}
+
+async fn an_idempotency_key_stores_one_event(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    hub.subscribe(&receiver.url("/hook"), &["*"]).await;
+    let first = hub.publish("a", json!({"n": 1}), Some("key-1")).await;
+    let retry = hub.publish("a", json!({"n": 1}), Some("key-1")).await;
+    assert_eq!(first, retry, "a retry gets the first answer");
+    let (status, body) = hub.publish_raw("a", json!({"n": 2}), Some("key-1")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["code"], "idempotency_key_reused");
+
+    // a batch: the keyed retry inside it answers the stored event, the new one is stored
+    let (status, batch) = hub
+        .call(
+            Method::POST,
+            "/events/batch",
+            Some(json!({"events": [
+                {"event_type": "a", "payload": {"n": 1}, "idempotency_key": "key-1"},
+                {"event_type": "a", "payload": {"n": 3}, "idempotency_key": "key-3"},
+            ]})),
+            &[("token", crate::support::PUBLISHER_TOKEN)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{batch}");
+    assert_eq!(batch["events"][0]["id"], first["id"]);
+    // a batch reusing a key with another request writes nothing
+    let (status, _) = hub
+        .call(
+            Method::POST,
+            "/events/batch",
+            Some(json!({"events": [
+                {"event_type": "a", "payload": {"n": 4}, "idempotency_key": "key-4"},
+                {"event_type": "a", "payload": {"n": 9}, "idempotency_key": "key-3"},
+            ]})),
+            &[("token", crate::support::PUBLISHER_TOKEN)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    assert!(
+        hub.wait_for_listing("/admin/deliveries?status=delivered", 2)
+            .await
+    );
+    assert_eq!(
+        hub.get("/events").await["data"].as_array().unwrap().len(),
+        2
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async { receiver.count() == 2 }).await,
+        "one delivery per stored event"
+    );
+    hub.stop().await;
+}
+
+async fn admin_listings_page_and_filter(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    let (first_subscription, _) = hub.subscribe(&receiver.url("/one"), &["a"]).await;
+    hub.subscribe(&receiver.url("/two"), &["a", "b"]).await;
+    let mut published = Vec::new();
+    for n in 0..5 {
+        let event_type = if n % 2 == 0 { "a" } else { "b" };
+        published.push(hub.publish(event_type, json!({"n": n}), None).await);
+    }
+    let since = published[0]["created_at"].as_str().unwrap().to_owned();
+
+    // newest first, two a page, every event once
+    let mut seen = Vec::new();
+    let mut path = "/events?limit=2".to_owned();
+    loop {
+        let page = hub.get(&path).await;
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|event| event["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/events?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let expected: Vec<Value> = published.iter().rev().map(|e| e["id"].clone()).collect();
+    assert_eq!(seen, expected);
+
+    let only_b = hub.get("/events?event_type=b").await;
+    assert_eq!(only_b["data"].as_array().unwrap().len(), 2);
+    let since_first = hub
+        .get(&format!("/events?since={}", since.replace('+', "%2B")))
+        .await;
+    assert_eq!(since_first["data"].as_array().unwrap().len(), 5);
+    let until_first = hub
+        .get(&format!("/events?until={}", since.replace('+', "%2B")))
+        .await;
+    assert_eq!(until_first["data"].as_array().unwrap().len(), 0);
+
+    // 3 "a" events to both subscriptions, 2 "b" events to the second: 8 deliveries
+    assert!(
+        hub.wait_for_listing("/admin/deliveries?status=delivered&limit=100", 8)
+            .await
+    );
+    let mine = hub
+        .get(&format!(
+            "/admin/deliveries?subscription_id={first_subscription}"
+        ))
+        .await;
+    assert_eq!(mine["data"].as_array().unwrap().len(), 3);
+    let of_event = hub
+        .get(&format!(
+            "/admin/deliveries?event_id={}",
+            published[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(of_event["data"].as_array().unwrap().len(), 2);
+    let subscriptions = hub.get("/subscriptions?limit=1").await;
+    assert_eq!(subscriptions["data"][0]["id"], first_subscription.as_str());
+    assert!(subscriptions["next_cursor"].is_string());
+    let stats = hub.get("/admin/stats").await;
+    assert_eq!(stats["delivered"], 8);
+    assert_eq!(stats["dead_letters"], 0);
+    hub.stop().await;
+}
+
+/// Both migrations create the same tables, columns and indexes (types differ by design).
+#[tokio::test]
+async fn both_backends_get_the_same_schema() {
+    let postgres = shared::db::testing::TestDb::new().await;
+    let sqlite = shared::db::testing::TestDb::sqlite().await;
+    let mut postgres_columns = postgres
+        .fetch_strings(
+            "select table_name || '.' || column_name from information_schema.columns
+             where table_schema = 'public' and table_name <> 'seaql_migrations'",
+        )
+        .await;
+    let mut sqlite_columns = sqlite
+        .fetch_strings(
+            "select m.name || '.' || c.name from sqlite_master m, pragma_table_info(m.name) c
+             where m.type = 'table' and m.name <> 'seaql_migrations'",
+        )
+        .await;
+    postgres_columns.sort();
+    sqlite_columns.sort();
+    assert_eq!(postgres_columns.len(), 58);
+    assert_eq!(postgres_columns, sqlite_columns);
+
+    // named indexes; the primary and unique keys are constraints on both
+    let mut postgres_indexes = postgres
+        .fetch_strings(
+            "select indexname from pg_indexes
+             where schemaname = 'public' and indexname not like '%_pkey'
+               and indexname not like 'seaql%' and indexname <> 'outbox_events_idempotency_key'",
+        )
+        .await;
+    let mut sqlite_indexes = sqlite
+        .fetch_strings(
+            "select name from sqlite_master
+             where type = 'index' and name not like 'sqlite_autoindex%'",
+        )
+        .await;
+    postgres_indexes.sort();
+    sqlite_indexes.sort();
+    assert_eq!(postgres_indexes.len(), 5);
+    assert_eq!(postgres_indexes, sqlite_indexes);
+}
+
+async fn a_subscription_is_changed_rotated_and_deleted(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    let (id, old_secret) = hub.subscribe(&receiver.url("/hook"), &["a"]).await;
+    let path = format!("/subscriptions/{id}");
+
+    let (status, body) = hub
+        .call(Method::PATCH, &path, Some(json!({"enabled": false})), &[])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["disabled_reason"], "disabled_by_operator");
+    assert_eq!(hub.publish("a", json!({}), None).await["deliveries"], 0);
+    let (_, body) = hub
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"enabled": true, "events": ["a", "b"], "description": "ops"})),
+            &[],
+        )
+        .await;
+    assert_eq!(body["enabled"], true);
+    assert_eq!(body["disabled_reason"], Value::Null);
+    assert_eq!(body["events"], json!(["a", "b"]));
+    assert_eq!(body["description"], "ops");
+
+    // after a rotation both secrets sign, for the grace period
+    let (status, rotated) = hub
+        .call(Method::POST, &format!("{path}/rotate-secret"), None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(rotated["previous_secret_expires_at"].is_string());
+    let event_id = hub.publish("b", json!({}), None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(eventually(Duration::from_secs(20), || async { receiver.count() == 1 }).await);
+    let request = receiver.received().pop().unwrap();
+    for secret in [&old_secret, &new_secret] {
+        assert!(signed_by(
+            secret,
+            &event_id,
+            request.header("webhook-timestamp"),
+            &request.body,
+            request.header("webhook-signature"),
+        ));
+    }
+
+    let (status, _) = hub.call(Method::DELETE, &path, None, &[]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = hub.call(Method::GET, &path, None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = hub.call(Method::DELETE, &path, None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(hub.publish("b", json!({}), None).await["deliveries"], 0);
+    hub.stop().await;
+}
+
+/// The statements behind `ih-migrate reencrypt`, the worker's start-up key check, the hand-back
+/// of leases and the queue sampler, called directly.
+async fn maintenance_statements_work(backend: Backend) {
+    use shared::{
+        crypto::SecretCipher,
+        db::{self, NewEvent, NewSubscription},
+    };
+    let test_db = shared::db::testing::TestDb::on(backend).await;
+    let db = &test_db.pool;
+    let key = |byte: u8| BASE64.encode([byte; 32]);
+    let old = SecretCipher::parse(&format!("k1:{}", key(1))).unwrap();
+    let subscription = NewSubscription {
+        id: uuid::Uuid::now_v7(),
+        url: "http://127.0.0.1:9/hook".to_owned(),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+        event_types: vec!["*".to_owned()],
+        enabled: true,
+        description: None,
+        headers: Default::default(),
+    };
+    db::insert_subscription(db, &old, &subscription)
+        .await
+        .unwrap();
+
+    let new = SecretCipher::parse(&format!("k2:{},k1:{}", key(2), key(1))).unwrap();
+    let only_new = SecretCipher::parse(&format!("k2:{}", key(2))).unwrap();
+    assert_eq!(
+        db::secrets_without_key(db, &only_new).await.unwrap(),
+        [("k1".to_owned(), 1)]
+    );
+    let report = db::reencrypt_secrets(db, &new, 10).await.unwrap();
+    assert_eq!((report.examined, report.reencrypted), (1, 1));
+    assert!(
+        db::secrets_without_key(db, &only_new)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = db::reencrypt_secrets(db, &new, 10).await.unwrap();
+    assert_eq!(again.reencrypted, 0, "already current");
+    let (stored, _) = test_db.stored_secrets(subscription.id).await;
+    assert!(stored.starts_with("enc.v1.k2."), "{stored}");
+
+    let event = NewEvent {
+        id: uuid::Uuid::now_v7(),
+        event_type: "a".to_owned(),
+        payload: "{}".to_owned(),
+        idempotency_key: None,
+        request_hash: "h".to_owned(),
+        traceparent: None,
+    };
+    db::publish_events(db, "test", std::slice::from_ref(&event), None)
+        .await
+        .unwrap();
+    let sample = db::sample_queue(db).await.unwrap();
+    assert_eq!(sample.depth, Some(1));
+    let leased = db::lease_deliveries(db, 10, "w", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].attempts, 1);
+    assert!(
+        db::lease_deliveries(db, 10, "w", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a leased row is not leased again"
+    );
+    let released =
+        db::release_deliveries(db, &[(leased[0].id, leased[0].lease_token, Duration::ZERO)])
+            .await
+            .unwrap();
+    assert_eq!(released, [leased[0].id]);
+    let stale =
+        db::release_deliveries(db, &[(leased[0].id, leased[0].lease_token, Duration::ZERO)])
+            .await
+            .unwrap();
+    assert!(stale.is_empty(), "a lost lease changes nothing");
+    let again = db::lease_deliveries(db, 10, "w", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].attempts, 1,
+        "the handed-back attempt was not counted"
+    );
+}

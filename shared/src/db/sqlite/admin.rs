@@ -1,0 +1,276 @@
+//! Operator queries on SQLite: attempts, deliveries, dead letters and their replay.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+use super::{SqliteDb, due_depth_and_age, now, time};
+use crate::db::{
+    AttemptRow, BulkReplayFilter, ConsoleStats, DbError, DeadLetterFilter, DeadLetterRow,
+    DeliveryFilter, DeliveryRow, Page, ReplayOutcome,
+};
+
+/// Dead letters a replay may take: not replayed, and still with somewhere to go.
+macro_rules! replayable {
+    () => {
+        "dl.replayed_at is null
+         and (dl.subscription_id is null
+              or exists (select 1 from subscriptions s
+                         where s.id = dl.subscription_id and s.deleted_at is null))"
+    };
+}
+
+/// Dead letters matching a bulk replay's filter (?1 subscription, ?2 since, ?3 until).
+macro_rules! bulk_filter {
+    () => {
+        "(?1 is null or dl.subscription_id = ?1)
+         and (?2 is null or dl.created_at >= ?2)
+         and (?3 is null or dl.created_at < ?3)"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct Replayed {
+    event_id: Uuid,
+    subscription_id: Option<Uuid>,
+    target: String,
+}
+
+impl SqliteDb {
+    pub(crate) async fn list_event_attempts(
+        &self,
+        event_id: Uuid,
+    ) -> Result<Option<Vec<AttemptRow>>, DbError> {
+        let mut connection = self.reader.acquire().await?;
+        let exists: bool =
+            sqlx::query_scalar("select exists (select 1 from outbox_events where id = ?1)")
+                .bind(event_id)
+                .fetch_one(&mut *connection)
+                .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let attempts = sqlx::query_as(
+            "select a.id, a.delivery_id, a.event_id, d.target, a.attempt_number, a.started_at,
+                    a.duration_ms, a.response_status, a.response_body, a.error, a.worker_id,
+                    a.external_id, a.outcome
+             from delivery_attempts a
+             left join deliveries d on d.id = a.delivery_id
+             where a.event_id = ?1
+             order by a.started_at, a.attempt_number, a.id",
+        )
+        .bind(event_id)
+        .fetch_all(&mut *connection)
+        .await?;
+        Ok(Some(attempts))
+    }
+
+    pub(crate) async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        page: Page,
+    ) -> Result<Vec<DeliveryRow>, DbError> {
+        Ok(sqlx::query_as(
+            "select id, event_id, target, subscription_id, status, attempts, next_attempt_at,
+                    last_error, created_at, updated_at
+             from deliveries
+             where (?1 is null or status = ?1)
+               and (?2 is null or subscription_id = ?2)
+               and (?3 is null or event_id = ?3)
+               and (?4 is null or id < ?4)
+             order by id desc
+             limit ?5",
+        )
+        .bind(filter.status.as_deref())
+        .bind(filter.subscription_id)
+        .bind(filter.event_id)
+        .bind(page.cursor)
+        .bind(page.limit)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub(crate) async fn list_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        page: Page,
+    ) -> Result<Vec<DeadLetterRow>, DbError> {
+        Ok(sqlx::query_as(
+            "select id, delivery_id, event_id, subscription_id, target, reason, created_at,
+                    replayed_at, replay_delivery_id
+             from dead_letters
+             where (?1 is null or subscription_id = ?1)
+               and (?2 is null or (replayed_at is not null) = ?2)
+               and (?3 is null or id < ?3)
+             order by id desc
+             limit ?4",
+        )
+        .bind(filter.subscription_id)
+        .bind(filter.replayed)
+        .bind(page.cursor)
+        .bind(page.limit)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub(crate) async fn replay_dead_letter(
+        &self,
+        id: Uuid,
+        new_delivery_id: Uuid,
+    ) -> Result<ReplayOutcome, DbError> {
+        let mut transaction = self.write().await?;
+        let replayed: Option<Replayed> = sqlx::query_as(concat!(
+            "update dead_letters as dl
+             set replayed_at = ",
+            now!(),
+            ", replay_delivery_id = ?2
+             where dl.id = ?1 and ",
+            replayable!(),
+            "
+             returning event_id, subscription_id, target"
+        ))
+        .bind(id)
+        .bind(new_delivery_id)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        let outcome = match replayed {
+            Some(replayed) => {
+                insert_replay_delivery(&mut transaction, new_delivery_id, &replayed).await?;
+                ReplayOutcome::Replayed {
+                    delivery_id: new_delivery_id,
+                }
+            }
+            None => {
+                let state: Option<(bool, bool)> = sqlx::query_as(
+                    "select dl.replayed_at is not null,
+                            dl.subscription_id is not null
+                              and not exists (select 1 from subscriptions s
+                                              where s.id = dl.subscription_id
+                                                and s.deleted_at is null)
+                     from dead_letters dl
+                     where dl.id = ?1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *transaction)
+                .await?;
+                ReplayOutcome::from_state(state)
+            }
+        };
+        transaction.commit().await?;
+        Ok(outcome)
+    }
+
+    pub(crate) async fn count_replayable_dead_letters(
+        &self,
+        filter: &BulkReplayFilter,
+    ) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar(concat!(
+            "select count(*) from dead_letters dl where ",
+            replayable!(),
+            " and ",
+            bulk_filter!()
+        ))
+        .bind(filter.subscription_id)
+        .bind(filter.since.map(time))
+        .bind(filter.until.map(time))
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    /// The batch is chosen and replayed inside one immediate transaction, so two operators
+    /// replaying at once never queue the same dead letter twice.
+    pub(crate) async fn replay_dead_letters_batch(
+        &self,
+        filter: &BulkReplayFilter,
+        batch_size: i64,
+    ) -> Result<u64, DbError> {
+        let mut transaction = self.write().await?;
+        let picked: Vec<Uuid> = sqlx::query_scalar(concat!(
+            "select dl.id from dead_letters dl where ",
+            replayable!(),
+            " and ",
+            bulk_filter!(),
+            " order by dl.id limit ?4"
+        ))
+        .bind(filter.subscription_id)
+        .bind(filter.since.map(time))
+        .bind(filter.until.map(time))
+        .bind(batch_size)
+        .fetch_all(&mut *transaction)
+        .await?;
+        for id in &picked {
+            let delivery_id = Uuid::now_v7();
+            let replayed: Replayed = sqlx::query_as(concat!(
+                "update dead_letters
+                 set replayed_at = ",
+                now!(),
+                ", replay_delivery_id = ?2
+                 where id = ?1
+                 returning event_id, subscription_id, target"
+            ))
+            .bind(id)
+            .bind(delivery_id)
+            .fetch_one(&mut *transaction)
+            .await?;
+            insert_replay_delivery(&mut transaction, delivery_id, &replayed).await?;
+        }
+        transaction.commit().await?;
+        Ok(picked.len() as u64)
+    }
+
+    pub(crate) async fn console_stats(&self, window_seconds: f64) -> Result<ConsoleStats, DbError> {
+        Ok(sqlx::query_as(concat!(
+            "select due_count as due, oldest_due_age_seconds,
+               (select count(*) from delivery_attempts
+                 where id >= ?1 and outcome = 'delivered') as delivered,
+               (select count(*) from delivery_attempts
+                 where id >= ?1 and outcome <> 'delivered') as failed,
+               (select count(*) from dead_letters where replayed_at is null) as dead_letters
+             from (select ",
+            due_depth_and_age!(),
+            ")"
+        ))
+        .bind(first_id_since(window_seconds))
+        .fetch_one(&self.reader)
+        .await?)
+    }
+}
+
+async fn insert_replay_delivery(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    delivery_id: Uuid,
+    replayed: &Replayed,
+) -> Result<(), DbError> {
+    sqlx::query(concat!(
+        "insert into deliveries
+           (id, event_id, target, subscription_id, status, attempts, next_attempt_at,
+            created_at, updated_at)
+         values (?1, ?2, ?3, ?4, 'pending', 0, ",
+        now!(),
+        ", ",
+        now!(),
+        ", ",
+        now!(),
+        ")"
+    ))
+    .bind(delivery_id)
+    .bind(replayed.event_id)
+    .bind(&replayed.target)
+    .bind(replayed.subscription_id)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// The smallest UUID v7 of `window_seconds` ago: attempt ids start with their 48-bit Unix
+/// milliseconds, so "since" is a range of the primary key and the log is never scanned whole.
+fn first_id_since(window_seconds: f64) -> Uuid {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let since = now.saturating_sub(Duration::try_from_secs_f64(window_seconds).unwrap_or_default());
+    let millis = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
+    let mut bytes = [0_u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}

@@ -1,0 +1,167 @@
+//! The publish path and event queries on SQLite.
+
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{SqliteDb, now, time};
+use crate::{
+    config::SlackFanout,
+    db::{
+        DbError, DeliveryRow, EventFilter, EventRow, NewEvent, Page, PublishOutcome,
+        PublishedEvent, events::IdempotentRow,
+    },
+};
+
+impl SqliteDb {
+    /// One immediate transaction: the live subscriptions read at its start cannot change before
+    /// its inserts, and a racing publish of the same key waits for it, then finds its row.
+    pub(crate) async fn publish_events(
+        &self,
+        scope: &str,
+        events: &[NewEvent],
+        slack: Option<&SlackFanout>,
+    ) -> Result<PublishOutcome, DbError> {
+        let mut transaction = self.write().await?;
+        let subscriptions: Vec<(Uuid, Json<Vec<String>>)> = sqlx::query_as(
+            "select id, event_types from subscriptions where enabled and deleted_at is null",
+        )
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut answers = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let mut targets: Vec<(&str, Option<Uuid>)> = subscriptions
+                .iter()
+                .filter(|(_, types)| {
+                    types
+                        .iter()
+                        .any(|wanted| wanted == "*" || *wanted == event.event_type)
+                })
+                .map(|(id, _)| ("webhook", Some(*id)))
+                .collect();
+            if slack.is_some_and(|fanout| fanout.event_types.contains(&event.event_type)) {
+                targets.push(("slack", None));
+            }
+            let deliveries = i32::try_from(targets.len()).unwrap_or(i32::MAX);
+            let inserted: Option<PublishedEvent> = sqlx::query_as(concat!(
+                "insert into outbox_events
+                   (id, event_type, payload, idempotency_key, idempotency_scope, request_hash,
+                    deliveries_created, traceparent, created_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ",
+                now!(),
+                ")
+                 on conflict (idempotency_scope, idempotency_key) do nothing
+                 returning id, event_type, created_at, deliveries_created"
+            ))
+            .bind(event.id)
+            .bind(&event.event_type)
+            .bind(&event.payload)
+            .bind(event.idempotency_key.as_deref())
+            .bind(event.idempotency_key.as_ref().map(|_| scope))
+            .bind(&event.request_hash)
+            .bind(deliveries)
+            .bind(event.traceparent.as_deref())
+            .fetch_optional(&mut *transaction)
+            .await?;
+            if let Some(inserted) = inserted {
+                for (target, subscription_id) in targets {
+                    sqlx::query(concat!(
+                        "insert into deliveries
+                           (id, event_id, target, subscription_id, status, attempts,
+                            next_attempt_at, created_at, updated_at)
+                         values (?1, ?2, ?3, ?4, 'pending', 0, ",
+                        now!(),
+                        ", ",
+                        now!(),
+                        ", ",
+                        now!(),
+                        ")"
+                    ))
+                    .bind(Uuid::now_v7())
+                    .bind(inserted.id)
+                    .bind(target)
+                    .bind(subscription_id)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                answers.push(inserted);
+                continue;
+            }
+            let winner: Option<IdempotentRow> = sqlx::query_as(
+                "select id, event_type, created_at, deliveries_created, idempotency_key,
+                        request_hash
+                 from outbox_events
+                 where idempotency_scope = ?1 and idempotency_key = ?2",
+            )
+            .bind(scope)
+            .bind(event.idempotency_key.as_deref())
+            .fetch_optional(&mut *transaction)
+            .await?;
+            match winner {
+                Some(winner) if winner.request_hash == event.request_hash => {
+                    answers.push(winner.answer());
+                }
+                Some(_) => {
+                    transaction.rollback().await?;
+                    return Ok(PublishOutcome::KeyReused { index });
+                }
+                // Not inserted and no winner: only the unique constraint skips an insert.
+                None => return Err(DbError::Other(sqlx::Error::RowNotFound)),
+            }
+        }
+        transaction.commit().await?;
+        Ok(PublishOutcome::Stored(answers))
+    }
+
+    pub(crate) async fn list_events(
+        &self,
+        filter: &EventFilter,
+        page: Page,
+    ) -> Result<Vec<PublishedEvent>, DbError> {
+        Ok(sqlx::query_as(
+            "select id, event_type, created_at, deliveries_created
+             from outbox_events
+             where (?1 is null or event_type = ?1)
+               and (?2 is null or created_at >= ?2)
+               and (?3 is null or created_at < ?3)
+               and (?4 is null or id < ?4)
+             order by id desc
+             limit ?5",
+        )
+        .bind(filter.event_type.as_deref())
+        .bind(filter.since.map(time))
+        .bind(filter.until.map(time))
+        .bind(page.cursor)
+        .bind(page.limit)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub(crate) async fn get_event(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(EventRow, Vec<DeliveryRow>)>, DbError> {
+        let mut connection = self.reader.acquire().await?;
+        let Some(event) = sqlx::query_as::<_, EventRow>(
+            "select id, event_type, payload, created_at, deliveries_created, idempotency_key
+             from outbox_events
+             where id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *connection)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let deliveries = sqlx::query_as::<_, DeliveryRow>(
+            "select id, event_id, target, subscription_id, status, attempts, next_attempt_at,
+                    last_error, created_at, updated_at
+             from deliveries
+             where event_id = ?1
+             order by id",
+        )
+        .bind(id)
+        .fetch_all(&mut *connection)
+        .await?;
+        Ok(Some((event, deliveries)))
+    }
+}
