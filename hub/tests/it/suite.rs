@@ -20,6 +20,7 @@ on_both_backends!(
     an_idempotency_key_stores_one_event,
     admin_listings_page_and_filter,
     a_subscription_is_changed_rotated_and_deleted,
+    gone_dead_letters_at_once_and_disables_the_subscription,
     maintenance_statements_work,
 );
 
@@ -420,6 +421,23 @@ async fn a_subscription_is_changed_rotated_and_deleted(backend: Backend) {
     let (status, _) = hub.call(Method::DELETE, &path, None, &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(hub.publish("b", json!({}), None).await["deliveries"], 0);
+    hub.stop().await;
+}
+
+async fn gone_dead_letters_at_once_and_disables_the_subscription(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    receiver.reply_with(|_, _| Reply::status(410));
+    let (id, _) = hub.subscribe(&receiver.url("/hook"), &["a"]).await;
+    hub.publish("a", json!({}), None).await;
+    assert!(hub.wait_for_listing("/admin/dead-letters", 1).await);
+    assert_eq!(receiver.count(), 1, "no retry after 410");
+    let letters = hub.get("/admin/dead-letters").await;
+    assert_eq!(letters["data"][0]["reason"], "endpoint_gone");
+    let subscription = hub.get(&format!("/subscriptions/{id}")).await;
+    assert_eq!(subscription["enabled"], false);
+    assert_eq!(subscription["disabled_reason"], "endpoint_gone");
+    assert_eq!(subscription["consecutive_failures"], 1);
     hub.stop().await;
 }
 

@@ -1,9 +1,10 @@
 //! The publish path and event queries on SQLite.
 
+use serde_json::{Value, json};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{SqliteDb, now, time};
+use super::{SqliteDb, blob_hex, now, time};
 use crate::{
     config::SlackFanout,
     db::{
@@ -28,6 +29,7 @@ impl SqliteDb {
         .fetch_all(&mut *transaction)
         .await?;
         let mut answers = Vec::with_capacity(events.len());
+        let mut deliveries = Vec::new();
         for (index, event) in events.iter().enumerate() {
             let mut targets: Vec<(&str, Option<Uuid>)> = subscriptions
                 .iter()
@@ -41,7 +43,7 @@ impl SqliteDb {
             if slack.is_some_and(|fanout| fanout.event_types.contains(&event.event_type)) {
                 targets.push(("slack", None));
             }
-            let deliveries = i32::try_from(targets.len()).unwrap_or(i32::MAX);
+            let count = i32::try_from(targets.len()).unwrap_or(i32::MAX);
             let inserted: Option<PublishedEvent> = sqlx::query_as(concat!(
                 "insert into outbox_events
                    (id, event_type, payload, idempotency_key, idempotency_scope, request_hash,
@@ -58,31 +60,19 @@ impl SqliteDb {
             .bind(event.idempotency_key.as_deref())
             .bind(event.idempotency_key.as_ref().map(|_| scope))
             .bind(&event.request_hash)
-            .bind(deliveries)
+            .bind(count)
             .bind(event.traceparent.as_deref())
             .fetch_optional(&mut *transaction)
             .await?;
             if let Some(inserted) = inserted {
-                for (target, subscription_id) in targets {
-                    sqlx::query(concat!(
-                        "insert into deliveries
-                           (id, event_id, target, subscription_id, status, attempts,
-                            next_attempt_at, created_at, updated_at)
-                         values (?1, ?2, ?3, ?4, 'pending', 0, ",
-                        now!(),
-                        ", ",
-                        now!(),
-                        ", ",
-                        now!(),
-                        ")"
-                    ))
-                    .bind(Uuid::now_v7())
-                    .bind(inserted.id)
-                    .bind(target)
-                    .bind(subscription_id)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
+                deliveries.extend(targets.into_iter().map(|(target, subscription_id)| {
+                    json!({
+                        "id": blob_hex(Uuid::now_v7()),
+                        "event_id": blob_hex(inserted.id),
+                        "target": target,
+                        "subscription_id": subscription_id.map(blob_hex),
+                    })
+                }));
                 answers.push(inserted);
                 continue;
             }
@@ -107,6 +97,27 @@ impl SqliteDb {
                 // Not inserted and no winner: only the unique constraint skips an insert.
                 None => return Err(DbError::Other(sqlx::Error::RowNotFound)),
             }
+        }
+        if !deliveries.is_empty() {
+            // every delivery of the request in one statement: a statement is a round trip to
+            // the connection's thread, the insert itself is cheap
+            sqlx::query(concat!(
+                "insert into deliveries
+                   (id, event_id, target, subscription_id, status, attempts, next_attempt_at,
+                    created_at, updated_at)
+                 select unhex(value ->> 'id'), unhex(value ->> 'event_id'), value ->> 'target',
+                        unhex(value ->> 'subscription_id'), 'pending', 0, ",
+                now!(),
+                ", ",
+                now!(),
+                ", ",
+                now!(),
+                "
+                 from json_each(?1)"
+            ))
+            .bind(Value::Array(deliveries).to_string())
+            .execute(&mut *transaction)
+            .await?;
         }
         transaction.commit().await?;
         Ok(PublishOutcome::Stored(answers))

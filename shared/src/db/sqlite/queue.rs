@@ -5,7 +5,9 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{SqliteDb, due_depth_and_age, now, plus, time};
+use serde_json::{Value, json};
+
+use super::{SqliteDb, blob_hex, due_depth_and_age, now, plus, time};
 use crate::{
     crypto::SecretCipher,
     db::{
@@ -21,21 +23,29 @@ struct LeasedRow {
     target: String,
     subscription_id: Option<Uuid>,
     event_id: Uuid,
-}
-
-#[derive(Clone, sqlx::FromRow)]
-struct LeasedEvent {
     event_type: String,
     payload: String,
-    created_at: DateTime<Utc>,
+    event_created_at: DateTime<Utc>,
     traceparent: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
 struct CompletedRow {
+    id: Uuid,
     event_id: Uuid,
     subscription_id: Option<Uuid>,
     target: String,
+    lag_seconds: Option<f64>,
+}
+
+/// A completion's delivery status, its delay when pending, and its attempt's outcome.
+fn next_state(next: &NextState) -> (&'static str, Duration, &'static str) {
+    match next {
+        NextState::Delivered => ("delivered", Duration::ZERO, "delivered"),
+        NextState::Retry(delay) => ("pending", *delay, "retry_scheduled"),
+        NextState::Dead { .. } => ("dead", Duration::ZERO, "dead_lettered"),
+        NextState::Cancelled => ("cancelled", Duration::ZERO, "dead_lettered"),
+    }
 }
 
 /// What one flush changes on a subscription.
@@ -48,9 +58,10 @@ struct SubscriptionChange {
 
 impl SqliteDb {
     /// One `UPDATE … RETURNING` inside an immediate transaction: no other writer, in this
-    /// process or another, can lease the same rows between the choice and the update. The
-    /// batch shares one fresh lease token; a row leased again after its lease expired gets
-    /// another, so the fence still tells the holders apart.
+    /// process or another, can lease the same rows between the choice and the update; the
+    /// event's columns come back with each row (key lookups inside SQLite cost less than a
+    /// statement each). The batch shares one fresh lease token; a row leased again after its
+    /// lease expired gets another, so the fence still tells the holders apart.
     pub(crate) async fn lease_deliveries(
         &self,
         limit: usize,
@@ -77,7 +88,15 @@ impl SqliteDb {
             "
                           order by next_attempt_at, id
                           limit ?1)
-             returning id, attempts, target, subscription_id, event_id"
+             returning id, attempts, target, subscription_id, event_id,
+                       (select event_type from outbox_events e
+                         where e.id = deliveries.event_id) as event_type,
+                       (select payload from outbox_events e
+                         where e.id = deliveries.event_id) as payload,
+                       (select created_at from outbox_events e
+                         where e.id = deliveries.event_id) as event_created_at,
+                       (select traceparent from outbox_events e
+                         where e.id = deliveries.event_id) as traceparent"
         ))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(worker_id)
@@ -85,36 +104,21 @@ impl SqliteDb {
         .bind(plus(lease))
         .fetch_all(&mut *transaction)
         .await?;
-        let mut events: HashMap<Uuid, LeasedEvent> = HashMap::new();
-        let mut leased = Vec::with_capacity(rows.len());
-        for row in rows {
-            let event = match events.get(&row.event_id) {
-                Some(event) => event.clone(),
-                None => {
-                    let event: LeasedEvent = sqlx::query_as(
-                        "select event_type, payload, created_at, traceparent
-                         from outbox_events where id = ?1",
-                    )
-                    .bind(row.event_id)
-                    .fetch_one(&mut *transaction)
-                    .await?;
-                    events.insert(row.event_id, event.clone());
-                    event
-                }
-            };
-            leased.push(LeasedDelivery {
+        let leased = rows
+            .into_iter()
+            .map(|row| LeasedDelivery {
                 id: row.id,
                 lease_token: token,
                 attempts: row.attempts,
                 target: row.target,
                 subscription_id: row.subscription_id,
                 event_id: row.event_id,
-                event_type: event.event_type,
-                payload: event.payload,
-                event_created_at: event.created_at,
-                traceparent: event.traceparent,
-            });
-        }
+                event_type: row.event_type,
+                payload: row.payload,
+                event_created_at: row.event_created_at,
+                traceparent: row.traceparent,
+            })
+            .collect();
         transaction.commit().await?;
         Ok(leased)
     }
@@ -144,67 +148,79 @@ impl SqliteDb {
         Ok(subscriptions)
     }
 
-    /// The whole flush in one immediate transaction, row by row, fenced by the lease token as
-    /// on Postgres: a row whose lease was lost is skipped and nothing is written for it.
+    /// The whole flush in one immediate transaction of a few statements, each taking its rows
+    /// as a JSON array: the deliveries' updates, fenced by the lease token as on Postgres (a
+    /// row whose lease was lost does not match and nothing is written for it); then the
+    /// attempts and dead letters of the rows that matched, and the subscriptions' changes.
     pub(crate) async fn complete_deliveries(
         &self,
         worker_id: &str,
         completions: &[Completion],
     ) -> Result<Vec<Written>, DbError> {
+        let states: Vec<Value> = completions
+            .iter()
+            .map(|completion| {
+                let (status, delay, _) = next_state(&completion.next);
+                json!({
+                    "id": blob_hex(completion.delivery_id),
+                    "token": blob_hex(completion.lease_token),
+                    "status": status,
+                    "delay": plus(delay),
+                    "last_error": completion.last_error,
+                })
+            })
+            .collect();
         let mut transaction = self.write().await?;
-        let mut written = Vec::with_capacity(completions.len());
+        let done: Vec<CompletedRow> = sqlx::query_as(concat!(
+            "update deliveries
+             set status = c.value ->> 'status',
+                 next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', c.value ->> 'delay'),
+                 lease_token = null,
+                 leased_by = null,
+                 last_error = c.value ->> 'last_error',
+                 updated_at = ",
+            now!(),
+            "
+             from json_each(?1) as c
+             where deliveries.id = unhex(c.value ->> 'id')
+               and deliveries.lease_token = unhex(c.value ->> 'token')
+               and deliveries.status = 'leased'
+             returning id, event_id, subscription_id, target,
+                       -- publish → delivered lag, from database timestamps only
+                       case when status = 'delivered'
+                            then (julianday('now') - julianday(
+                                    (select created_at from outbox_events e
+                                      where e.id = deliveries.event_id))) * 86400.0
+                       end as lag_seconds"
+        ))
+        .bind(Value::Array(states).to_string())
+        .fetch_all(&mut *transaction)
+        .await?;
+        let done: HashMap<Uuid, CompletedRow> = done.into_iter().map(|row| (row.id, row)).collect();
+
+        let mut written = Vec::with_capacity(done.len());
+        let mut attempts = Vec::new();
+        let mut dead_letters = Vec::new();
         let mut changes: HashMap<Uuid, SubscriptionChange> = HashMap::new();
         for completion in completions {
-            let (status, delay, outcome) = match &completion.next {
-                NextState::Delivered => ("delivered", Duration::ZERO, "delivered"),
-                NextState::Retry(delay) => ("pending", *delay, "retry_scheduled"),
-                NextState::Dead { .. } => ("dead", Duration::ZERO, "dead_lettered"),
-                NextState::Cancelled => ("cancelled", Duration::ZERO, "dead_lettered"),
-            };
-            let done: Option<CompletedRow> = sqlx::query_as(concat!(
-                "update deliveries
-                 set status = ?3,
-                     next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?4),
-                     lease_token = null,
-                     leased_by = null,
-                     last_error = ?5,
-                     updated_at = ",
-                now!(),
-                "
-                 where id = ?1 and lease_token = ?2 and status = 'leased'
-                 returning event_id, subscription_id, target"
-            ))
-            .bind(completion.delivery_id)
-            .bind(completion.lease_token)
-            .bind(status)
-            .bind(plus(delay))
-            .bind(completion.last_error.as_deref())
-            .fetch_optional(&mut *transaction)
-            .await?;
-            let Some(done) = done else {
+            let Some(done) = done.get(&completion.delivery_id) else {
                 continue;
             };
+            let (status, _, outcome) = next_state(&completion.next);
             if let Some(attempt) = &completion.attempt {
-                sqlx::query(
-                    "insert into delivery_attempts
-                       (id, delivery_id, event_id, attempt_number, started_at, duration_ms,
-                        response_status, response_body, error, worker_id, external_id, outcome)
-                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                )
-                .bind(Uuid::now_v7())
-                .bind(completion.delivery_id)
-                .bind(done.event_id)
-                .bind(attempt.attempt_number)
-                .bind(time(attempt.started_at))
-                .bind(attempt.duration_ms)
-                .bind(attempt.response_status)
-                .bind(attempt.response_body.as_deref())
-                .bind(attempt.error.as_deref())
-                .bind(worker_id)
-                .bind(attempt.external_id.as_deref())
-                .bind(outcome)
-                .execute(&mut *transaction)
-                .await?;
+                attempts.push(json!({
+                    "id": blob_hex(Uuid::now_v7()),
+                    "delivery_id": blob_hex(completion.delivery_id),
+                    "event_id": blob_hex(done.event_id),
+                    "number": attempt.attempt_number,
+                    "started_at": time(attempt.started_at),
+                    "duration_ms": attempt.duration_ms,
+                    "status": attempt.response_status,
+                    "body": attempt.response_body,
+                    "error": attempt.error,
+                    "external_id": attempt.external_id,
+                    "outcome": outcome,
+                }));
                 if let Some(subscription_id) = done.subscription_id {
                     let change = changes.entry(subscription_id).or_default();
                     change.succeeded |= status == "delivered";
@@ -219,38 +235,50 @@ impl SqliteDb {
                 }
             }
             if let NextState::Dead { reason, .. } = &completion.next {
-                sqlx::query(concat!(
-                    "insert into dead_letters
-                       (id, delivery_id, event_id, subscription_id, target, reason, created_at)
-                     values (?1, ?2, ?3, ?4, ?5, ?6, ",
-                    now!(),
-                    ")"
-                ))
-                .bind(Uuid::now_v7())
-                .bind(completion.delivery_id)
-                .bind(done.event_id)
-                .bind(done.subscription_id)
-                .bind(&done.target)
-                .bind(reason)
-                .execute(&mut *transaction)
-                .await?;
+                dead_letters.push(json!({
+                    "id": blob_hex(Uuid::now_v7()),
+                    "delivery_id": blob_hex(completion.delivery_id),
+                    "event_id": blob_hex(done.event_id),
+                    "subscription_id": done.subscription_id.map(blob_hex),
+                    "target": done.target,
+                    "reason": reason,
+                }));
             }
-            // publish → delivered lag, from database timestamps only (no worker clock involved)
-            let lag_seconds: Option<f64> = if status == "delivered" {
-                sqlx::query_scalar(
-                    "select (julianday('now') - julianday(created_at)) * 86400.0
-                     from outbox_events where id = ?1",
-                )
-                .bind(done.event_id)
-                .fetch_one(&mut *transaction)
-                .await?
-            } else {
-                None
-            };
             written.push(Written {
                 id: completion.delivery_id,
-                lag_seconds,
+                lag_seconds: done.lag_seconds,
             });
+        }
+        if !attempts.is_empty() {
+            sqlx::query(
+                "insert into delivery_attempts
+                   (id, delivery_id, event_id, attempt_number, started_at, duration_ms,
+                    response_status, response_body, error, worker_id, external_id, outcome)
+                 select unhex(value ->> 'id'), unhex(value ->> 'delivery_id'),
+                        unhex(value ->> 'event_id'), value ->> 'number', value ->> 'started_at',
+                        value ->> 'duration_ms', value ->> 'status', value ->> 'body',
+                        value ->> 'error', ?2, value ->> 'external_id', value ->> 'outcome'
+                 from json_each(?1)",
+            )
+            .bind(Value::Array(attempts).to_string())
+            .bind(worker_id)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        if !dead_letters.is_empty() {
+            sqlx::query(concat!(
+                "insert into dead_letters
+                   (id, delivery_id, event_id, subscription_id, target, reason, created_at)
+                 select unhex(value ->> 'id'), unhex(value ->> 'delivery_id'),
+                        unhex(value ->> 'event_id'), unhex(value ->> 'subscription_id'),
+                        value ->> 'target', value ->> 'reason', ",
+                now!(),
+                "
+                 from json_each(?1)"
+            ))
+            .bind(Value::Array(dead_letters).to_string())
+            .execute(&mut *transaction)
+            .await?;
         }
         for (id, change) in changes {
             sqlx::query(concat!(
