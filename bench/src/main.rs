@@ -2,7 +2,8 @@
 //!
 //! `ih-bench run` measures one scenario against a running API and workers; `ih-bench suite`
 //! starts the release binaries against a fresh database for each scenario of the standard
-//! suite, runs each three times, and writes the table in `bench/README.md`.
+//! suite, runs each three times, and writes the table in `bench/README.md`; `ih-bench
+//! startup` times `ih` from start to serving.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 mod load;
 mod procstat;
 mod sink;
+mod startup;
 mod suite;
 
 /// Load generator and receiving sink for Integrations Hub.
@@ -27,6 +29,15 @@ enum Command {
     Run(RunArgs),
     /// Run the standard suite on fresh databases and write bench/README.md.
     Suite(suite::SuiteArgs),
+    /// Measure how long `ih` takes from start to serving, on a new and on an existing file.
+    Startup {
+        /// Starts of each kind.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Port `ih` listens on.
+        #[arg(long, default_value_t = 18_000)]
+        port: u16,
+    },
 }
 
 #[derive(Args)]
@@ -92,6 +103,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", suite::table(&[suite::Row::single(&report)]));
         }
         Command::Suite(args) => suite::run(args).await?,
+        Command::Startup { runs, port } => {
+            println!("{}", startup::measure(runs, port).await?.table());
+        }
     }
     Ok(())
 }

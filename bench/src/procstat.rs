@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-/// The processes measured, by their `comm` name.
-const MEASURED: &[&str] = &["ih-api", "ih-worker", "postgres"];
+/// The processes measured, by their `comm` name (`ih` is the embedded single process).
+const MEASURED: &[&str] = &["ih-api", "ih-worker", "ih", "postgres"];
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -21,7 +21,7 @@ pub struct Sample {
 /// CPU seconds and peak memory of one kind of process over a run.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProcessUsage {
-    /// `ih-api`, `ih-worker` or `postgres`.
+    /// `ih-api`, `ih-worker`, `ih` or `postgres`.
     pub name: String,
     /// How many processes of that name.
     pub processes: usize,

@@ -1,5 +1,8 @@
 //! The standard suite: each scenario runs three times, each time against freshly started
-//! release binaries and a fresh database; the medians go into `bench/README.md`.
+//! release binaries and a fresh database; the medians go into `bench/README.md`. The
+//! embedded scenarios run `ih` (API and worker in one process) on a fresh SQLite file
+//! instead of `ih-api` and `ih-worker` on Postgres, and the suite ends with `ih`'s start-up
+//! time.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,7 +12,13 @@ use std::{
 
 use clap::Args;
 
-use crate::load::{self, Report, Scenario, Target};
+use crate::{
+    load::{self, Report, Scenario, Target},
+    startup::{self, Startup},
+};
+
+/// Starts of `ih` on a new file, and as many on an existing one.
+const STARTUP_RUNS: usize = 10;
 
 /// Options of `ih-bench suite`.
 #[derive(Args, Debug)]
@@ -39,7 +48,12 @@ struct Plan {
     workers: usize,
     worker_concurrency: usize,
     worker_env: Vec<(&'static str, &'static str)>,
+    /// `ih` on an SQLite file instead of `ih-api` and `ih-worker` on Postgres.
+    embedded: bool,
 }
+
+/// Label prefix of the embedded scenarios.
+const EMBEDDED: &str = "embedded (SQLite): ";
 
 fn scenario(label: &str) -> Scenario {
     Scenario {
@@ -61,6 +75,7 @@ fn plans() -> Vec<Plan> {
         workers,
         worker_concurrency,
         worker_env: vec![],
+        embedded: false,
     };
     let mut plans = vec![
         plan(
@@ -143,6 +158,24 @@ fn plans() -> Vec<Plan> {
             )
         });
     }
+    // the burst and steady scenarios again on the embedded mode, for comparison
+    let embedded: Vec<Plan> = plans
+        .iter()
+        .filter(|plan| {
+            let label = &plan.scenario.label;
+            label.starts_with("burst") || (label.starts_with("steady ") && !label.contains(','))
+        })
+        .map(|plan| Plan {
+            scenario: Scenario {
+                label: format!("{EMBEDDED}{}", plan.scenario.label),
+                ..plan.scenario.clone()
+            },
+            worker_env: vec![],
+            embedded: true,
+            ..*plan
+        })
+        .collect();
+    plans.extend(embedded);
     plans
 }
 
@@ -172,7 +205,7 @@ impl Drop for Stack {
     }
 }
 
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let here = std::env::current_exe()?;
     let path = here.parent().map(|dir| dir.join(name)).unwrap_or_default();
     anyhow::ensure!(
@@ -214,7 +247,39 @@ fn fresh_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The SQLite file of the embedded runs, in a directory emptied before each run.
+fn fresh_sqlite_file() -> anyhow::Result<String> {
+    let directory = std::env::temp_dir().join("ih-bench-sqlite");
+    if directory.exists() {
+        std::fs::remove_dir_all(&directory)?;
+    }
+    Ok(format!("sqlite://{}", directory.join("bench.db").display()))
+}
+
+/// `ih` on a fresh SQLite file (it creates the file and its schema at start).
+fn start_embedded(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
+    let concurrency = plan.worker_concurrency.to_string();
+    let ih = Command::new(binary("ih")?)
+        .env_clear()
+        .env("IH_DATABASE_URL", fresh_sqlite_file()?)
+        .env("IH_API_TOKENS", format!("admin:{TOKEN}"))
+        .env("IH_ALLOWED_DESTINATION_CIDRS", "127.0.0.1/32")
+        .env("IH_LOG_LEVEL", "warn")
+        .env("IH_API_ADDR", format!("127.0.0.1:{}", args.api_port))
+        .env("IH_WORKER_CONCURRENCY", &concurrency)
+        .env("IH_WORKER_BATCH_SIZE", &concurrency)
+        .env("IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION", &concurrency)
+        .env("IH_DELIVERY_POLL_INTERVAL_SECONDS", "1")
+        .envs(plan.worker_env.iter().map(|(k, v)| (*k, *v)))
+        .stdout(Stdio::null())
+        .spawn()?;
+    Ok(Stack { children: vec![ih] })
+}
+
 fn start_stack(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
+    if plan.embedded {
+        return start_embedded(args, plan);
+    }
     let mut stack = Stack { children: vec![] };
     let common = [
         ("IH_DATABASE_URL", args.database_url.clone()),
@@ -281,12 +346,14 @@ pub struct Row {
     lost: usize,
     rejected: usize,
     duplicates: u64,
+    /// `ih-api`, or `ih` in the embedded mode.
     api_mib: f64,
-    worker_mib: f64,
+    /// `ih-worker`; none in the embedded mode (the worker is inside `ih`).
+    worker_mib: Option<f64>,
     cpu: String,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
@@ -323,7 +390,15 @@ impl Row {
                 .flat_map(|r| r.processes.iter().filter(|p| p.name == name).map(field))
                 .fold(0.0_f64, f64::max)
         };
-        let cpu = ["ih-api", "ih-worker", "postgres"]
+        let embedded = reports
+            .iter()
+            .any(|r| r.processes.iter().any(|p| p.name == "ih"));
+        let measured: &[&str] = if embedded {
+            &["ih"]
+        } else {
+            &["ih-api", "ih-worker", "postgres"]
+        };
+        let cpu = measured
             .iter()
             .map(|name| {
                 median(
@@ -342,6 +417,7 @@ impl Row {
             .map(|seconds| format!("{seconds:.1}"))
             .collect::<Vec<_>>()
             .join(" / ");
+        let cpu = if embedded { format!("ih {cpu}") } else { cpu };
         Self {
             label: reports
                 .first()
@@ -360,8 +436,8 @@ impl Row {
                 .map(|r| r.duplicates)
                 .max()
                 .unwrap_or_default(),
-            api_mib: usage("ih-api", |p| p.peak_rss_mib),
-            worker_mib: usage("ih-worker", |p| p.peak_rss_mib),
+            api_mib: usage(if embedded { "ih" } else { "ih-api" }, |p| p.peak_rss_mib),
+            worker_mib: (!embedded).then(|| usage("ih-worker", |p| p.peak_rss_mib)),
             cpu,
         }
     }
@@ -374,7 +450,7 @@ pub fn table(rows: &[Row]) -> String {
     );
     for row in rows {
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {} | {} |\n",
             row.label,
             row.settings,
             row.delivery_rate,
@@ -386,7 +462,8 @@ pub fn table(rows: &[Row]) -> String {
             row.duplicates,
             row.rejected,
             row.api_mib,
-            row.worker_mib,
+            row.worker_mib
+                .map_or_else(|| "in ih".to_owned(), |mib| format!("{mib:.1}")),
             row.cpu
         ));
     }
@@ -396,7 +473,7 @@ pub fn table(rows: &[Row]) -> String {
 const BEGIN: &str = "<!-- results:begin -->";
 const END: &str = "<!-- results:end -->";
 
-fn write_readme(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+fn write_readme(path: &Path, rows: &[Row], startup: &Startup) -> anyhow::Result<()> {
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -409,14 +486,15 @@ fn write_readme(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
         .output()
         .is_ok_and(|output| !output.stdout.is_empty());
     let block = format!(
-        "{BEGIN}\nMeasured {} on commit `{commit}`{}; medians of the runs of each scenario.\n\n{}{END}",
+        "{BEGIN}\nMeasured {} on commit `{commit}`{}; medians of the runs of each scenario.\n\n{}\n{}{END}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         if dirty {
             " (with uncommitted changes)"
         } else {
             ""
         },
-        table(rows)
+        table(rows),
+        startup.table()
     );
     let current = std::fs::read_to_string(path).unwrap_or_default();
     let updated = match (current.find(BEGIN), current.find(END)) {
@@ -454,7 +532,9 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         }
         let mut reports = Vec::new();
         for run in 1..=args.runs {
-            fresh_database(&args.database_url)?;
+            if !plan.embedded {
+                fresh_database(&args.database_url)?;
+            }
             let stack = start_stack(&args, &plan)?;
             wait_ready(&api_url).await?;
             let target = Target {
@@ -476,14 +556,23 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
             );
             reports.push(report);
         }
-        rows.push(Row::median_of(
-            &reports,
-            settings(&plan.scenario, plan.workers, plan.worker_concurrency),
-        ));
+        let mut described = settings(&plan.scenario, plan.workers, plan.worker_concurrency);
+        if plan.embedded {
+            described = described.replace("1 worker(s)", "ih (API + worker)");
+        }
+        rows.push(Row::median_of(&reports, described));
     }
     println!("{}", table(&rows));
-    if args.only.is_none() {
-        write_readme(&args.readme, &rows)?;
+    if args
+        .only
+        .as_deref()
+        .is_none_or(|only| "startup".contains(only))
+    {
+        let startup = startup::measure(STARTUP_RUNS, args.api_port).await?;
+        println!("{}", startup.table());
+        if args.only.is_none() {
+            write_readme(&args.readme, &rows, &startup)?;
+        }
     }
     Ok(())
 }
