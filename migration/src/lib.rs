@@ -79,9 +79,9 @@ pub enum MigrationError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(#[from] DbErr),
-    /// The SQLite file's directory could not be created.
-    #[error("cannot create {path}: {source}")]
-    Directory {
+    /// The SQLite file's directory or migration lock could not be created.
+    #[error("cannot create or lock {path}: {source}")]
+    Filesystem {
         /// The directory.
         path: String,
         /// Why.
@@ -148,8 +148,11 @@ async fn run_locked(
     .await
 }
 
-/// SQLite has one writer at a time, so a second run waits on the file lock (the busy timeout)
-/// instead of on an advisory lock; its migrations then find the schema applied.
+/// Runs are serialised by an exclusive lock on a file beside the database
+/// (`<file>.migrate-lock`), the counterpart of Postgres' advisory lock: two processes starting
+/// on a new file at once would otherwise both find the schema missing and both create it.
+/// The lock is not taken on the database file itself: closing any other descriptor of that
+/// file would drop the POSIX locks SQLite holds on it in this process.
 async fn run_sqlite(
     database_url: &str,
     command: Command,
@@ -164,16 +167,46 @@ async fn run_sqlite(
         && let Some(directory) = options.get_filename().parent()
         && !directory.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(directory).map_err(|source| MigrationError::Directory {
+        std::fs::create_dir_all(directory).map_err(|source| MigrationError::Filesystem {
             path: directory.display().to_string(),
             source,
         })?;
     }
+    let lock_path = format!("{}.migrate-lock", options.get_filename().display());
+    let lock = match command {
+        Command::Up | Command::Down => Some(lock_file(lock_path).await?),
+        Command::Status => None,
+    };
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await?;
-    migrate(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool), command).await
+    let result = migrate(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool), command).await;
+    drop(lock);
+    result
+}
+
+/// Opens (creating it) and exclusively locks `path`; the lock lasts until the file is closed.
+async fn lock_file(path: String) -> Result<std::fs::File, MigrationError> {
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        // blocks while another run holds it
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|error| MigrationError::Filesystem {
+        path: "the migration lock".to_owned(),
+        source: std::io::Error::other(error),
+    })?;
+    locked.map_err(|source| MigrationError::Filesystem {
+        path: "the migration lock".to_owned(),
+        source,
+    })
 }
 
 async fn migrate(

@@ -21,6 +21,7 @@ on_both_backends!(
     admin_listings_page_and_filter,
     a_subscription_is_changed_rotated_and_deleted,
     gone_dead_letters_at_once_and_disables_the_subscription,
+    queued_work_of_a_deleted_subscription_is_cancelled,
     maintenance_statements_work,
 );
 
@@ -438,6 +439,39 @@ async fn gone_dead_letters_at_once_and_disables_the_subscription(backend: Backen
     assert_eq!(subscription["enabled"], false);
     assert_eq!(subscription["disabled_reason"], "endpoint_gone");
     assert_eq!(subscription["consecutive_failures"], 1);
+    hub.stop().await;
+}
+
+async fn queued_work_of_a_deleted_subscription_is_cancelled(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    // the retry waits 3 s: time to delete the subscription before it is due
+    receiver.reply_with(|_, _| Reply::status(503).header("retry-after", "3"));
+    let (id, _) = hub.subscribe(&receiver.url("/hook"), &["a"]).await;
+    let event_id = hub.publish("a", json!({}), None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        hub.wait_for_listing(&format!("/admin/events/{event_id}/attempts"), 1)
+            .await
+    );
+    let (status, _) = hub
+        .call(Method::DELETE, &format!("/subscriptions/{id}"), None, &[])
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        hub.wait_for_listing("/admin/deliveries?status=cancelled", 1)
+            .await
+    );
+    assert_eq!(receiver.count(), 1, "nothing is sent once it is deleted");
+    assert_eq!(
+        hub.get("/admin/dead-letters").await["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     hub.stop().await;
 }
 

@@ -322,3 +322,37 @@ fn migration_count() -> i64 {
         .filter(|entry| entry.file_name() != "main.rs")
         .count() as i64
 }
+
+#[tokio::test]
+async fn migration_runs_started_at_once_on_a_new_sqlite_file_all_succeed() {
+    let directory =
+        std::env::temp_dir().join(format!("ih_migrate_race_{}", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}", directory.join("hub.db").display());
+    let spawn = || {
+        Command::new(workspace_bin("ih-migrate"))
+            .env_clear()
+            .args(["--database-url", url.as_str(), "up"])
+            .output()
+    };
+    let outputs: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..4).map(|_| scope.spawn(spawn)).collect();
+        runs.into_iter()
+            .map(|run| run.join().unwrap().unwrap())
+            .collect()
+    });
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("select count(*) from seaql_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, migration_count(), "each migration recorded once");
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&directory);
+}
