@@ -8,5 +8,6 @@
 )]
 
 mod crash;
+mod faults;
 mod suite;
 mod support;
