@@ -10,7 +10,7 @@
 //! - [`auth`]: bearer tokens and roles.
 //! - [`error`]: the one mapping of errors to statuses and the error envelope.
 //! - [`coalesce`]: group commit of unkeyed publishes.
-//! - [`waker`]: coalesced NOTIFY of the workers after commits.
+//! - [`waker`]: coalesced wake-ups of the workers after commits.
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -1,7 +1,8 @@
 //! Coalesced wake-ups of the workers.
 //!
 //! Every publish commit calls [`WorkerWaker::wake`]; a background task turns the calls into
-//! `pg_notify` statements sent after the commit, one at a time: while one is on its way, any
+//! notifications sent after the commit (`pg_notify` statements on Postgres; on SQLite a signal
+//! to the workers of this process, which costs nothing), one at a time: while one is on its way, any
 //! number of further wakes collapse into the next one (a stored permit). A sparse publish is
 //! therefore followed by its notification at once, since the notification sits on the path of
 //! every event's publish → delivery latency, and a busy process sends about one notification

@@ -1,7 +1,7 @@
 //! `ih-worker`: leases due deliveries and sends them.
 //!
-//! Any number of replicas share the work through Postgres row locks alone; none talks to
-//! another. One loop leases `min(batch size, free slots)` rows, each row is sent on its own
+//! Any number of replicas share the work through the database's locks alone (Postgres row
+//! locks, or an SQLite file's write lock); none talks to another. One loop leases `min(batch size, free slots)` rows, each row is sent on its own
 //! task, and outcomes are written back in batches fenced by the lease token.
 //!
 //! # Layout
@@ -9,7 +9,8 @@
 //! - [`deliver`]: one delivery: checks, signing, the request, the outcome.
 //! - [`http`]: the delivery client and its SSRF-guarded resolver.
 //! - [`complete`]: the completion buffer.
-//! - [`listen`]: the LISTEN connection that wakes the loop.
+//! - wake-ups come from `shared::db::wake` (LISTEN/NOTIFY, or the publish path of the same
+//!   process on SQLite).
 //! - [`slack`]: the Slack connector.
 
 use std::{

@@ -10,7 +10,7 @@ use shared::config::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 use worker::{Heartbeat, WorkerOptions};
 
-/// Leases due deliveries from Postgres and sends them, HMAC-signed, to subscribers.
+/// Leases due deliveries from the database and sends them, HMAC-signed, to subscribers.
 ///
 /// Configuration comes from compiled defaults, an optional TOML file, `IH_*` environment
 /// variables and these flags, later ones winning. See the README for every variable.
