@@ -87,8 +87,8 @@ impl SqliteDb {
     pub fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
         let options = SqliteConnectOptions::from_str(config.url.expose())
             .map_err(|error| DbError::InvalidUrl(error.to_string()))?;
-        let filename = options.get_filename().to_string_lossy();
-        if filename.is_empty() || filename == ":memory:" || config.url.expose().contains("memory") {
+        let url = config.url.expose();
+        if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(DbError::InvalidUrl(
                 "an in-memory SQLite database keeps nothing; name a file, e.g. sqlite://data/integrations-hub.db".to_owned(),
             ));
