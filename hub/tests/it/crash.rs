@@ -14,7 +14,7 @@ use serde_json::json;
 
 use shared::test_support::free_port;
 
-use crate::support::{ADMIN_TOKEN, PUBLISHER_TOKEN, Receiver, Reply, eventually};
+use crate::support::{ADMIN_TOKEN, PUBLISHER_TOKEN, Receiver, Reply, client, eventually};
 
 /// Starts the `ih` binary in `directory` with its default database (`data/…` there).
 fn spawn_ih(directory: &Path, port: u16) -> Child {
@@ -57,15 +57,7 @@ async fn a_killed_hub_delivers_every_acknowledged_event_after_a_restart() {
     let receiver = Receiver::start().await;
     // slow enough that deliveries are in flight, and many still queued, at the kill
     receiver.reply_with(|_, _| Reply::status(200).delayed(Duration::from_millis(20)));
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "a test client calling the API, not a delivery client"
-    )]
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = client();
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

@@ -57,6 +57,19 @@ pub fn settings(database_url: &str) -> Settings {
     }
 }
 
+/// An HTTP client for the API under test.
+pub fn client() -> reqwest::Client {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test client calling the API, not a delivery client"
+    )]
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 /// `ih` running in this process on a fresh database.
 pub struct Hub {
     pub db: TestDb,
@@ -87,15 +100,7 @@ impl Hub {
             shutdown.clone(),
             WorkerOptions::default(),
         ));
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "a test client calling the API, not a delivery client"
-        )]
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
+        let client = client();
         Self {
             db,
             address,

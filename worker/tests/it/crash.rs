@@ -169,24 +169,11 @@ async fn three_workers_share_three_thousand_deliveries_exactly_once() {
             spawn_worker(&settings, None)
         })
         .collect();
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 3000
-        })
-        .await
-    );
+    assert!(all_delivered(&db, 3000, Duration::from_secs(120)).await);
     for worker in workers {
         worker.stop().await;
     }
-    let received = receiver.received();
-    let ids: HashSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
-    assert_eq!(received.len(), 3000, "no duplicates without faults");
-    assert_eq!(ids.len(), 3000);
+    assert_delivered_once(&receiver, 3000);
     for worker in ["w1", "w2", "w3"] {
         let share: i64 =
             sqlx::query_scalar("select count(*) from delivery_attempts where worker_id = $1")
@@ -200,6 +187,26 @@ async fn three_workers_share_three_thousand_deliveries_exactly_once() {
         count(&db, "select count(*) from delivery_attempts").await,
         3000
     );
+}
+
+async fn all_delivered(db: &TestDb, expected: i64, deadline: Duration) -> bool {
+    eventually(deadline, || async {
+        count(
+            db,
+            "select count(*) from deliveries where status = 'delivered'",
+        )
+        .await
+            == expected
+    })
+    .await
+}
+
+/// Each of `expected` events arrived exactly once.
+fn assert_delivered_once(receiver: &Receiver, expected: usize) {
+    let received = receiver.received();
+    let ids: HashSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(received.len(), expected, "no duplicates without faults");
+    assert_eq!(ids.len(), expected);
 }
 
 /// Separate `ih-worker` processes on one SQLite file find work by polling, and SQLite's single
@@ -222,25 +229,12 @@ async fn two_worker_processes_share_an_sqlite_file_exactly_once() {
     for _ in 0..6 {
         publish(&db, "a", &payloads(100)).await;
     }
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 600
-        })
-        .await
-    );
+    assert!(all_delivered(&db, 600, Duration::from_secs(60)).await);
     for worker in &mut workers {
         worker.signal("TERM");
         assert!(worker.wait(Duration::from_secs(10)).await);
     }
-    let received = receiver.received();
-    let ids: HashSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
-    assert_eq!(received.len(), 600, "no duplicates without faults");
-    assert_eq!(ids.len(), 600);
+    assert_delivered_once(&receiver, 600);
     for share in [
         "select count(*) from delivery_attempts where worker_id = 'p1'",
         "select count(*) from delivery_attempts where worker_id = 'p2'",
