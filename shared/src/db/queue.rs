@@ -169,6 +169,37 @@ pub enum NextState {
     Cancelled,
 }
 
+impl NextState {
+    /// As stored: the delivery's status, its delay when pending, and the attempt's outcome.
+    pub(crate) fn stored(&self) -> (&'static str, Duration, &'static str) {
+        match self {
+            Self::Delivered => ("delivered", Duration::ZERO, "delivered"),
+            Self::Retry(delay) => ("pending", *delay, "retry_scheduled"),
+            Self::Dead { .. } => ("dead", Duration::ZERO, "dead_lettered"),
+            Self::Cancelled => ("cancelled", Duration::ZERO, "dead_lettered"),
+        }
+    }
+
+    /// The dead letter's reason, when the delivery dies.
+    pub(crate) fn dead_reason(&self) -> Option<&str> {
+        match self {
+            Self::Dead { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether the subscription is disabled with it (410 Gone).
+    pub(crate) fn disables_subscription(&self) -> bool {
+        matches!(
+            self,
+            Self::Dead {
+                disable_subscription: true,
+                ..
+            }
+        )
+    }
+}
+
 /// The record of one request, when one was made.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttemptRecord {
@@ -246,31 +277,11 @@ pub async fn complete_deliveries(
     let mut disables = Vec::with_capacity(len);
     let mut external_ids = Vec::with_capacity(len);
     for completion in sorted {
-        let (status, delay, outcome, dead_reason, disable) = match &completion.next {
-            NextState::Delivered => ("delivered", 0.0, "delivered", None, false),
-            NextState::Retry(delay) => (
-                "pending",
-                delay.as_secs_f64(),
-                "retry_scheduled",
-                None,
-                false,
-            ),
-            NextState::Dead {
-                reason,
-                disable_subscription,
-            } => (
-                "dead",
-                0.0,
-                "dead_lettered",
-                Some(reason.clone()),
-                *disable_subscription,
-            ),
-            NextState::Cancelled => ("cancelled", 0.0, "dead_lettered", None, false),
-        };
+        let (status, delay, outcome) = completion.next.stored();
         ids.push(completion.delivery_id);
         tokens.push(completion.lease_token);
         statuses.push(status);
-        delays.push(delay);
+        delays.push(delay.as_secs_f64());
         last_errors.push(completion.last_error.clone());
         has_attempt.push(completion.attempt.is_some());
         let attempt = completion.attempt.clone();
@@ -281,8 +292,8 @@ pub async fn complete_deliveries(
         response_bodies.push(attempt.as_ref().and_then(|a| a.response_body.clone()));
         attempt_errors.push(attempt.as_ref().and_then(|a| a.error.clone()));
         attempt_outcomes.push(outcome);
-        dead_reasons.push(dead_reason);
-        disables.push(disable);
+        dead_reasons.push(completion.next.dead_reason());
+        disables.push(completion.next.disables_subscription());
         external_ids.push(attempt.as_ref().and_then(|a| a.external_id.clone()));
     }
     Ok(sqlx::query_as(include_str!("sql/complete_deliveries.sql"))

@@ -2,32 +2,17 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
-
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, plus, time};
 use crate::{
     crypto::SecretCipher,
     db::{
-        Completion, DbError, DeliverySubscription, LeasedDelivery, NextState, QueueSample, Written,
+        Completion, DbError, DeliverySubscription, LeasedDelivery, QueueSample, Written,
         queue::StoredDeliverySubscription,
     },
 };
-
-#[derive(sqlx::FromRow)]
-struct LeasedRow {
-    id: Uuid,
-    attempts: i32,
-    target: String,
-    subscription_id: Option<Uuid>,
-    event_id: Uuid,
-    event_type: String,
-    payload: String,
-    event_created_at: DateTime<Utc>,
-    traceparent: Option<String>,
-}
 
 #[derive(sqlx::FromRow)]
 struct CompletedRow {
@@ -36,16 +21,6 @@ struct CompletedRow {
     subscription_id: Option<Uuid>,
     target: String,
     lag_seconds: Option<f64>,
-}
-
-/// A completion's delivery status, its delay when pending, and its attempt's outcome.
-fn next_state(next: &NextState) -> (&'static str, Duration, &'static str) {
-    match next {
-        NextState::Delivered => ("delivered", Duration::ZERO, "delivered"),
-        NextState::Retry(delay) => ("pending", *delay, "retry_scheduled"),
-        NextState::Dead { .. } => ("dead", Duration::ZERO, "dead_lettered"),
-        NextState::Cancelled => ("cancelled", Duration::ZERO, "dead_lettered"),
-    }
 }
 
 /// What one flush changes on a subscription.
@@ -70,7 +45,7 @@ impl SqliteDb {
     ) -> Result<Vec<LeasedDelivery>, DbError> {
         let token = Uuid::new_v4();
         let mut transaction = self.write().await?;
-        let rows: Vec<LeasedRow> = sqlx::query_as(concat!(
+        let leased: Vec<LeasedDelivery> = sqlx::query_as(concat!(
             "update deliveries
              set status = 'leased',
                  lease_token = ?3,
@@ -88,7 +63,7 @@ impl SqliteDb {
             "
                           order by next_attempt_at, id
                           limit ?1)
-             returning id, attempts, target, subscription_id, event_id,
+             returning id, lease_token, attempts, target, subscription_id, event_id,
                        (select event_type from outbox_events e
                          where e.id = deliveries.event_id) as event_type,
                        (select payload from outbox_events e
@@ -104,21 +79,6 @@ impl SqliteDb {
         .bind(plus(lease))
         .fetch_all(&mut *transaction)
         .await?;
-        let leased = rows
-            .into_iter()
-            .map(|row| LeasedDelivery {
-                id: row.id,
-                lease_token: token,
-                attempts: row.attempts,
-                target: row.target,
-                subscription_id: row.subscription_id,
-                event_id: row.event_id,
-                event_type: row.event_type,
-                payload: row.payload,
-                event_created_at: row.event_created_at,
-                traceparent: row.traceparent,
-            })
-            .collect();
         transaction.commit().await?;
         Ok(leased)
     }
@@ -128,24 +88,20 @@ impl SqliteDb {
         cipher: &SecretCipher,
         ids: &[Uuid],
     ) -> Result<Vec<DeliverySubscription>, DbError> {
-        let mut connection = self.reader.acquire().await?;
-        let mut subscriptions = Vec::with_capacity(ids.len());
-        for id in ids {
-            let row: Option<StoredDeliverySubscription> = sqlx::query_as(concat!(
-                "select id, url, secret,
-                        case when previous_secret_expires_at > ",
-                now!(),
-                " then previous_secret end as previous_secret,
-                        headers, enabled, deleted_at is not null as deleted
-                 from subscriptions
-                 where id = ?1"
-            ))
-            .bind(id)
-            .fetch_optional(&mut *connection)
-            .await?;
-            subscriptions.extend(row.map(|row| row.open(cipher)));
-        }
-        Ok(subscriptions)
+        let ids: Vec<String> = ids.iter().copied().map(blob_hex).collect();
+        let rows: Vec<StoredDeliverySubscription> = sqlx::query_as(concat!(
+            "select id, url, secret,
+                    case when previous_secret_expires_at > ",
+            now!(),
+            " then previous_secret end as previous_secret,
+                    headers, enabled, deleted_at is not null as deleted
+             from subscriptions
+             where id in (select unhex(value) from json_each(?1))"
+        ))
+        .bind(json!(ids).to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|row| row.open(cipher)).collect())
     }
 
     /// The whole flush in one immediate transaction of a few statements, each taking its rows
@@ -160,7 +116,7 @@ impl SqliteDb {
         let states: Vec<Value> = completions
             .iter()
             .map(|completion| {
-                let (status, delay, _) = next_state(&completion.next);
+                let (status, delay, _) = completion.next.stored();
                 json!({
                     "id": blob_hex(completion.delivery_id),
                     "token": blob_hex(completion.lease_token),
@@ -206,7 +162,7 @@ impl SqliteDb {
             let Some(done) = done.get(&completion.delivery_id) else {
                 continue;
             };
-            let (status, _, outcome) = next_state(&completion.next);
+            let (status, _, outcome) = completion.next.stored();
             if let Some(attempt) = &completion.attempt {
                 attempts.push(json!({
                     "id": blob_hex(Uuid::now_v7()),
@@ -225,16 +181,10 @@ impl SqliteDb {
                     let change = changes.entry(subscription_id).or_default();
                     change.succeeded |= status == "delivered";
                     change.failures += i64::from(status != "delivered");
-                    change.disable |= matches!(
-                        completion.next,
-                        NextState::Dead {
-                            disable_subscription: true,
-                            ..
-                        }
-                    );
+                    change.disable |= completion.next.disables_subscription();
                 }
             }
-            if let NextState::Dead { reason, .. } = &completion.next {
+            if let Some(reason) = completion.next.dead_reason() {
                 dead_letters.push(json!({
                     "id": blob_hex(Uuid::now_v7()),
                     "delivery_id": blob_hex(completion.delivery_id),
@@ -313,29 +263,32 @@ impl SqliteDb {
         &self,
         leases: &[(Uuid, Uuid, Duration)],
     ) -> Result<Vec<Uuid>, DbError> {
+        let leases: Vec<Value> = leases
+            .iter()
+            .map(|(id, token, due_in)| {
+                json!({"id": blob_hex(*id), "token": blob_hex(*token), "due_in": plus(*due_in)})
+            })
+            .collect();
         let mut transaction = self.write().await?;
-        let mut released = Vec::with_capacity(leases.len());
-        for (id, token, due_in) in leases {
-            let row: Option<Uuid> = sqlx::query_scalar(concat!(
-                "update deliveries
-                 set status = 'pending',
-                     attempts = max(attempts - 1, 0),
-                     next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3),
-                     lease_token = null,
-                     leased_by = null,
-                     updated_at = ",
-                now!(),
-                "
-                 where id = ?1 and lease_token = ?2 and status = 'leased'
-                 returning id"
-            ))
-            .bind(id)
-            .bind(token)
-            .bind(plus(*due_in))
-            .fetch_optional(&mut *transaction)
-            .await?;
-            released.extend(row);
-        }
+        let released = sqlx::query_scalar(concat!(
+            "update deliveries
+             set status = 'pending',
+                 attempts = max(attempts - 1, 0),
+                 next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', c.value ->> 'due_in'),
+                 lease_token = null,
+                 leased_by = null,
+                 updated_at = ",
+            now!(),
+            "
+             from json_each(?1) as c
+             where deliveries.id = unhex(c.value ->> 'id')
+               and deliveries.lease_token = unhex(c.value ->> 'token')
+               and deliveries.status = 'leased'
+             returning id"
+        ))
+        .bind(Value::Array(leases).to_string())
+        .fetch_all(&mut *transaction)
+        .await?;
         transaction.commit().await?;
         Ok(released)
     }
