@@ -2,9 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{SqliteDb, due_depth_and_age, now, time};
+use super::{SqliteDb, blob_hex, due_depth_and_age, now, time};
 use crate::db::{
     AttemptRow, BulkReplayFilter, ConsoleStats, DbError, DeadLetterFilter, DeadLetterRow,
     DeliveryFilter, DeliveryRow, Page, ReplayOutcome,
@@ -27,13 +28,6 @@ macro_rules! bulk_filter {
          and (?2 is null or dl.created_at >= ?2)
          and (?3 is null or dl.created_at < ?3)"
     };
-}
-
-#[derive(sqlx::FromRow)]
-struct Replayed {
-    event_id: Uuid,
-    subscription_id: Option<Uuid>,
-    target: String,
 }
 
 impl SqliteDb {
@@ -119,7 +113,7 @@ impl SqliteDb {
         new_delivery_id: Uuid,
     ) -> Result<ReplayOutcome, DbError> {
         let mut transaction = self.write().await?;
-        let replayed: Option<Replayed> = sqlx::query_as(concat!(
+        let replayed: Option<Uuid> = sqlx::query_scalar(concat!(
             "update dead_letters as dl
              set replayed_at = ",
             now!(),
@@ -127,15 +121,15 @@ impl SqliteDb {
              where dl.id = ?1 and ",
             replayable!(),
             "
-             returning event_id, subscription_id, target"
+             returning id"
         ))
         .bind(id)
         .bind(new_delivery_id)
         .fetch_optional(&mut *transaction)
         .await?;
         let outcome = match replayed {
-            Some(replayed) => {
-                insert_replay_delivery(&mut transaction, new_delivery_id, &replayed).await?;
+            Some(id) => {
+                queue_replays(&mut transaction, &[id]).await?;
                 ReplayOutcome::Replayed {
                     delivery_id: new_delivery_id,
                 }
@@ -198,22 +192,22 @@ impl SqliteDb {
         .bind(batch_size)
         .fetch_all(&mut *transaction)
         .await?;
-        for id in &picked {
-            let delivery_id = Uuid::now_v7();
-            let replayed: Replayed = sqlx::query_as(concat!(
-                "update dead_letters
-                 set replayed_at = ",
-                now!(),
-                ", replay_delivery_id = ?2
-                 where id = ?1
-                 returning event_id, subscription_id, target"
-            ))
-            .bind(id)
-            .bind(delivery_id)
-            .fetch_one(&mut *transaction)
-            .await?;
-            insert_replay_delivery(&mut transaction, delivery_id, &replayed).await?;
-        }
+        let replays: Vec<Value> = picked
+            .iter()
+            .map(|id| json!({"id": blob_hex(*id), "delivery_id": blob_hex(Uuid::now_v7())}))
+            .collect();
+        sqlx::query(concat!(
+            "update dead_letters
+             set replayed_at = ",
+            now!(),
+            ", replay_delivery_id = unhex(c.value ->> 'delivery_id')
+             from json_each(?1) as c
+             where dead_letters.id = unhex(c.value ->> 'id')"
+        ))
+        .bind(Value::Array(replays).to_string())
+        .execute(&mut *transaction)
+        .await?;
+        queue_replays(&mut transaction, &picked).await?;
         transaction.commit().await?;
         Ok(picked.len() as u64)
     }
@@ -236,27 +230,28 @@ impl SqliteDb {
     }
 }
 
-async fn insert_replay_delivery(
+/// Queues the new delivery of each of these dead letters, just marked replayed: attempts 0,
+/// due now, under the `replay_delivery_id` the mark gave it.
+async fn queue_replays(
     transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    delivery_id: Uuid,
-    replayed: &Replayed,
+    dead_letters: &[Uuid],
 ) -> Result<(), DbError> {
+    let ids: Vec<String> = dead_letters.iter().copied().map(blob_hex).collect();
     sqlx::query(concat!(
         "insert into deliveries
            (id, event_id, target, subscription_id, status, attempts, next_attempt_at,
             created_at, updated_at)
-         values (?1, ?2, ?3, ?4, 'pending', 0, ",
+         select replay_delivery_id, event_id, target, subscription_id, 'pending', 0, ",
         now!(),
         ", ",
         now!(),
         ", ",
         now!(),
-        ")"
+        "
+         from dead_letters
+         where id in (select unhex(value) from json_each(?1))"
     ))
-    .bind(delivery_id)
-    .bind(replayed.event_id)
-    .bind(&replayed.target)
-    .bind(replayed.subscription_id)
+    .bind(json!(ids).to_string())
     .execute(&mut **transaction)
     .await?;
     Ok(())
