@@ -25,8 +25,8 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let loaded = shared::config::load(cli.config.as_deref(), &cli)?;
-    let settings = loaded.settings;
-    let config = ApiConfig::from_settings(&settings)?;
+    let settings = &loaded.settings;
+    let config = ApiConfig::from_settings(settings)?;
     let telemetry = shared::telemetry::init(
         "ih-api",
         &settings.log_level,
@@ -36,9 +36,7 @@ fn main() -> anyhow::Result<()> {
     .map_err(|error| anyhow::anyhow!("cannot set up logging and tracing: {error}"))?;
     let metrics = shared::telemetry::install_metrics()
         .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))?;
-    for variable in &loaded.unknown_variables {
-        tracing::warn!(variable = %variable, "unknown IH_ variable ignored");
-    }
+    loaded.warn_unknown_variables();
     if settings.database_url_sync.is_some() {
         tracing::info!("IH_DATABASE_URL_SYNC is accepted for compatibility and ignored");
     }

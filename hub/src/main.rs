@@ -34,9 +34,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let loaded =
         shared::config::load_with_database(cli.config.as_deref(), &cli, hub::DEFAULT_DATABASE_URL)?;
-    let settings = loaded.settings;
-    let api_config = ApiConfig::from_settings(&settings)?;
-    let worker_config = WorkerConfig::from_settings(&settings)?;
+    let settings = &loaded.settings;
+    let api_config = ApiConfig::from_settings(settings)?;
+    let worker_config = WorkerConfig::from_settings(settings)?;
     let telemetry = shared::telemetry::init(
         "ih",
         &settings.log_level,
@@ -46,9 +46,7 @@ fn main() -> anyhow::Result<()> {
     .map_err(|error| anyhow::anyhow!("cannot set up logging and tracing: {error}"))?;
     let metrics = shared::telemetry::install_metrics()
         .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))?;
-    for variable in &loaded.unknown_variables {
-        tracing::warn!(variable = %variable, "unknown IH_ variable ignored");
-    }
+    loaded.warn_unknown_variables();
     api::announce(&api_config);
     tracing::info!(api = ?api_config, worker = ?worker_config, "starting ih");
     api_config.secrets.announce();

@@ -318,6 +318,16 @@ pub struct Loaded {
     pub unknown_variables: Vec<String>,
 }
 
+impl Loaded {
+    /// Logs each `IH_*` variable no binary reads (a typo, or a setting of another version);
+    /// called once logging is set up.
+    pub fn warn_unknown_variables(&self) {
+        for variable in &self.unknown_variables {
+            tracing::warn!(variable = %variable, "unknown IH_ variable ignored");
+        }
+    }
+}
+
 /// Loads settings: defaults, then `file` (or `IH_CONFIG_FILE`) when given, then `IH_*`
 /// variables, then `overrides` (the binary's flags; `None` fields must be skipped when
 /// serialising so they do not mask the layers below).

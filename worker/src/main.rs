@@ -78,8 +78,8 @@ fn render_metrics(handle: Data<&metrics_exporter_prometheus::PrometheusHandle>) 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let loaded = shared::config::load(cli.config.as_deref(), &cli)?;
-    let settings = loaded.settings;
-    let config = WorkerConfig::from_settings(&settings)?;
+    let settings = &loaded.settings;
+    let config = WorkerConfig::from_settings(settings)?;
     let telemetry = shared::telemetry::init(
         "ih-worker",
         &settings.log_level,
@@ -87,9 +87,7 @@ fn main() -> anyhow::Result<()> {
         config.tracing.as_ref(),
     )
     .map_err(|error| anyhow::anyhow!("cannot set up logging and tracing: {error}"))?;
-    for variable in &loaded.unknown_variables {
-        tracing::warn!(variable = %variable, "unknown IH_ variable ignored");
-    }
+    loaded.warn_unknown_variables();
     if config.slack.is_none() {
         tracing::info!(
             "Slack connector off: IH_SLACK_BOT_TOKEN is not set; slack deliveries are dead-lettered as connector_not_configured"
