@@ -16,7 +16,7 @@ use shared::db::testing::TestDb;
 
 use crate::{
     observability::{ADMIN_TOKEN, Stack},
-    support::{Receiver, Reply, count, eventually},
+    support::{Receiver, Reply, count, delivered_within, eventually},
 };
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -454,15 +454,7 @@ async fn an_operator_subscribes_watches_a_delivery_and_replays_a_dead_letter_in_
     browser.click("#bulk-confirm").await;
     browser.accept_dialog().await;
     assert!(
-        eventually(Duration::from_secs(30), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 3
-        })
-        .await,
+        delivered_within(&db, 3, Duration::from_secs(30)).await,
         "the bulk-replayed delivery arrived"
     );
 

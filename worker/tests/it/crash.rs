@@ -6,8 +6,8 @@ use std::{collections::HashSet, time::Duration};
 use shared::db::testing::TestDb;
 
 use crate::support::{
-    Receiver, Reply, WorkerProcess, count, eventually, publish, spawn_worker, subscribe,
-    worker_settings,
+    Receiver, Reply, WorkerProcess, count, delivered_within, eventually, publish, spawn_worker,
+    subscribe, worker_settings,
 };
 
 const SECRET: &str = "a-plain-secret-of-some-length";
@@ -54,17 +54,7 @@ async fn a_killed_workers_leases_are_delivered_by_another_after_they_expire() {
 
     receiver.reply_with(|_, _| Reply::status(200));
     let rescuer = spawn_worker(&worker_settings(&db.url), None);
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 60
-        })
-        .await
-    );
+    assert!(delivered_within(&db, 60, Duration::from_secs(30)).await);
     rescuer.stop().await;
     assert_eq!(
         count(
@@ -107,17 +97,7 @@ async fn a_paused_worker_past_its_lease_changes_nothing_when_it_resumes() {
 
     receiver.reply_with(|_, _| Reply::status(200));
     let other = spawn_worker(&worker_settings(&db.url), None);
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 20
-        })
-        .await
-    );
+    assert!(delivered_within(&db, 20, Duration::from_secs(30)).await);
     other.stop().await;
 
     zombie.signal("CONT");
@@ -169,7 +149,7 @@ async fn three_workers_share_three_thousand_deliveries_exactly_once() {
             spawn_worker(&settings, None)
         })
         .collect();
-    assert!(all_delivered(&db, 3000, Duration::from_secs(120)).await);
+    assert!(delivered_within(&db, 3000, Duration::from_secs(120)).await);
     for worker in workers {
         worker.stop().await;
     }
@@ -187,18 +167,6 @@ async fn three_workers_share_three_thousand_deliveries_exactly_once() {
         count(&db, "select count(*) from delivery_attempts").await,
         3000
     );
-}
-
-async fn all_delivered(db: &TestDb, expected: i64, deadline: Duration) -> bool {
-    eventually(deadline, || async {
-        count(
-            db,
-            "select count(*) from deliveries where status = 'delivered'",
-        )
-        .await
-            == expected
-    })
-    .await
 }
 
 /// Each of `expected` events arrived exactly once.
@@ -229,7 +197,7 @@ async fn two_worker_processes_share_an_sqlite_file_exactly_once() {
     for _ in 0..6 {
         publish(&db, "a", &payloads(100)).await;
     }
-    assert!(all_delivered(&db, 600, Duration::from_secs(60)).await);
+    assert!(delivered_within(&db, 600, Duration::from_secs(60)).await);
     for worker in &mut workers {
         worker.signal("TERM");
         assert!(worker.wait(Duration::from_secs(10)).await);
@@ -279,15 +247,7 @@ async fn terminated_worker_connections_are_survived() {
         );
     }
     assert!(
-        eventually(Duration::from_secs(60), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 600
-        })
-        .await,
+        delivered_within(&db, 600, Duration::from_secs(60)).await,
         "every delivery arrives after the connections were cut"
     );
     worker.stop().await;
@@ -371,17 +331,7 @@ async fn sigterm_hands_back_unfinished_leases_long_before_they_expire() {
     settings.delivery_timeout_seconds = 10.0;
     settings.worker_lease_seconds = 30.0;
     let successor = spawn_worker(&settings, None);
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 10
-        })
-        .await
-    );
+    assert!(delivered_within(&db, 10, Duration::from_secs(20)).await);
     assert!(
         terminated_at.elapsed() < Duration::from_secs(25),
         "picked up before the 30 s lease would have expired: {:?}",

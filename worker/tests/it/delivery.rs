@@ -7,8 +7,8 @@ use shared::db::{self, ReplayOutcome, testing::TestDb};
 use uuid::Uuid;
 
 use crate::support::{
-    FixedLookup, Receiver, Reply, count, eventually, publish, spawn_worker, subscribe,
-    worker_settings,
+    FixedLookup, Receiver, Reply, count, delivered_within, eventually, publish, spawn_worker,
+    subscribe, worker_settings,
 };
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -50,18 +50,6 @@ pub fn verify_standard_signature(
         .any(|signature| signature == expected)
 }
 
-async fn delivered(db: &TestDb, expected: i64) -> bool {
-    eventually(Duration::from_secs(20), || async {
-        count(
-            db,
-            "select count(*) from deliveries where status = 'delivered'",
-        )
-        .await
-            == expected
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_published_event_is_delivered_signed_with_the_exact_payload() {
     let db = TestDb::new().await;
@@ -77,7 +65,10 @@ async fn a_published_event_is_delivered_signed_with_the_exact_payload() {
     let event_id = publish(&db, "order.created", std::slice::from_ref(&payload)).await[0];
     let worker = spawn_worker(&worker_settings(&db.url), None);
 
-    assert!(delivered(&db, 1).await, "the delivery completes");
+    assert!(
+        delivered_within(&db, 1, Duration::from_secs(20)).await,
+        "the delivery completes"
+    );
     let request = receiver.received().pop().unwrap();
     let timestamp = request.header("x-webhook-timestamp");
     assert!(verify_brief_signature(
@@ -138,7 +129,7 @@ async fn a_receiver_failing_four_times_gets_the_event_on_attempt_five() {
     let event_id = publish(&db, "a", &["{}".to_owned()]).await[0];
     let worker = spawn_worker(&worker_settings(&db.url), None);
 
-    assert!(delivered(&db, 1).await);
+    assert!(delivered_within(&db, 1, Duration::from_secs(20)).await);
     let attempts = db::list_event_attempts(&db.pool, event_id)
         .await
         .unwrap()
@@ -214,7 +205,10 @@ async fn a_receiver_that_always_fails_dead_letters_and_replay_delivers() {
         .unwrap();
     assert!(matches!(outcome, ReplayOutcome::Replayed { .. }));
     db::notify_workers(&db.pool).await.unwrap();
-    assert!(delivered(&db, 1).await, "the replayed delivery arrives");
+    assert!(
+        delivered_within(&db, 1, Duration::from_secs(20)).await,
+        "the replayed delivery arrives"
+    );
     assert_eq!(receiver.count(), 4);
     worker.stop().await;
 }
@@ -311,7 +305,7 @@ async fn retry_after_is_honoured_on_429() {
     subscribe(&db, &receiver.url("/hook"), SECRET, &["a"]).await;
     publish(&db, "a", &["{}".to_owned()]).await;
     let worker = spawn_worker(&worker_settings(&db.url), None);
-    assert!(delivered(&db, 1).await);
+    assert!(delivered_within(&db, 1, Duration::from_secs(20)).await);
     let gap = count(&db, "select (extract(epoch from max(started_at) - min(started_at)) * 1000)::bigint from delivery_attempts").await;
     assert!(
         gap >= 1900,

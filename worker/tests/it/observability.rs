@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use shared::{db::testing::TestDb, test_support::free_port};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Receiver, Reply, count, eventually};
+use crate::support::{Receiver, Reply, count, delivered_within, eventually};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-observability-tests";
 
@@ -267,17 +267,7 @@ async fn metrics_of_both_binaries_move_with_the_work_and_cover_the_dashboard() {
             )
             .await;
     }
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 5
-        })
-        .await
-    );
+    assert!(delivered_within(&db, 5, Duration::from_secs(20)).await);
     // outcomes are counted after their flush; give the counter its flush interval
     let counted = eventually(Duration::from_secs(5), || async {
         let text = stack.metrics(&stack.worker_metrics_url).await;
@@ -523,17 +513,7 @@ async fn an_unreachable_collector_never_blocks_delivery_or_shutdown() {
             )
             .await;
     }
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            count(
-                &db,
-                "select count(*) from deliveries where status = 'delivered'",
-            )
-            .await
-                == 3
-        })
-        .await
-    );
+    assert!(delivered_within(&db, 3, Duration::from_secs(20)).await);
     assert!(
         stack.api.terminate(Duration::from_secs(15)).await,
         "api exits 0 within its grace:\n{}",

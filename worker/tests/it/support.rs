@@ -204,6 +204,19 @@ pub async fn count(db: &TestDb, sql: &'static str) -> i64 {
     db.fetch_i64(sql).await
 }
 
+/// Waits until exactly `expected` deliveries are `delivered`; false at the deadline.
+pub async fn delivered_within(db: &TestDb, expected: i64, deadline: Duration) -> bool {
+    eventually(deadline, || async {
+        count(
+            db,
+            "select count(*) from deliveries where status = 'delivered'",
+        )
+        .await
+            == expected
+    })
+    .await
+}
+
 pub use shared::test_support::eventually;
 
 /// A resolver with fixed answers, for SSRF tests: nothing is ever looked up for real.
