@@ -128,21 +128,21 @@ async fn failures_retry_then_dead_letter_and_a_replay_delivers(backend: Backend)
         "/admin/dead-letters/{}/replay",
         letter["id"].as_str().unwrap()
     );
-    let (status, body) = hub.call(Method::POST, &replay, None, &[]).await;
+    let (status, body) = hub.call(Method::POST, &replay, None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let (again, body) = hub.call(Method::POST, &replay, None, &[]).await;
+    let (again, body) = hub.call(Method::POST, &replay, None).await;
     assert_eq!(again, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["code"], "already_replayed");
 
     // the other one in bulk, counted first
     let bulk = json!({"subscription_id": subscription_id, "dry_run": true});
     let (_, counted) = hub
-        .call(Method::POST, "/admin/dead-letters/replay", Some(bulk), &[])
+        .call(Method::POST, "/admin/dead-letters/replay", Some(bulk))
         .await;
     assert_eq!(counted["count"], 1, "{counted}");
     let bulk = json!({"subscription_id": subscription_id});
     let (status, replayed) = hub
-        .call(Method::POST, "/admin/dead-letters/replay", Some(bulk), &[])
+        .call(Method::POST, "/admin/dead-letters/replay", Some(bulk))
         .await;
     assert!(status.is_success(), "{replayed}");
     assert_eq!(replayed["count"], 1, "{replayed}");
@@ -214,28 +214,26 @@ async fn an_idempotency_key_stores_one_event(backend: Backend) {
 
     // a batch: the keyed retry inside it answers the stored event, the new one is stored
     let (status, batch) = hub
-        .call(
-            Method::POST,
+        .publisher_post(
             "/events/batch",
-            Some(json!({"events": [
+            json!({"events": [
                 {"event_type": "a", "payload": {"n": 1}, "idempotency_key": "key-1"},
                 {"event_type": "a", "payload": {"n": 3}, "idempotency_key": "key-3"},
-            ]})),
-            &[("token", crate::support::PUBLISHER_TOKEN)],
+            ]}),
+            None,
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{batch}");
     assert_eq!(batch["events"][0]["id"], first["id"]);
     // a batch reusing a key with another request writes nothing
     let (status, _) = hub
-        .call(
-            Method::POST,
+        .publisher_post(
             "/events/batch",
-            Some(json!({"events": [
+            json!({"events": [
                 {"event_type": "a", "payload": {"n": 4}, "idempotency_key": "key-4"},
                 {"event_type": "a", "payload": {"n": 9}, "idempotency_key": "key-3"},
-            ]})),
-            &[("token", crate::support::PUBLISHER_TOKEN)],
+            ]}),
+            None,
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
@@ -374,7 +372,7 @@ async fn a_subscription_is_changed_rotated_and_deleted(backend: Backend) {
     let path = format!("/subscriptions/{id}");
 
     let (status, body) = hub
-        .call(Method::PATCH, &path, Some(json!({"enabled": false})), &[])
+        .call(Method::PATCH, &path, Some(json!({"enabled": false})))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["disabled_reason"], "disabled_by_operator");
@@ -384,7 +382,6 @@ async fn a_subscription_is_changed_rotated_and_deleted(backend: Backend) {
             Method::PATCH,
             &path,
             Some(json!({"enabled": true, "events": ["a", "b"], "description": "ops"})),
-            &[],
         )
         .await;
     assert_eq!(body["enabled"], true);
@@ -394,7 +391,7 @@ async fn a_subscription_is_changed_rotated_and_deleted(backend: Backend) {
 
     // after a rotation both secrets sign, for the grace period
     let (status, rotated) = hub
-        .call(Method::POST, &format!("{path}/rotate-secret"), None, &[])
+        .call(Method::POST, &format!("{path}/rotate-secret"), None)
         .await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
     let new_secret = rotated["secret"].as_str().unwrap().to_owned();
@@ -415,11 +412,11 @@ async fn a_subscription_is_changed_rotated_and_deleted(backend: Backend) {
         ));
     }
 
-    let (status, _) = hub.call(Method::DELETE, &path, None, &[]).await;
+    let (status, _) = hub.call(Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = hub.call(Method::GET, &path, None, &[]).await;
+    let (status, _) = hub.call(Method::GET, &path, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = hub.call(Method::DELETE, &path, None, &[]).await;
+    let (status, _) = hub.call(Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(hub.publish("b", json!({}), None).await["deliveries"], 0);
     hub.stop().await;
@@ -457,7 +454,7 @@ async fn queued_work_of_a_deleted_subscription_is_cancelled(backend: Backend) {
             .await
     );
     let (status, _) = hub
-        .call(Method::DELETE, &format!("/subscriptions/{id}"), None, &[])
+        .call(Method::DELETE, &format!("/subscriptions/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(

@@ -110,25 +110,47 @@ impl Hub {
         }
     }
 
-    /// Sends a request with the admin token (or `token`) and a JSON body; returns the status
-    /// and the JSON answer.
+    /// Sends a request as the admin; returns the status and the JSON answer.
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
-        headers: &[(&str, &str)],
     ) -> (StatusCode, Value) {
-        let token = headers
-            .iter()
-            .find(|(name, _)| *name == "token")
-            .map_or(ADMIN_TOKEN, |(_, value)| *value);
+        self.send(ADMIN_TOKEN, method, path, body, None).await
+    }
+
+    /// Posts as the publisher, with an `Idempotency-Key` when given.
+    pub async fn publisher_post(
+        &self,
+        path: &str,
+        body: Value,
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.send(
+            PUBLISHER_TOKEN,
+            Method::POST,
+            path,
+            Some(body),
+            idempotency_key,
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .client
             .request(method, format!("http://{}/api/v1{path}", self.address))
             .bearer_auth(token);
-        for (name, value) in headers.iter().filter(|(name, _)| *name != "token") {
-            request = request.header(*name, *value);
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
         }
         if let Some(body) = body {
             request = request.json(&body);
@@ -145,7 +167,7 @@ impl Hub {
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.call(Method::GET, path, None, &[]).await;
+        let (status, body) = self.call(Method::GET, path, None).await;
         assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
         body
     }
@@ -157,7 +179,6 @@ impl Hub {
                 Method::POST,
                 "/subscriptions",
                 Some(serde_json::json!({"url": url, "events": events})),
-                &[],
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -180,15 +201,10 @@ impl Hub {
         payload: Value,
         key: Option<&str>,
     ) -> (StatusCode, Value) {
-        let mut headers = vec![("token", PUBLISHER_TOKEN)];
-        if let Some(key) = key {
-            headers.push(("idempotency-key", key));
-        }
-        self.call(
-            Method::POST,
+        self.publisher_post(
             "/events",
-            Some(serde_json::json!({"event_type": event_type, "payload": payload})),
-            &headers,
+            serde_json::json!({"event_type": event_type, "payload": payload}),
+            key,
         )
         .await
     }
