@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::suite::{binary, median};
+use crate::suite::{Stack, binary, median, wait_until_ok};
 
 /// Start-up times in milliseconds.
 pub struct Startup {
@@ -49,6 +49,7 @@ pub async fn measure(runs: usize, port: u16) -> anyhow::Result<Startup> {
         fresh_ms: Vec::new(),
         existing_ms: Vec::new(),
     };
+    let url = format!("http://127.0.0.1:{port}/health");
     for _ in 0..runs {
         if directory.exists() {
             std::fs::remove_dir_all(&directory)?;
@@ -56,7 +57,7 @@ pub async fn measure(runs: usize, port: u16) -> anyhow::Result<Startup> {
         std::fs::create_dir_all(&directory)?;
         for existing in [false, true] {
             let started = Instant::now();
-            let mut ih = Command::new(binary("ih")?)
+            let ih = Command::new(binary("ih")?)
                 .current_dir(&directory)
                 .env_clear()
                 .env("IH_AUTH_DISABLED", "true")
@@ -65,28 +66,16 @@ pub async fn measure(runs: usize, port: u16) -> anyhow::Result<Startup> {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()?;
-            let deadline = started + Duration::from_secs(10);
-            let serving = loop {
-                let answered = client
-                    .get(format!("http://127.0.0.1:{port}/health"))
-                    .send()
-                    .await
-                    .is_ok_and(|response| response.status().is_success());
-                if answered {
-                    break Some(started.elapsed());
-                }
-                if Instant::now() > deadline {
-                    break None;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            };
-            let _ = Command::new("kill")
-                .args(["-TERM", &ih.id().to_string()])
-                .status();
-            let _ = ih.wait();
-            let Some(serving) = serving else {
-                anyhow::bail!("ih did not serve within 10 s");
-            };
+            let stack = Stack { children: vec![ih] };
+            wait_until_ok(
+                &client,
+                &url,
+                Duration::from_millis(2),
+                Duration::from_secs(10),
+            )
+            .await?;
+            let serving = started.elapsed();
+            drop(stack);
             let ms = serving.as_secs_f64() * 1000.0;
             if existing {
                 startup.existing_ms.push(ms);

@@ -179,9 +179,9 @@ fn plans() -> Vec<Plan> {
     plans
 }
 
-/// A started API and workers; killed when dropped.
-struct Stack {
-    children: Vec<Child>,
+/// Started service processes; stopped (SIGTERM, then SIGKILL after 15 s) when dropped.
+pub struct Stack {
+    pub children: Vec<Child>,
 }
 
 impl Drop for Stack {
@@ -316,22 +316,29 @@ fn start_stack(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
     Ok(stack)
 }
 
-async fn wait_ready(api_url: &str) -> anyhow::Result<()> {
-    #[expect(clippy::disallowed_methods, reason = "the bench's own client")]
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Polls `url` every `every` until it answers 2xx.
+///
+/// # Errors
+/// When it has not within `within`.
+pub async fn wait_until_ok(
+    client: &reqwest::Client,
+    url: &str,
+    every: Duration,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if client
-            .get(format!("{api_url}/ready"))
+            .get(url)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
-    anyhow::bail!("the API at {api_url} did not become ready")
+    anyhow::bail!("{url} did not answer 2xx within {within:?}")
 }
 
 /// One line of the results table: the medians of a scenario's runs.
@@ -521,6 +528,8 @@ fn write_readme(path: &Path, rows: &[Row], startup: &Startup) -> anyhow::Result<
 )]
 pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let api_url = format!("http://127.0.0.1:{}", args.api_port);
+    #[expect(clippy::disallowed_methods, reason = "the bench's own client")]
+    let client = reqwest::Client::builder().no_proxy().build()?;
     let mut rows = Vec::new();
     for plan in plans() {
         if args
@@ -536,7 +545,14 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 fresh_database(&args.database_url)?;
             }
             let stack = start_stack(&args, &plan)?;
-            wait_ready(&api_url).await?;
+            let ready = format!("{api_url}/ready");
+            wait_until_ok(
+                &client,
+                &ready,
+                Duration::from_millis(50),
+                Duration::from_secs(20),
+            )
+            .await?;
             let target = Target {
                 api_url: api_url.clone(),
                 token: Some(TOKEN.to_owned()),
