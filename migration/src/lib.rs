@@ -82,7 +82,7 @@ pub enum MigrationError {
     /// The SQLite file's directory or migration lock could not be created.
     #[error("cannot create or lock {path}: {source}")]
     Filesystem {
-        /// The directory.
+        /// The directory or lock file.
         path: String,
         /// Why.
         #[source]
@@ -91,7 +91,7 @@ pub enum MigrationError {
 }
 
 /// Whether a database URL names an SQLite file (`sqlite:` or `sqlite://`).
-pub fn is_sqlite_url(database_url: &str) -> bool {
+fn is_sqlite_url(database_url: &str) -> bool {
     database_url.starts_with("sqlite:")
 }
 
@@ -188,25 +188,20 @@ async fn run_sqlite(
 
 /// Opens (creating it) and exclusively locks `path`; the lock lasts until the file is closed.
 async fn lock_file(path: String) -> Result<std::fs::File, MigrationError> {
-    let locked = tokio::task::spawn_blocking(move || {
+    let opened = path.clone();
+    tokio::task::spawn_blocking(move || {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)?;
+            .open(&opened)?;
         // blocks while another run holds it
         file.lock()?;
-        Ok::<_, std::io::Error>(file)
+        Ok(file)
     })
     .await
-    .map_err(|error| MigrationError::Filesystem {
-        path: "the migration lock".to_owned(),
-        source: std::io::Error::other(error),
-    })?;
-    locked.map_err(|source| MigrationError::Filesystem {
-        path: "the migration lock".to_owned(),
-        source,
-    })
+    .unwrap_or_else(|error| Err(std::io::Error::other(error)))
+    .map_err(|source| MigrationError::Filesystem { path, source })
 }
 
 async fn migrate(
