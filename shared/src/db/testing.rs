@@ -137,14 +137,6 @@ impl TestDb {
         }
     }
 
-    /// Which backend this database is on.
-    pub fn backend(&self) -> Backend {
-        match self.raw {
-            Raw::Postgres { .. } => Backend::Postgres,
-            Raw::Sqlite { .. } => Backend::Sqlite,
-        }
-    }
-
     /// The raw Postgres pool, for tests of Postgres-only behaviour.
     ///
     /// # Panics
@@ -295,56 +287,9 @@ impl TestDb {
     }
 
     /// Ends a delivery `dead` and writes its dead letter and failed attempt, as the worker
-    /// does after the last attempt; returns the dead letter's id.
+    /// does after the last attempt; returns the dead letter's id. Postgres only.
     pub async fn kill_delivery(&self, delivery_id: Uuid, reason: &str) -> Uuid {
         let dead_letter_id = Uuid::now_v7();
-        if let Raw::Sqlite { pool, .. } = &self.raw {
-            let mut transaction = pool.begin_with("begin immediate").await.unwrap();
-            let (event_id, subscription_id, target, attempts): (Uuid, Option<Uuid>, String, i32) =
-                sqlx::query_as(
-                    "update deliveries set status = 'dead', attempts = attempts + 1,
-                                           last_error = ?2,
-                                           updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                     where id = ?1
-                     returning event_id, subscription_id, target, attempts",
-                )
-                .bind(delivery_id)
-                .bind(reason)
-                .fetch_one(&mut *transaction)
-                .await
-                .unwrap();
-            sqlx::query(
-                "insert into delivery_attempts (id, delivery_id, event_id, attempt_number,
-                                                started_at, duration_ms, response_status,
-                                                error, outcome)
-                 values (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 1, 500, ?5,
-                         'dead_lettered')",
-            )
-            .bind(Uuid::now_v7())
-            .bind(delivery_id)
-            .bind(event_id)
-            .bind(attempts)
-            .bind(reason)
-            .execute(&mut *transaction)
-            .await
-            .unwrap();
-            sqlx::query(
-                "insert into dead_letters (id, delivery_id, event_id, subscription_id, target,
-                                           reason)
-                 values (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .bind(dead_letter_id)
-            .bind(delivery_id)
-            .bind(event_id)
-            .bind(subscription_id)
-            .bind(target)
-            .bind(reason)
-            .execute(&mut *transaction)
-            .await
-            .unwrap();
-            transaction.commit().await.unwrap();
-            return dead_letter_id;
-        }
         sqlx::query(
             "with dead as (
                update deliveries set status = 'dead', attempts = attempts + 1, last_error = $2,
