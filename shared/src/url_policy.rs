@@ -3,21 +3,46 @@
 //! Private, loopback, link-local, multicast, CGNAT, benchmark, documentation, reserved,
 //! unique-local, site-local and unspecified addresses are refused, in every IPv6 spelling of an
 //! IPv4 address (mapped, compatible, NAT64, 6to4, Teredo), unless the operator allows private
-//! destinations or names CIDRs. Cloud metadata addresses stay refused whatever is allowed.
+//! destinations or names CIDRs.
+//!
+//! The platform ranges (link-local, where every cloud keeps its metadata and credential
+//! services, and the few metadata, DNS and wire-server addresses clouds keep elsewhere) are
+//! refused whatever `IH_ALLOW_PRIVATE_DESTINATIONS` says: only an allowed CIDR that lies
+//! inside one of them, named on purpose, opens it.
 //!
 //! The API checks a subscription URL's literal host when it is created or changed; the worker
 //! checks every resolved address before it connects.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// The metadata endpoints of the big clouds: never dialled.
-const METADATA_ADDRESSES: [IpAddr; 2] = [
-    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
-    // AWS's IPv6 instance metadata service
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)),
+/// Ranges never dialled unless an allowed CIDR inside them names them: `(network, prefix)`.
+const PLATFORM_V4: [([u8; 4], u8); 4] = [
+    // link-local: AWS/GCP/Azure/OCI/DigitalOcean metadata (169.254.169.254), ECS task
+    // credentials (169.254.170.2), AWS DNS and NTP (169.254.169.253, .123), Tencent (.0.23)
+    ([169, 254, 0, 0], 16),
+    ([100, 100, 100, 200], 32), // Alibaba Cloud metadata
+    ([192, 0, 0, 192], 32),     // Oracle Cloud metadata
+    ([168, 63, 129, 16], 32),   // Azure wire server (platform DNS, health, agent)
 ];
+const PLATFORM_V6: [(Ipv6Addr, u8); 3] = [
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local
+    (Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0), 32), // AWS metadata, DNS and NTP
+    (Ipv6Addr::new(0xfd20, 0x00ce, 0, 0, 0, 0, 0, 0), 32), // Google Cloud metadata
+];
+
+fn platform_networks() -> impl Iterator<Item = IpNet> {
+    let v4 = PLATFORM_V4.iter().filter_map(|(network, prefix)| {
+        Ipv4Net::new(Ipv4Addr::from(*network), *prefix)
+            .ok()
+            .map(IpNet::V4)
+    });
+    let v6 = PLATFORM_V6
+        .iter()
+        .filter_map(|(network, prefix)| Ipv6Net::new(*network, *prefix).ok().map(IpNet::V6));
+    v4.chain(v6)
+}
 
 /// Host names that always mean this machine or the metadata service.
 const LOCAL_HOST_NAMES: [&str; 3] = ["localhost", "metadata.google.internal", "metadata"];
@@ -32,8 +57,8 @@ pub struct DestinationPolicy {
 /// Why an address was refused.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BlockedAddress {
-    /// A cloud metadata address.
-    #[error("{0} is a cloud metadata address")]
+    /// A link-local, cloud metadata or platform address.
+    #[error("{0} is a link-local or cloud platform address")]
     Metadata(IpAddr),
     /// A private, loopback or otherwise non-public address.
     #[error("{0} is not a public address")]
@@ -79,10 +104,11 @@ impl DestinationPolicy {
         if let IpAddr::V6(v6) = address {
             candidates.extend(embedded_ipv4(v6).map(IpAddr::V4));
         }
-        for candidate in &candidates {
-            if METADATA_ADDRESSES.contains(candidate) {
-                return Err(BlockedAddress::Metadata(address));
-            }
+        if candidates
+            .iter()
+            .any(|candidate| self.is_closed_platform(*candidate))
+        {
+            return Err(BlockedAddress::Metadata(address));
         }
         if self.allow_private {
             return Ok(());
@@ -100,6 +126,19 @@ impl DestinationPolicy {
         Ok(())
     }
 
+    /// Whether `address` is in a platform range and no allowed CIDR inside that range opens
+    /// it (a wide CIDR such as `0.0.0.0/0` opens private space, never a platform range).
+    fn is_closed_platform(&self, address: IpAddr) -> bool {
+        platform_networks()
+            .filter(|platform| platform.contains(&address))
+            .any(|platform| {
+                !self
+                    .allowed
+                    .iter()
+                    .any(|network| platform.contains(network) && network.contains(&address))
+            })
+    }
+
     /// Checks a URL host written as a name: names that always mean this machine or the
     /// metadata service are checked as the address they stand for.
     ///
@@ -108,7 +147,9 @@ impl DestinationPolicy {
     pub fn check_host_name(&self, host: &str) -> Result<(), BlockedAddress> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if host == "metadata.google.internal" || host == "metadata" {
-            return Err(BlockedAddress::Metadata(METADATA_ADDRESSES[0]));
+            return Err(BlockedAddress::Metadata(IpAddr::V4(Ipv4Addr::new(
+                169, 254, 169, 254,
+            ))));
         }
         if LOCAL_HOST_NAMES.contains(&host.as_str()) || host.ends_with(".localhost") {
             return self.check(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -192,11 +233,17 @@ fn is_forbidden_v6(address: Ipv6Addr) -> bool {
     embedded_ipv4(address).is_some_and(is_forbidden_v4)
 }
 
-/// The IPv4 address an IPv6 address carries by NAT64 (64:ff9b::/96), 6to4 (2002::/16) or
-/// Teredo (2001::/32, client address inverted); a route to these reaches that IPv4 host.
+/// The IPv4 address an IPv6 address carries by the compatible form (::/96), NAT64
+/// (64:ff9b::/96), 6to4 (2002::/16) or Teredo (2001::/32, client address inverted); a route
+/// to these reaches that IPv4 host. (The mapped form, ::ffff:0:0/96, is made canonical first.)
 fn embedded_ipv4(address: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = u128::from(address);
     let octets = address.octets();
+    // IPv4-compatible (::a.b.c.d, deprecated, but still routed to a.b.c.d by some stacks);
+    // :: and ::1 are themselves, not IPv4 addresses
+    if in_v6(address, Ipv6Addr::UNSPECIFIED, 96) && bits > 1 {
+        return Some(Ipv4Addr::from((bits & 0xffff_ffff) as u32));
+    }
     if in_v6(address, Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
         return Some(Ipv4Addr::from((bits & 0xffff_ffff) as u32));
     }
@@ -288,6 +335,60 @@ mod tests {
             Err(BlockedAddress::Metadata(_))
         ));
         assert!(policy.check_host_name("metadata.google.internal").is_err());
+    }
+
+    #[test]
+    fn platform_addresses_are_refused_in_every_form_whatever_private_destinations_allow() {
+        let wide_open = [
+            DestinationPolicy::default(),
+            DestinationPolicy::new(true, vec![]),
+            DestinationPolicy::from_settings(true, Some("0.0.0.0/0, ::/0, 169.0.0.0/8")).unwrap(),
+        ];
+        for (blocked, what) in [
+            (
+                "169.254.169.254",
+                "instance metadata (AWS, GCP, Azure, OCI, DigitalOcean)",
+            ),
+            ("169.254.170.2", "ECS task credentials"),
+            ("169.254.169.253", "AWS DNS resolver"),
+            ("169.254.169.123", "AWS time sync"),
+            ("169.254.0.23", "Tencent Cloud metadata"),
+            ("169.254.1.1", "any link-local address"),
+            ("100.100.100.200", "Alibaba Cloud metadata"),
+            ("192.0.0.192", "Oracle Cloud metadata"),
+            ("168.63.129.16", "Azure wire server"),
+            ("fd00:ec2::254", "AWS IPv6 metadata"),
+            ("fd00:ec2::23", "AWS IPv6 platform address"),
+            ("fd00:ec2::253", "AWS IPv6 DNS"),
+            ("fd20:ce::254", "Google Cloud IPv6 metadata"),
+            ("fe80::1", "IPv6 link-local"),
+            ("febf:ffff::1", "the end of IPv6 link-local"),
+            ("::ffff:169.254.169.254", "IPv4-mapped metadata"),
+            ("::ffff:a9fe:aa02", "IPv4-mapped ECS credentials, in hex"),
+            ("::a9fe:a9fe", "IPv4-compatible metadata"),
+            ("::169.254.170.2", "IPv4-compatible ECS credentials"),
+            ("::ffff:100.100.100.200", "IPv4-mapped Alibaba metadata"),
+            ("::c000:c0", "IPv4-compatible Oracle metadata"),
+            ("::ffff:168.63.129.16", "IPv4-mapped Azure wire server"),
+            ("64:ff9b::a9fe:a9fe", "NAT64 metadata"),
+            ("2002:a9fe:a9fe::1", "6to4 metadata"),
+            ("2001:0:4136:e378:8000:63bf:5601:5601", "Teredo metadata"),
+        ] {
+            for policy in &wide_open {
+                assert!(
+                    matches!(policy.check(ip(blocked)), Err(BlockedAddress::Metadata(_))),
+                    "{blocked} ({what}) must be refused under {policy:?}"
+                );
+            }
+        }
+        // named on purpose, a platform range opens, and only what was named
+        let named =
+            DestinationPolicy::from_settings(false, Some("169.254.170.2/32, fd00:ec2::/32"))
+                .unwrap();
+        assert_eq!(named.check(ip("169.254.170.2")), Ok(()));
+        assert_eq!(named.check(ip("fd00:ec2::23")), Ok(()));
+        assert!(named.check(ip("169.254.169.254")).is_err());
+        assert!(named.check(ip("100.100.100.200")).is_err());
     }
 
     #[test]
