@@ -128,7 +128,7 @@ async fn write(pool: &Db, slack: Option<&SlackFanout>, batch: Vec<Job>) {
         Ok(PublishOutcome::Stored(stored)) => stored.into_iter(),
         Ok(PublishOutcome::KeyReused { .. }) | Err(_) => {
             let failure = match &result {
-                Err(error) if error.is_unavailable() => Failure::Unavailable,
+                Err(error) if error.is_transient() => Failure::Unavailable,
                 Err(error) => {
                     tracing::error!(error.message = %error, error.cause_chain = ?error, "shared publish write failed");
                     Failure::Internal

@@ -218,6 +218,20 @@ impl From<DbError> for ApiError {
                 );
                 Self::unavailable()
             }
+            DbError::Contention(ref cause) => {
+                tracing::warn!(
+                    error.message = %cause,
+                    request.id = current_request_id().unwrap_or_default(),
+                    "transaction kept losing races, answering 503"
+                );
+                Self::Unavailable(
+                    Problem::new(
+                        "contention",
+                        "the request kept conflicting with concurrent writes and was not applied; retry it",
+                    ),
+                    1,
+                )
+            }
             DbError::Constraint { .. }
             | DbError::InvalidUrl(_)
             | DbError::Crypto(_)

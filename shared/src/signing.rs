@@ -4,7 +4,9 @@
 //! so large numbers and key order survive and the bytes sent are exactly the bytes signed. Two
 //! signature schemes ride on every request:
 //! - `X-Webhook-Signature`: hex HMAC-SHA256 over `{timestamp}.{body}`, keyed with the secret's
-//!   UTF-8 bytes (current secret only);
+//!   UTF-8 bytes. It carries one signature, so through a rotation's grace period it is made
+//!   with the previous secret (the one receivers still hold) and `X-Webhook-Signature-Next`
+//!   with the new one; after the grace period only `X-Webhook-Signature`, with the new secret;
 //! - `webhook-signature` (Standard Webhooks v1): `v1,<base64 HMAC-SHA256 over
 //!   {id}.{timestamp}.{body}>`, keyed with the base64-decoded part of a `whsec_` secret (else
 //!   the secret's bytes), one space-separated signature per secret still valid.
@@ -81,8 +83,12 @@ pub fn standard_signature(secret: &str, message_id: &str, timestamp: i64, body: 
 /// The signature headers of one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signatures {
-    /// `X-Webhook-Signature`.
+    /// `X-Webhook-Signature`: with the previous secret while one is in its grace period, else
+    /// with the current one.
     pub legacy: String,
+    /// `X-Webhook-Signature-Next`: with the current secret, only while a previous one is in
+    /// its grace period.
+    pub legacy_next: Option<String>,
     /// `webhook-signature`: every valid secret's signature, space-separated.
     pub standard: String,
 }
@@ -100,8 +106,16 @@ pub fn sign(
         .map(|secret| standard_signature(secret, message_id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ");
+    let (legacy, legacy_next) = match previous.first() {
+        Some(previous) => (
+            legacy_signature(previous, timestamp, body),
+            Some(legacy_signature(current, timestamp, body)),
+        ),
+        None => (legacy_signature(current, timestamp, body), None),
+    };
     Signatures {
-        legacy: legacy_signature(current, timestamp, body),
+        legacy,
+        legacy_next,
         standard,
     }
 }
@@ -151,6 +165,20 @@ mod tests {
             parts[1],
             standard_signature("an-old-plain-secret", "id", 1, b"{}")
         );
+    }
+
+    #[test]
+    fn the_brief_signature_stays_with_the_old_secret_through_the_grace_period() {
+        let new = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let during = sign(new, &["an-old-plain-secret"], "id", 1, b"{}");
+        assert_eq!(
+            during.legacy,
+            legacy_signature("an-old-plain-secret", 1, b"{}")
+        );
+        assert_eq!(during.legacy_next, Some(legacy_signature(new, 1, b"{}")));
+        let after = sign(new, &[], "id", 1, b"{}");
+        assert_eq!(after.legacy, legacy_signature(new, 1, b"{}"));
+        assert_eq!(after.legacy_next, None);
     }
 
     #[test]

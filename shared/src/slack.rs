@@ -192,7 +192,14 @@ pub enum SlackVerdict {
     RateLimited(Option<Duration>),
     /// A transient failure: retry with the normal backoff.
     Transient(String),
+    /// Slack accepted the request (2xx) but its answer could not be read: the message may
+    /// well be in the channel. It is recorded and never re-posted automatically, since a
+    /// duplicate in a channel is worse than a missed message an operator can replay.
+    Unconfirmed(String),
 }
+
+/// The verdict's text for a 2xx answer that cannot be read.
+pub const UNREADABLE_ANSWER: &str = "slack_unreadable_answer";
 
 /// Classifies Slack's answer: HTTP status, parsed body, and the `Retry-After` already parsed.
 pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> SlackVerdict {
@@ -205,10 +212,7 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Slack
     if status == 429 || error.as_deref() == Some("ratelimited") {
         return SlackVerdict::RateLimited(retry_after);
     }
-    if status >= 500 {
-        return SlackVerdict::Transient(format!("slack_http_{status}"));
-    }
-    if status != 200 {
+    if !(200..300).contains(&status) {
         return SlackVerdict::Transient(format!("slack_http_{status}"));
     }
     let ok = parsed
@@ -227,7 +231,7 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Slack
             SlackVerdict::Permanent(error)
         }
         (_, Some(error)) => SlackVerdict::Transient(error),
-        (_, None) => SlackVerdict::Transient("slack_unreadable_answer".to_owned()),
+        (_, None) => SlackVerdict::Unconfirmed(UNREADABLE_ANSWER.to_owned()),
     }
 }
 
@@ -384,7 +388,8 @@ mod tests {
         );
         assert_eq!(
             classify(200, "not json", None),
-            SlackVerdict::Transient("slack_unreadable_answer".into())
+            SlackVerdict::Unconfirmed("slack_unreadable_answer".into()),
+            "a 2xx that cannot be read may have been posted: never retried"
         );
     }
 

@@ -3,10 +3,17 @@
 //! written in one statement. The quarter keeps a small worker from holding its few slots for
 //! a whole interval waiting for a batch that cannot fill. A worker's slot is freed only when its
 //! outcome's flush is acknowledged, so capacity never runs ahead of what is recorded.
+//!
+//! A flush the database refuses for its data (not for being unavailable) is written again one
+//! outcome at a time, so one bad row cannot sink the others: the row that is still refused
+//! alone is recorded as a failed attempt without the receiver's texts.
 
 use std::time::{Duration, Instant};
 
-use shared::db::{self, Completion, Db};
+use shared::{
+    db::{self, AttemptRecord, Completion, Db, NextState},
+    retry::RetryPolicy,
+};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
 
@@ -38,6 +45,7 @@ pub async fn run(
     mut outcomes: mpsc::Receiver<Finished>,
     concurrency: usize,
     lease: Duration,
+    retry: RetryPolicy,
 ) {
     let mut buffer: Vec<Finished> = Vec::with_capacity(FLUSH_SIZE);
     while let Some(first) = outcomes.recv().await {
@@ -53,22 +61,78 @@ pub async fn run(
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        flush(&pool, &worker_id, &mut buffer, lease).await;
+        flush(&pool, &worker_id, &mut buffer, lease, &retry).await;
     }
 }
 
-async fn flush(pool: &Db, worker_id: &str, buffer: &mut Vec<Finished>, lease: Duration) {
+/// What an attempt whose record the database refused is stored as.
+pub const UNSTORABLE: &str = "outcome_unstorable: the database refused this attempt's record";
+
+/// `completion` as a failed attempt without any text the receiver shaped: what is written when
+/// the database refuses the original alone.
+fn unstorable(completion: &Completion, retry: &RetryPolicy) -> Completion {
+    let Some(attempt) = &completion.attempt else {
+        // no request was made: keep the decision, drop its texts
+        let next = match &completion.next {
+            NextState::Dead {
+                disable_subscription,
+                ..
+            } => NextState::Dead {
+                reason: UNSTORABLE.to_owned(),
+                disable_subscription: *disable_subscription,
+            },
+            other => other.clone(),
+        };
+        return Completion {
+            next,
+            last_error: Some(UNSTORABLE.to_owned()),
+            ..completion.clone()
+        };
+    };
+    let number = u32::try_from(attempt.attempt_number).unwrap_or(u32::MAX);
+    let next = if retry.is_last(number) {
+        NextState::Dead {
+            reason: format!("max_attempts_exceeded: {UNSTORABLE}"),
+            disable_subscription: false,
+        }
+    } else {
+        NextState::Retry(retry.delay(number, random_unit()))
+    };
+    Completion {
+        next,
+        last_error: Some(UNSTORABLE.to_owned()),
+        attempt: Some(AttemptRecord {
+            response_body: None,
+            error: Some(UNSTORABLE.to_owned()),
+            external_id: None,
+            ..attempt.clone()
+        }),
+        ..completion.clone()
+    }
+}
+
+/// Drops the outcomes older than their lease: the row may already belong to another worker,
+/// and the fenced write would match nothing anyway.
+fn drop_stale(buffer: &mut Vec<Finished>, lease: Duration) {
+    let before = buffer.len();
+    buffer.retain(|finished| finished.leased_at.elapsed() < lease);
+    let stale = before - buffer.len();
+    if stale > 0 {
+        tracing::warn!(count = stale, "dropping outcomes older than their lease");
+        metrics::counter!("ih_leases_lost_total").increment(stale as u64);
+    }
+}
+
+async fn flush(
+    pool: &Db,
+    worker_id: &str,
+    buffer: &mut Vec<Finished>,
+    lease: Duration,
+    retry: &RetryPolicy,
+) {
     let mut delay = Duration::from_millis(100);
     loop {
-        // An outcome older than its lease is dropped, not written: the row may already belong
-        // to another worker, and the fenced write would match nothing anyway.
-        let before = buffer.len();
-        buffer.retain(|finished| finished.leased_at.elapsed() < lease);
-        let stale = before - buffer.len();
-        if stale > 0 {
-            tracing::warn!(count = stale, "dropping outcomes older than their lease");
-            metrics::counter!("ih_leases_lost_total").increment(stale as u64);
-        }
+        drop_stale(buffer, lease);
         if buffer.is_empty() {
             return;
         }
@@ -77,10 +141,36 @@ async fn flush(pool: &Db, worker_id: &str, buffer: &mut Vec<Finished>, lease: Du
                 buffer.clear();
                 return;
             }
-            Err(error) => {
+            Err(error) if error.is_transient() || buffer.len() == 1 => {
+                if !error.is_transient() {
+                    if let Some(Finished {
+                        outcome: Outcome::Complete(completion),
+                        ..
+                    }) = buffer.first_mut()
+                        && completion.last_error.as_deref() != Some(UNSTORABLE)
+                    {
+                        tracing::error!(error.message = %error, error.cause_chain = ?error, delivery.id = %completion.delivery_id, "the database refused an outcome; recording it as a failed attempt");
+                        metrics::counter!("ih_completions_unstorable_total").increment(1);
+                        *completion = unstorable(completion, retry);
+                        continue;
+                    }
+                    tracing::error!(error.message = %error, error.cause_chain = ?error, "the database refused an outcome even without its texts; leaving it to the lease rescue");
+                    buffer.clear();
+                    return;
+                }
                 tracing::warn!(error.message = %error, count = buffer.len(), "completion flush failed, retrying");
                 tokio::time::sleep(delay.mul_f64(0.8 + 0.4 * random_unit())).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => {
+                // One row's data sank the statement: write each outcome alone, so only the
+                // refused one is set aside.
+                tracing::warn!(error.message = %error, count = buffer.len(), "the database refused a completion flush; writing its outcomes one by one");
+                for finished in std::mem::take(buffer) {
+                    let mut alone = vec![finished];
+                    Box::pin(flush(pool, worker_id, &mut alone, lease, retry)).await;
+                }
+                return;
             }
         }
     }

@@ -282,6 +282,9 @@ pub async fn deliver_webhook(
         ("webhook-timestamp".to_owned(), timestamp.to_string()),
         ("webhook-signature".to_owned(), signatures.standard),
     ]);
+    if let Some(next) = signatures.legacy_next {
+        headers.push(("X-Webhook-Signature-Next".to_owned(), next));
+    }
     // the attempt's own span when traced, else the context the publisher handed in
     if let Some(traceparent) =
         shared::telemetry::current_traceparent().or_else(|| delivery.traceparent.clone())
@@ -296,6 +299,7 @@ pub async fn deliver_webhook(
         &subscription.url,
         headers,
         body,
+        http::MAX_RESPONSE_READ,
     )
     .await;
     let elapsed = clock.elapsed();
@@ -339,7 +343,7 @@ pub fn outcome_of(
         SendResult::Answered {
             status,
             retry_after,
-            body_excerpt,
+            body,
         } => {
             let retry_after = context.retry_after(delivery, retry_after.as_deref());
             let verdict = classify_status(status, retry_after);
@@ -348,9 +352,14 @@ pub fn outcome_of(
                 Verdict::Gone => Some("http_410 (endpoint gone)".to_owned()),
                 Verdict::Retry { reason, .. } => Some(reason.clone()),
             };
-            (verdict, Some(i32::from(status)), Some(body_excerpt), error)
+            (
+                verdict,
+                Some(i32::from(status)),
+                Some(http::excerpt(&body)),
+                error,
+            )
         }
-        SendResult::Failed { error } => (
+        SendResult::Failed { error } | SendResult::BrokeOff { error, .. } => (
             Verdict::Retry {
                 reason: error.clone(),
                 retry_after: None,
@@ -439,7 +448,7 @@ mod tests {
         SendResult::Answered {
             status,
             retry_after: retry_after.map(str::to_owned),
-            body_excerpt: String::new(),
+            body: String::new(),
         }
     }
 

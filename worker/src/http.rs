@@ -15,8 +15,13 @@ use std::{
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use shared::url_policy::{BlockedAddress, DestinationPolicy};
 
-/// Most bytes of a response body read before the connection is dropped.
+/// Most bytes of a webhook receiver's body read before the connection is dropped.
 pub const MAX_RESPONSE_READ: usize = 64 * 1024;
+/// Most bytes of Slack's answer read: `chat.postMessage` echoes the posted message, and the
+/// largest message the connector builds (about 8,000 characters, each at most twelve bytes
+/// when JSON-escaped as a surrogate pair, echoed in `text` and in `blocks`: under 200 KB) must
+/// still parse whole, or a posted message would look failed.
+pub const MAX_SLACK_ANSWER_READ: usize = 512 * 1024;
 /// Most bytes of a response body recorded with the attempt.
 pub const MAX_RESPONSE_RECORDED: usize = 4 * 1024;
 /// Longest wait for a TCP (and TLS) connection.
@@ -122,8 +127,16 @@ pub enum SendResult {
         status: u16,
         /// Its `Retry-After` header, raw.
         retry_after: Option<String>,
-        /// The start of its body.
-        body_excerpt: String,
+        /// Its body, up to the read limit (see [`excerpt`] for what is recorded).
+        body: String,
+    },
+    /// It answered with a status, then the body broke off (connection closed mid-body, or the
+    /// body trickled past the timeout): the receiver may not have finished with the request.
+    BrokeOff {
+        /// The status it had sent.
+        status: u16,
+        /// What went wrong, with the status.
+        error: String,
     },
     /// No complete answer: refused address, connection error, timeout, a body cut short.
     Failed {
@@ -132,13 +145,24 @@ pub enum SendResult {
     },
 }
 
-/// Sends one delivery and reads at most [`MAX_RESPONSE_READ`] bytes of the answer.
+/// The start of an answer's body that is recorded with the attempt: at most
+/// [`MAX_RESPONSE_RECORDED`] bytes, cut on a character boundary.
+pub fn excerpt(body: &str) -> String {
+    let mut end = body.len().min(MAX_RESPONSE_RECORDED);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    body.get(..end).unwrap_or_default().to_owned()
+}
+
+/// Sends one request and reads at most `read_limit` bytes of the answer.
 pub async fn send(
     client: &reqwest::Client,
     policy: &DestinationPolicy,
     url: &str,
     headers: Vec<(String, String)>,
     body: String,
+    read_limit: usize,
 ) -> SendResult {
     let parsed = match url::Url::parse(url) {
         Ok(parsed) => parsed,
@@ -194,9 +218,9 @@ pub async fn send(
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = MAX_RESPONSE_READ.saturating_sub(read.len());
+                let room = read_limit.saturating_sub(read.len());
                 read.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
-                if read.len() >= MAX_RESPONSE_READ {
+                if read.len() >= read_limit {
                     // Dropping the response closes the connection: the rest is never read.
                     break;
                 }
@@ -206,17 +230,17 @@ pub async fn send(
             // the timeout) is no answer: the receiver may not have finished with the event,
             // so it is a failed attempt and a retry rather than a delivery on the status line.
             Err(error) => {
-                return SendResult::Failed {
+                return SendResult::BrokeOff {
+                    status,
                     error: format!("{} (after status {status})", describe(&error)),
                 };
             }
         }
     }
-    read.truncate(MAX_RESPONSE_RECORDED);
     SendResult::Answered {
         status,
         retry_after,
-        body_excerpt: String::from_utf8_lossy(&read).into_owned(),
+        body: String::from_utf8_lossy(&read).into_owned(),
     }
 }
 

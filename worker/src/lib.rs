@@ -125,6 +125,7 @@ pub async fn run(
         outcome_receiver,
         config.concurrency,
         config.lease,
+        context.retry,
     ));
 
     let (wake_sender, mut wake) = mpsc::channel::<()>(1);

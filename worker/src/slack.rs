@@ -26,22 +26,49 @@ pub const CHANNEL_SPACING: Duration = Duration::from_secs(1);
 /// back to be due at its turn, so a busy channel never holds worker slots.
 pub const MAX_PACING_WAIT: Duration = Duration::from_secs(2);
 
-/// Paces messages per channel within one worker.
+/// Paces messages per channel within one worker. Channels are named by payloads, so the
+/// table forgets a channel once its turn has passed: it holds about the channels posted to in
+/// the last few seconds, whatever publishers send.
 #[derive(Debug, Default)]
 pub struct ChannelPacer {
-    next_turn: Mutex<HashMap<String, Instant>>,
+    turns: Mutex<Turns>,
 }
+
+#[derive(Debug, Default)]
+struct Turns {
+    next: HashMap<String, Instant>,
+    /// The table's size at which passed turns are swept out next: twice what the last sweep
+    /// kept, so sweeping costs O(1) per message however many channels are live.
+    sweep_at: usize,
+}
+
+/// The smallest table that is swept.
+const PACER_SWEEP_AT: usize = 64;
 
 impl ChannelPacer {
     /// Reserves the channel's next turn if it comes within `max_wait`; returns how long to
     /// wait for it, or `Err(wait)` without reserving when it is further away.
     pub fn reserve(&self, channel: &str, max_wait: Duration) -> Result<Duration, Duration> {
+        self.reserve_at(channel, max_wait, Instant::now())
+    }
+
+    fn reserve_at(
+        &self,
+        channel: &str,
+        max_wait: Duration,
+        now: Instant,
+    ) -> Result<Duration, Duration> {
         let mut turns = self
-            .next_turn
+            .turns
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
+        if turns.next.len() >= turns.sweep_at.max(PACER_SWEEP_AT) {
+            // a passed turn means "now", as no entry does
+            turns.next.retain(|_, turn| *turn > now);
+            turns.sweep_at = 2 * turns.next.len();
+        }
         let turn = turns
+            .next
             .get(channel)
             .copied()
             .filter(|turn| *turn > now)
@@ -50,7 +77,9 @@ impl ChannelPacer {
         if wait > max_wait {
             return Err(wait);
         }
-        turns.insert(channel.to_owned(), turn + CHANNEL_SPACING);
+        turns
+            .next
+            .insert(channel.to_owned(), turn + CHANNEL_SPACING);
         Ok(wait)
     }
 }
@@ -120,6 +149,7 @@ pub async fn deliver_slack(
         &url,
         headers,
         message.to_string(),
+        http::MAX_SLACK_ANSWER_READ,
     )
     .await;
     let elapsed = clock.elapsed();
@@ -130,16 +160,24 @@ pub async fn deliver_slack(
         SendResult::Answered {
             status,
             retry_after,
-            body_excerpt,
+            body,
         } => {
             let retry_after = context.retry_after(delivery, retry_after.as_deref());
             (
-                slack::classify(status, &body_excerpt, retry_after),
+                slack::classify(status, &body, retry_after),
                 Some(i32::from(status)),
-                Some(body_excerpt),
+                Some(http::excerpt(&body)),
             )
         }
-        SendResult::Failed { error } => (SlackVerdict::Transient(error), None, None),
+        // accepted, then the answer broke off: the message may be in the channel
+        SendResult::BrokeOff { status, error } if (200..300).contains(&status) => (
+            SlackVerdict::Unconfirmed(format!("{}: {error}", slack::UNREADABLE_ANSWER)),
+            Some(i32::from(status)),
+            None,
+        ),
+        SendResult::BrokeOff { error, .. } | SendResult::Failed { error } => {
+            (SlackVerdict::Transient(error), None, None)
+        }
     };
     let mut record = AttemptRecord {
         attempt_number: delivery.attempts,
@@ -169,6 +207,13 @@ pub async fn deliver_slack(
             retry_after,
         ),
         SlackVerdict::Transient(error) => retry_or_die(context, attempt_number, error, None),
+        SlackVerdict::Unconfirmed(error) => (
+            NextState::Dead {
+                reason: format!("{error} (may have been posted; replay to post again)"),
+                disable_subscription: false,
+            },
+            Some(error),
+        ),
     };
     record.error.clone_from(&error);
     tracing::info!(
@@ -207,6 +252,22 @@ fn retry_or_die(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pacer_forgets_channels_whose_turn_has_passed() {
+        let pacer = ChannelPacer::default();
+        let start = Instant::now();
+        // a new channel every 10 ms for 100 s: about 100 have a turn pending at any time
+        for channel in 0..10_000_u32 {
+            let now = start + Duration::from_millis(10 * u64::from(channel));
+            assert_eq!(
+                pacer.reserve_at(&format!("C{channel}"), MAX_PACING_WAIT, now),
+                Ok(Duration::ZERO)
+            );
+        }
+        let kept = pacer.turns.lock().unwrap().next.len();
+        assert!(kept <= 256, "the pacer kept {kept} channels");
+    }
 
     #[test]
     fn a_channel_gets_one_turn_per_second_and_far_turns_are_not_reserved() {

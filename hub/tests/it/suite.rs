@@ -20,6 +20,9 @@ on_both_backends!(
     an_idempotency_key_stores_one_event,
     admin_listings_page_and_filter,
     a_subscription_is_changed_rotated_and_deleted,
+    the_brief_signature_verifies_with_the_old_secret_through_a_rotation,
+    a_receivers_nul_byte_costs_no_other_delivery,
+    a_row_the_database_refuses_sinks_no_other_row,
     gone_dead_letters_at_once_and_disables_the_subscription,
     queued_work_of_a_deleted_subscription_is_cancelled,
     maintenance_statements_work,
@@ -419,6 +422,202 @@ async fn a_subscription_is_changed_rotated_and_deleted(backend: Backend) {
     let (status, _) = hub.call(Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(hub.publish("b", json!({}), None).await["deliveries"], 0);
+    hub.stop().await;
+}
+
+/// The README's recipe for `X-Webhook-Signature` (and `-Next`): lowercase hex of
+/// HMAC-SHA256 over `{timestamp}.{body}`, keyed with the secret's UTF-8 bytes.
+fn brief_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&[timestamp.as_bytes(), b".", body].concat());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+async fn the_brief_signature_verifies_with_the_old_secret_through_a_rotation(backend: Backend) {
+    let hub = Hub::start(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    let (id, old_secret) = hub.subscribe(&receiver.url("/hook"), &["a"]).await;
+    let (status, rotated) = hub
+        .call(
+            Method::POST,
+            &format!("/subscriptions/{id}/rotate-secret"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+
+    // through the grace period: receivers still holding the old secret verify the brief's
+    // header as before; those already switched verify the -Next header
+    hub.publish("a", json!({"n": 1}), None).await;
+    assert!(eventually(Duration::from_secs(20), || async { receiver.count() == 1 }).await);
+    let during = receiver.received().pop().unwrap();
+    let timestamp = during.header("x-webhook-timestamp");
+    assert_eq!(
+        during.header("x-webhook-signature"),
+        brief_signature(&old_secret, timestamp, &during.body)
+    );
+    assert_eq!(
+        during.header("x-webhook-signature-next"),
+        brief_signature(&new_secret, timestamp, &during.body)
+    );
+    for secret in [&old_secret, &new_secret] {
+        assert!(signed_by(
+            secret,
+            during.header("webhook-id"),
+            during.header("webhook-timestamp"),
+            &during.body,
+            during.header("webhook-signature"),
+        ));
+    }
+
+    // after it: the new secret alone, in the brief's header
+    hub.db.end_secret_grace(id.parse().unwrap()).await;
+    hub.publish("a", json!({"n": 2}), None).await;
+    assert!(eventually(Duration::from_secs(20), || async { receiver.count() == 2 }).await);
+    let after = receiver.received().pop().unwrap();
+    let timestamp = after.header("x-webhook-timestamp");
+    assert_eq!(
+        after.header("x-webhook-signature"),
+        brief_signature(&new_secret, timestamp, &after.body)
+    );
+    assert!(after.headers.get("x-webhook-signature-next").is_none());
+    assert!(!signed_by(
+        &old_secret,
+        after.header("webhook-id"),
+        after.header("webhook-timestamp"),
+        &after.body,
+        after.header("webhook-signature"),
+    ));
+    hub.stop().await;
+}
+
+/// Waits until `expected` attempts have delivered.
+async fn all_delivered(hub: &Hub, expected: i64) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        hub.get("/admin/stats").await["delivered"].as_i64() == Some(expected)
+    })
+    .await
+}
+
+/// The sorted event ids of the requests `receiver` got.
+fn event_ids(receiver: &Receiver) -> Vec<String> {
+    let mut ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|request| request.header("webhook-id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn a_receivers_nul_byte_costs_no_other_delivery(backend: Backend) {
+    let hub = Hub::start(backend, |settings| settings.worker_batch_size = 20).await;
+    let hostile = Receiver::start().await;
+    hostile.reply_with(|_, _| Reply {
+        body: b"ok\0 and \0 more".to_vec(),
+        ..Reply::status(200)
+    });
+    let healthy = Receiver::start().await;
+    let (hostile_id, _) = hub.subscribe(&hostile.url("/nul"), &["a"]).await;
+    hub.subscribe(&healthy.url("/fine"), &["a"]).await;
+    let mut published = Vec::new();
+    for n in 0..10 {
+        published.push(
+            hub.publish("a", json!({"n": n}), None).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    published.sort();
+    assert!(
+        all_delivered(&hub, 20).await,
+        "{}",
+        hub.get("/admin/stats").await
+    );
+    // each event reached each receiver once: no outcome was lost and re-sent
+    assert_eq!(event_ids(&healthy), published);
+    assert_eq!(event_ids(&hostile), published);
+    let letters = hub.get("/admin/dead-letters").await;
+    assert_eq!(letters["data"], json!([]));
+    // the hostile answer is kept, readable, its NULs replaced
+    let attempts = hub
+        .get(&format!("/admin/events/{}/attempts", published[0]))
+        .await;
+    let kept = attempts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|attempt| attempt["response_body"] != "")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        kept["response_body"], "ok\u{fffd} and \u{fffd} more",
+        "{attempts}"
+    );
+    let subscription = hub.get(&format!("/subscriptions/{hostile_id}")).await;
+    assert_eq!(subscription["consecutive_failures"], 0);
+    hub.stop().await;
+}
+
+async fn a_row_the_database_refuses_sinks_no_other_row(backend: Backend) {
+    let hub = Hub::start(backend, |settings| settings.worker_batch_size = 20).await;
+    hub.db.refuse_poisoned_attempts().await;
+    let poisoned = Receiver::start().await;
+    // the first answer of each event cannot be stored; the retry's can
+    poisoned.reply_with(|index, _| Reply {
+        body: if index < 5 {
+            b"poison".to_vec()
+        } else {
+            b"fine".to_vec()
+        },
+        ..Reply::status(200)
+    });
+    let healthy = Receiver::start().await;
+    hub.subscribe(&poisoned.url("/poisoned"), &["a"]).await;
+    hub.subscribe(&healthy.url("/healthy"), &["a"]).await;
+    let mut published = Vec::new();
+    for n in 0..5 {
+        published.push(
+            hub.publish("a", json!({"n": n}), None).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    published.sort();
+    assert!(
+        all_delivered(&hub, 10).await,
+        "{}",
+        hub.get("/admin/stats").await
+    );
+    // the healthy receiver lost nothing to its neighbour's refused rows
+    assert_eq!(event_ids(&healthy), published);
+    // each refused outcome was recorded as a failed attempt, then retried
+    let mut poisoned_ids = event_ids(&poisoned);
+    poisoned_ids.dedup();
+    assert_eq!(poisoned_ids, published);
+    assert_eq!(poisoned.count(), 10);
+    let attempts = hub
+        .get(&format!("/admin/events/{}/attempts", published[0]))
+        .await;
+    let errors: Vec<&str> = attempts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|attempt| attempt["error"].as_str())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.starts_with("outcome_unstorable")),
+        "{attempts}"
+    );
     hub.stop().await;
 }
 

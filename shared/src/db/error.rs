@@ -10,6 +10,8 @@ mod sqlstate {
     pub const CRASH_SHUTDOWN: &str = "57P02";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const DEADLOCK_DETECTED: &str = "40P01";
     /// Class 08: connection exceptions.
     pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
 }
@@ -22,6 +24,10 @@ pub enum DbError {
     /// pooled connection became free in time. Nothing was changed; retrying later is safe.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The transaction lost a race with another one (a deadlock or a serialization failure)
+    /// and was rolled back whole; running it again may succeed.
+    #[error("transaction aborted by contention")]
+    Contention(#[source] sqlx::Error),
     /// A unique or foreign-key constraint refused the write.
     #[error("constraint {constraint} violated")]
     Constraint {
@@ -96,6 +102,12 @@ impl From<sqlx::Error> for DbError {
                 }
                 if matches!(
                     code.as_str(),
+                    sqlstate::SERIALIZATION_FAILURE | sqlstate::DEADLOCK_DETECTED
+                ) {
+                    return Self::Contention(error);
+                }
+                if matches!(
+                    code.as_str(),
                     sqlstate::UNIQUE_VIOLATION | sqlstate::FOREIGN_KEY_VIOLATION
                 ) {
                     let constraint = database_error.constraint().unwrap_or_default().to_owned();
@@ -117,5 +129,11 @@ impl DbError {
     /// Whether retrying later may succeed.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    /// Whether the same statement may succeed when run again: the database was unavailable,
+    /// or the transaction lost a race. Any other error is about the data and would repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Contention(_))
     }
 }

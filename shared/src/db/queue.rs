@@ -243,6 +243,43 @@ pub struct Completion {
     pub attempt: Option<AttemptRecord>,
 }
 
+impl Completion {
+    /// The completion with every text a receiver can shape (its answer's excerpt, the error
+    /// and dead-letter texts built from it, Slack's `ts`) made storable: a Postgres `text`
+    /// value cannot hold NUL, and one refused value would fail the whole flush.
+    fn storable(&self) -> Self {
+        let mut completion = self.clone();
+        storable_in_place(&mut completion.last_error);
+        if let NextState::Dead { reason, .. } = &mut completion.next {
+            *reason = storable_text(reason).into_owned();
+        }
+        if let Some(attempt) = &mut completion.attempt {
+            storable_in_place(&mut attempt.response_body);
+            storable_in_place(&mut attempt.error);
+            storable_in_place(&mut attempt.external_id);
+        }
+        completion
+    }
+}
+
+/// `text` without NUL characters (each replaced by U+FFFD), borrowed when it has none. Rust
+/// strings are always valid UTF-8, so NUL is the one character a `text` column refuses.
+pub fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+fn storable_in_place(text: &mut Option<String>) {
+    if let Some(value) = text
+        && value.contains('\0')
+    {
+        *value = storable_text(value).into_owned();
+    }
+}
+
 /// Writes a batch of outcomes of worker `worker_id` in one statement; returns the rows whose
 /// lease still held (for the others, taken by another worker, nothing was written).
 ///
@@ -253,9 +290,10 @@ pub async fn complete_deliveries(
     worker_id: &str,
     completions: &[Completion],
 ) -> Result<Vec<Written>, DbError> {
+    let completions: Vec<Completion> = completions.iter().map(Completion::storable).collect();
     let pool = match db {
         Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.complete_deliveries(worker_id, completions).await,
+        Db::Sqlite(sqlite) => return sqlite.complete_deliveries(worker_id, &completions).await,
     };
     let mut sorted: Vec<&Completion> = completions.iter().collect();
     sorted.sort_by_key(|completion| completion.delivery_id);

@@ -335,6 +335,56 @@ impl TestDb {
         })
     }
 
+    /// Ends a rotated-out secret's grace period now (its expiry becomes the subscription's
+    /// creation time, which both backends store in their own format).
+    pub async fn end_secret_grace(&self, subscription_id: Uuid) {
+        on_raw!(&self.raw, pool => {
+            sqlx::query(
+                "update subscriptions set previous_secret_expires_at = created_at where id = $1",
+            )
+            .bind(subscription_id)
+            .execute(pool)
+            .await
+            .unwrap();
+        });
+    }
+
+    /// Makes the database refuse every attempt record whose response body is `poison`, as a
+    /// stand-in for any row a database may refuse: a trigger raising an error.
+    pub async fn refuse_poisoned_attempts(&self) {
+        match &self.raw {
+            Raw::Postgres { pool, .. } => {
+                sqlx::query(
+                    "create function ih_test_refuse() returns trigger language plpgsql as $$
+                     begin
+                       if new.response_body = 'poison' then raise exception 'refused by the test'; end if;
+                       return new;
+                     end $$",
+                )
+                .execute(pool)
+                .await
+                .unwrap();
+                sqlx::query(
+                    "create trigger ih_test_refuse before insert on delivery_attempts
+                     for each row execute function ih_test_refuse()",
+                )
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            Raw::Sqlite { pool, .. } => {
+                sqlx::query(
+                    "create trigger ih_test_refuse before insert on delivery_attempts
+                     when new.response_body = 'poison'
+                     begin select raise(abort, 'refused by the test'); end",
+                )
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
+    }
+
     /// The stored payload text of an event.
     pub async fn stored_payload(&self, event_id: Uuid) -> String {
         on_raw!(&self.raw, pool => {

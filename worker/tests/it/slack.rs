@@ -261,3 +261,97 @@ async fn without_a_token_or_with_a_forbidden_channel_slack_deliveries_dead_lette
     );
     assert_eq!(slack.count(), 0, "nothing was posted");
 }
+
+/// Slack's answer to a long message: `chat.postMessage` echoes the message it posted, in
+/// `text` and in `blocks`, so the answer is as long as the message and more.
+fn echoing_answer(request: &shared::test_support::receiver::Received) -> Reply {
+    let posted: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    let answer = serde_json::json!({
+        "ok": true,
+        "channel": posted["channel"],
+        "ts": "1700000000.000200",
+        "message": {
+            "type": "message",
+            "text": posted["text"],
+            "blocks": posted["blocks"],
+            "bot_id": "B1",
+        },
+    });
+    // Slack's API writes JSON in ASCII: every other character as a \u escape
+    let mut ascii = String::new();
+    for character in answer.to_string().chars() {
+        if character.is_ascii() {
+            ascii.push(character);
+        } else {
+            let mut units = [0_u16; 2];
+            for unit in character.encode_utf16(&mut units) {
+                ascii.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    Reply::json(200, &ascii)
+}
+
+#[tokio::test]
+async fn a_long_message_is_posted_once_whatever_the_length_of_the_echo() {
+    let db = TestDb::new().await;
+    let slack = Receiver::start().await;
+    slack.reply_with(|_, request| echoing_answer(request));
+    // every field at its longest, in characters that escape to the most bytes
+    let long = "é<😀>&".repeat(2_000);
+    let payload = serde_json::json!({
+        "title": long, "requester": long, "description": long
+    });
+    let event_id = request_submitted(&db, &payload.to_string()).await;
+    let worker = spawn_worker(&slack_settings(&db, &slack), None);
+    assert!(settled(&db).await);
+    worker.stop().await;
+    assert_eq!(slack.count(), 1, "posted once");
+    let answer_length = echoing_answer(&slack.received()[0]).body.len();
+    assert!(
+        answer_length > 8 * 1024,
+        "the echo is {answer_length} bytes"
+    );
+    let attempts = db::list_event_attempts(&db.pool, event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "delivered");
+    assert_eq!(
+        attempts[0].external_id.as_deref(),
+        Some("1700000000.000200")
+    );
+    let excerpt = attempts[0].response_body.as_deref().unwrap_or_default();
+    assert!(excerpt.len() <= 4 * 1024, "only the excerpt is stored");
+}
+
+#[tokio::test]
+async fn an_unreadable_answer_after_a_2xx_is_recorded_and_never_reposted() {
+    let db = TestDb::new().await;
+    let slack = Receiver::start().await;
+    slack.reply_with(|_, _| Reply::json(200, "<html>proxy says hi</html>"));
+    let event_id = request_submitted(&db, r#"{"title":"t"}"#).await;
+    let worker = spawn_worker(&slack_settings(&db, &slack), None);
+    // dead is terminal: no retry can follow it
+    assert!(settled(&db).await);
+    worker.stop().await;
+    assert_eq!(slack.count(), 1, "never re-posted automatically");
+    let letters = db::list_dead_letters(
+        &db.pool,
+        &db::DeadLetterFilter::default(),
+        db::Page {
+            cursor: None,
+            limit: 10,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, event_id);
+    assert!(
+        letters[0].reason.starts_with("slack_unreadable_answer"),
+        "{}",
+        letters[0].reason
+    );
+}
