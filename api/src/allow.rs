@@ -1,5 +1,6 @@
-//! The `Allow` header of 405 answers (RFC 9110 §15.5.6: a 405 must list the methods the
-//! resource supports), taken from the OpenAPI document so it cannot drift from the routes.
+//! The routes the server serves, read from the OpenAPI document so they cannot drift: the
+//! `Allow` header of 405 answers (RFC 9110 §15.5.6: a 405 must list the methods the resource
+//! supports) and the bounded `route` label of the HTTP metrics.
 
 use std::sync::Arc;
 
@@ -11,8 +12,19 @@ use poem::{
 /// Path templates and the methods each one serves, as ready `Allow` values.
 #[derive(Debug, Default)]
 pub struct AllowedMethods {
-    routes: Vec<(Vec<Segment>, HeaderValue)>,
+    routes: Vec<KnownRoute>,
 }
+
+#[derive(Debug)]
+struct KnownRoute {
+    pattern: Vec<Segment>,
+    methods: HeaderValue,
+    /// The template as a metric label, every parameter written `{id}`.
+    label: String,
+}
+
+/// The `route` label of a request whose path matches no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 #[derive(Debug, PartialEq)]
 enum Segment {
@@ -51,7 +63,7 @@ impl AllowedMethods {
         let Ok(methods) = HeaderValue::from_str(&methods) else {
             return;
         };
-        let pattern = segments(template)
+        let pattern: Vec<Segment> = segments(template)
             .map(|segment| {
                 if segment.starts_with('{') && segment.ends_with('}') {
                     Segment::Parameter
@@ -60,23 +72,80 @@ impl AllowedMethods {
                 }
             })
             .collect();
-        self.routes.push((pattern, methods));
+        let label = pattern
+            .iter()
+            .map(|segment| match segment {
+                Segment::Parameter => "/{id}",
+                Segment::Literal(literal) => literal.as_str(),
+            })
+            .fold(String::new(), |mut label, segment| {
+                if !segment.starts_with('/') {
+                    label.push('/');
+                }
+                label.push_str(segment);
+                label
+            });
+        self.routes.push(KnownRoute {
+            pattern,
+            methods,
+            label,
+        });
+    }
+
+    /// The route serving `path`: among matching templates, the one with most literal
+    /// segments (`/events/batch` before `/events/{id}`).
+    fn route(&self, path: &str) -> Option<&KnownRoute> {
+        let wanted: Vec<&str> = segments(path).collect();
+        self.routes
+            .iter()
+            .filter(|route| {
+                route.pattern.len() == wanted.len()
+                    && route
+                        .pattern
+                        .iter()
+                        .zip(&wanted)
+                        .all(|(segment, part)| match segment {
+                            Segment::Parameter => true,
+                            Segment::Literal(literal) => literal == part,
+                        })
+            })
+            .max_by_key(|route| {
+                route
+                    .pattern
+                    .iter()
+                    .filter(|segment| matches!(segment, Segment::Literal(_)))
+                    .count()
+            })
     }
 
     /// The methods served at `path`, as an `Allow` value.
     pub fn for_path(&self, path: &str) -> Option<&HeaderValue> {
-        let wanted: Vec<&str> = segments(path).collect();
-        self.routes.iter().find_map(|(pattern, methods)| {
-            let matches = pattern.len() == wanted.len()
-                && pattern
-                    .iter()
-                    .zip(&wanted)
-                    .all(|(segment, part)| match segment {
-                        Segment::Parameter => true,
-                        Segment::Literal(literal) => literal == part,
-                    });
-            matches.then_some(methods)
-        })
+        self.route(path).map(|route| &route.methods)
+    }
+
+    /// The `route` label of `path`: its template with every parameter written `{id}`, or
+    /// [`UNMATCHED_ROUTE`]. Requests choose their paths; this keeps the label set the size of
+    /// the route table.
+    pub fn route_label(&self, path: &str) -> &str {
+        self.route(path)
+            .map_or(UNMATCHED_ROUTE, |route| route.label.as_str())
+    }
+}
+
+/// The `method` label: a standard method's name, else `other` (a request may invent one).
+pub fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
     }
 }
 
@@ -133,5 +202,35 @@ mod tests {
         );
         assert_eq!(allowed_text(&allowed, "/health"), Some("GET"));
         assert_eq!(allowed_text(&allowed, "/api/v1/nothing"), None);
+    }
+
+    #[test]
+    fn route_labels_are_templates_or_unmatched() {
+        let spec = r#"{"paths": {
+            "/events/{id}": {"get": {}},
+            "/events/batch": {"post": {}},
+            "/admin/events/{event_id}/attempts": {"get": {}}
+        }}"#;
+        let routes = AllowedMethods::from_spec(spec, "/api/v1", &["/health"]);
+        assert_eq!(
+            routes.route_label("/api/v1/events/batch"),
+            "/api/v1/events/batch"
+        );
+        assert_eq!(
+            routes.route_label("/api/v1/events/xyz"),
+            "/api/v1/events/{id}"
+        );
+        assert_eq!(
+            routes.route_label("/api/v1/admin/events/1/attempts"),
+            "/api/v1/admin/events/{id}/attempts"
+        );
+        assert_eq!(routes.route_label("/health"), "/health");
+        assert_eq!(routes.route_label("/health/"), "/health");
+        assert_eq!(routes.route_label("/wp-admin/x.php"), UNMATCHED_ROUTE);
+        assert_eq!(routes.route_label("/"), UNMATCHED_ROUTE);
+        assert_eq!(
+            method_label(&poem::http::Method::from_bytes(b"FOO").unwrap()),
+            "other"
+        );
     }
 }

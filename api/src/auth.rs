@@ -3,6 +3,10 @@
 //! [`Caller`] is an OpenAPI extractor: operations that take one are documented as needing the
 //! bearer scheme, and are refused with 401 before the handler runs when the token is missing or
 //! unknown. With authentication disabled every caller is an anonymous admin.
+//!
+//! [`Authenticator::caller`] runs on the headers alone, before the request takes a load-shedding
+//! permit or has its body read (see `crate::admit`): a request without a valid token holds no
+//! capacity and makes the server buffer nothing.
 
 use std::sync::Arc;
 
@@ -29,6 +33,20 @@ impl Authenticator {
     /// Wraps the configured tokens (or the disabled mode).
     pub fn new(config: AuthConfig) -> Self {
         Self(Arc::new(config))
+    }
+
+    /// The caller the request's headers name, or why it has none.
+    ///
+    /// # Errors
+    /// Returns [`ApiError::Unauthorized`] when the token is missing, malformed or unknown.
+    pub fn caller(&self, request: &Request) -> Result<Caller, ApiError> {
+        match self.0.as_ref() {
+            AuthConfig::Disabled => Ok(Caller {
+                role: Role::Admin,
+                scope: ANONYMOUS_SCOPE.to_owned(),
+            }),
+            AuthConfig::Tokens(tokens) => authenticate(tokens, request),
+        }
     }
 }
 
@@ -106,17 +124,15 @@ impl<'a> ApiExtractor<'a> for Caller {
         _body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let Some(Authenticator(config)) = request.data::<Authenticator>() else {
+        // admitted requests carry the caller found from their headers
+        if let Some(caller) = request.data::<Self>() {
+            return Ok(caller.clone());
+        }
+        let Some(authenticator) = request.data::<Authenticator>() else {
             return Err(
                 ApiError::internal(&std::io::Error::other("authenticator not installed")).into(),
             );
         };
-        match config.as_ref() {
-            AuthConfig::Disabled => Ok(Self {
-                role: Role::Admin,
-                scope: ANONYMOUS_SCOPE.to_owned(),
-            }),
-            AuthConfig::Tokens(tokens) => authenticate(tokens, request).map_err(Into::into),
-        }
+        authenticator.caller(request).map_err(Into::into)
     }
 }

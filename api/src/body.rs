@@ -60,6 +60,56 @@ fn json_depth(text: &str) -> usize {
     deepest
 }
 
+/// Whether a valid JSON text has a `\u` escape of a UTF-16 surrogate that is not one half of
+/// a pair (`"\ud800"`). JSON's grammar allows it, but it stands for no character: no parser
+/// that decodes strings (the event detail, a receiver's, the Slack message builder) can read
+/// it, so such a payload is refused at publish rather than stored unreadable.
+fn has_lone_surrogate(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let hex = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let (mut index, mut in_string) = (0, false);
+    while let Some(&byte) = bytes.get(index) {
+        if !in_string {
+            in_string = byte == b'"';
+            index += 1;
+            continue;
+        }
+        match byte {
+            b'"' => in_string = false,
+            b'\\' if bytes.get(index + 1) == Some(&b'u') => {
+                let Some(unit) = hex(index + 2) else {
+                    return false;
+                };
+                match unit {
+                    0xD800..=0xDBFF => {
+                        let low = (bytes.get(index + 6..index + 8) == Some(&b"\\u"[..]))
+                            .then(|| hex(index + 8))
+                            .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return true;
+                        }
+                        index += 12;
+                        continue;
+                    }
+                    0xDC00..=0xDFFF => return true,
+                    _ => {
+                        index += 6;
+                        continue;
+                    }
+                }
+            }
+            // any other escape is two bytes: skip the escaped one, which may be a quote
+            b'\\' => index += 1,
+            _ => {}
+        }
+        index += 1;
+    }
+    false
+}
+
 /// Most bytes of header names and values one request may carry. The HTTP server's own guard
 /// (about 400 KiB) answers without the error envelope; this one answers with it, and well
 /// before a request can hold much memory.
@@ -78,10 +128,12 @@ pub async fn limit_headers<E: Endpoint>(endpoint: E, request: Request) -> poem::
     Ok(endpoint.call(request).await?.into_response())
 }
 
-/// Reads the body up to the route's limit before any handler sees it, answering 413 beyond it.
-/// A declared `Content-Length` over the limit is refused without reading a byte.
+/// Reads the body up to the route's limit before any handler sees it, answering 413 beyond it
+/// and 408 when it has not all arrived within `limits.body_read_timeout` (a client trickling
+/// bytes must not hold a permit for long). A declared `Content-Length` over the limit is
+/// refused without reading a byte.
 pub async fn limit_body<E: Endpoint>(
-    endpoint: E,
+    endpoint: &E,
     mut request: Request,
     limits: ApiLimits,
 ) -> poem::Result<Response> {
@@ -102,7 +154,11 @@ pub async fn limit_body<E: Endpoint>(
         return Err(ApiError::payload_too_large(limit).into());
     }
     let body = request.take_body();
-    let bytes = match body.into_bytes_limit(limit).await {
+    let read = tokio::time::timeout(limits.body_read_timeout, body.into_bytes_limit(limit));
+    let Ok(read) = read.await else {
+        return Err(ApiError::body_timeout(limits.body_read_timeout).into());
+    };
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(ReadBodyError::PayloadTooLarge) => {
             return Err(ApiError::payload_too_large(limit).into());
@@ -196,6 +252,13 @@ fn event_input(
             errors.push(ValidationError::new(
                 "payload",
                 format!("must not nest arrays and objects deeper than {MAX_PAYLOAD_DEPTH} levels"),
+            ));
+            None
+        }
+        Some(raw) if raw.get().starts_with('{') && has_lone_surrogate(raw.get()) => {
+            errors.push(ValidationError::new(
+                "payload",
+                "must not hold a lone UTF-16 surrogate escape such as \\ud800: it stands for no character",
             ));
             None
         }
@@ -409,6 +472,31 @@ mod tests {
         assert_eq!(json_depth(r#"{"a":[1,{"b":"[[[{{{\\"]]"}]}"#), 3);
         assert_eq!(json_depth(r#"{"s":"\"[["}"#), 1);
         assert_eq!(json_depth("{}"), 1);
+    }
+
+    #[test]
+    fn lone_surrogates_are_found_and_pairs_pass() {
+        for lone in [
+            r#"{"s":"\ud800"}"#,
+            r#"{"s":"\uDBFF x"}"#,
+            r#"{"s":"\udc00"}"#,
+            r#"{"s":"a\ud83d\u0041"}"#,
+            r#"{"\ud800":1}"#,
+            r#"{"s":"\ud83d\ude00\ud800"}"#,
+        ] {
+            assert!(has_lone_surrogate(lone), "{lone}");
+        }
+        for fine in [
+            r#"{"s":"\ud83d\ude00"}"#,
+            r#"{"s":"\\ud800"}"#,
+            r#"{"s":"\"\ud83d\ude00"}"#,
+            r#"{"s":"é \u00e9 \u0000"}"#,
+            r#"{"n":1,"a":[{"s":"ud800"}]}"#,
+        ] {
+            assert!(!has_lone_surrogate(fine), "{fine}");
+            // whatever passes decodes
+            serde_json::from_str::<serde_json::Value>(fine).unwrap();
+        }
     }
 
     #[test]

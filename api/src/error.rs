@@ -75,6 +75,9 @@ pub enum ApiError {
     /// The request conflicts with the current state (idempotency key reuse, already replayed).
     #[oai(status = 409)]
     Conflict(Json<Problem>),
+    /// The body did not arrive within the read deadline.
+    #[oai(status = 408)]
+    RequestTimeout(Json<Problem>),
     /// The body is larger than allowed.
     #[oai(status = 413)]
     PayloadTooLarge(Json<Problem>),
@@ -127,6 +130,17 @@ impl ApiError {
     /// 409 with a specific code.
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
         Self::Conflict(Problem::new(code, message))
+    }
+
+    /// 408 naming the deadline.
+    pub fn body_timeout(deadline: std::time::Duration) -> Self {
+        Self::RequestTimeout(Problem::new(
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs_f64()
+            ),
+        ))
     }
 
     /// 413.

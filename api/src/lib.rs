@@ -16,7 +16,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
-    Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler,
+    Endpoint, EndpointExt, IntoResponse, Response, Route, Server,
+    endpoint::make_sync,
+    get, handler,
     http::{HeaderValue, StatusCode},
     listener::TcpAcceptor,
     web::{Data, Json},
@@ -33,7 +35,9 @@ pub mod body;
 pub mod coalesce;
 pub mod console;
 pub mod error;
+pub mod labels;
 pub mod models;
+pub mod openapi;
 pub mod routes;
 pub mod waker;
 
@@ -57,6 +61,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Group commit of unkeyed publishes.
     pub publisher: coalesce::PublishCoalescer,
+    /// The bounded `event_type` label values.
+    pub event_type_labels: Arc<labels::EventTypeLabels>,
 }
 
 /// How long in-flight requests may finish after a shutdown signal.
@@ -84,11 +90,6 @@ fn openapi_service(
         "Outgoing webhook delivery: publish events, manage subscriptions, operate deliveries.",
     )
     .server("/api/v1")
-}
-
-/// The OpenAPI document as served at `/openapi.json`.
-pub fn openapi_json(state: &AppState) -> String {
-    openapi_service(state).spec()
 }
 
 #[handler]
@@ -130,21 +131,6 @@ fn render_metrics(state: Data<&AppState>) -> String {
         .unwrap_or_default()
 }
 
-/// The route template of a path, for metric labels: ids become `{id}`, so the label set stays
-/// small whatever the traffic.
-fn route_label(path: &str) -> String {
-    path.split('/')
-        .map(|segment| {
-            if Uuid::parse_str(segment).is_ok() {
-                "{id}"
-            } else {
-                segment
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 /// A request id from `X-Request-Id` when it is short and printable, else a fresh one.
 fn request_id(request: &poem::Request) -> String {
     request
@@ -161,24 +147,29 @@ fn request_id(request: &poem::Request) -> String {
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let service = openapi_service(&state);
     let console_paths = console::paths();
-    let mut plain_routes = vec!["/openapi.json", "/health", "/ready", "/metrics"];
+    let mut plain_routes = vec!["/openapi.json", "/health", "/ready", "/metrics", "/docs"];
     plain_routes.extend(console_paths.iter().map(String::as_str));
+    let document = openapi::constrain(&service.spec());
     let allowed = Arc::new(allow::AllowedMethods::from_spec(
-        &service.spec(),
+        &document,
         "/api/v1",
         &plain_routes,
     ));
-    let spec = service.spec_endpoint();
+    let spec = get(make_sync(move |_| {
+        document.clone().with_content_type("application/json")
+    }));
     let docs = service.swagger_ui();
+    let routes = allowed.clone();
     let limits = state.config.limits;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(state.config.max_in_flight));
     let authenticator = Authenticator::new(state.config.auth.clone());
+    let gate = authenticator.clone();
     Route::new()
         .nest(
             "/api/v1",
-            service
-                .around(move |endpoint, request| body::limit_body(endpoint, request, limits))
-                .around(move |endpoint, request| shed_load(endpoint, request, in_flight.clone())),
+            service.around(move |endpoint, request| {
+                admit(endpoint, request, gate.clone(), in_flight.clone(), limits)
+            }),
         )
         .at("/openapi.json", spec)
         .nest("/docs", docs)
@@ -193,21 +184,37 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .around(move |endpoint, request| {
             allow::add_allow_header(endpoint, request, allowed.clone())
         })
-        .around(observe_request)
+        .around(move |endpoint, request| observe_request(endpoint, request, routes.clone()))
 }
 
-/// Serves a request only while fewer than the configured maximum are in flight; the rest get
-/// 503 at once instead of waiting in memory for a database connection.
-async fn shed_load<E: Endpoint>(
+/// Admits an `/api/v1` request in three steps, cheapest first:
+/// 1. authentication from the headers alone: a request without a valid token is passed on
+///    with its body dropped, unread, and no permit, so the route answers it (401, or 404/405
+///    for an unknown route or method) from its headers;
+/// 2. a load-shedding permit: while the configured maximum is in flight, the rest get 503 at
+///    once instead of waiting in memory for a database connection;
+/// 3. the body, read within the size limit and the read deadline (413, 408).
+async fn admit<E: Endpoint>(
     endpoint: Arc<E>,
-    request: poem::Request,
+    mut request: poem::Request,
+    authenticator: Authenticator,
     in_flight: Arc<tokio::sync::Semaphore>,
+    limits: shared::config::ApiLimits,
 ) -> poem::Result<Response> {
+    match authenticator.caller(&request) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+        }
+        Err(_) => {
+            drop(request.take_body());
+            return Ok(endpoint.call(request).await?.into_response());
+        }
+    }
     let Ok(_permit) = in_flight.try_acquire_owned() else {
         metrics::counter!("ih_http_requests_shed_total").increment(1);
         return Err(ApiError::overloaded().into());
     };
-    Ok(endpoint.call(request).await?.into_response())
+    body::limit_body(endpoint.as_ref(), request, limits).await
 }
 
 /// Gives every request an id, a server span (continuing an incoming `traceparent`), one log
@@ -215,11 +222,14 @@ async fn shed_load<E: Endpoint>(
 async fn observe_request<E: Endpoint>(
     endpoint: Arc<E>,
     request: poem::Request,
+    routes: Arc<allow::AllowedMethods>,
 ) -> poem::Result<Response> {
     let id = request_id(&request);
-    let method = request.method().clone();
+    // labels, span names and the log line's method come from bounded sets: a request chooses
+    // its method and path, and must not choose the size of /metrics
+    let method = allow::method_label(request.method());
     let path = request.uri().path().to_owned();
-    let route = route_label(&path);
+    let route = routes.route_label(&path).to_owned();
     let started = std::time::Instant::now();
     let span = tracing::info_span!(
         "http_request",
@@ -241,20 +251,14 @@ async fn observe_request<E: Endpoint>(
         .await?
         .into_response();
     let status = response.status();
-    // a 404 from the router has no route: one label for all of them keeps cardinality bounded
-    let route = if status == StatusCode::NOT_FOUND && !route.contains("{id}") {
-        "unmatched".to_owned()
-    } else {
-        route
-    };
     metrics::counter!(
         "ih_http_requests_total",
-        "method" => method.to_string(),
+        "method" => method,
         "route" => route.clone(),
         "status" => status.as_u16().to_string()
     )
     .increment(1);
-    metrics::histogram!("ih_http_request_duration_seconds", "method" => method.to_string(), "route" => route)
+    metrics::histogram!("ih_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     tracing::info!(
         request.id = %id,
@@ -277,6 +281,12 @@ pub fn announce(config: &ApiConfig) {
         tracing::warn!(
             "AUTHENTICATION IS DISABLED (IH_AUTH_DISABLED=true): every caller is an admin; never run like this outside local development"
         );
+        if !config.addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %config.addr,
+                "AUTHENTICATION IS DISABLED AND THE API LISTENS BEYOND THIS MACHINE (IH_API_ADDR): anyone who can reach this address is an admin who can make the worker call any destination it may reach; unset IH_API_ADDR to listen on 127.0.0.1 only"
+            );
+        }
     }
     match &config.slack {
         Some(fanout) => {
@@ -326,6 +336,7 @@ pub async fn serve(
             background.clone(),
         ),
         waker: WorkerWaker::spawn(pool.clone(), background.clone()),
+        event_type_labels: Arc::new(labels::EventTypeLabels::new(config.metrics_max_event_types)),
         pool,
         config: Arc::new(config),
         metrics,

@@ -3,7 +3,12 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{Enum, Object, types::MaybeUndefined};
+use poem_openapi::{
+    Enum, Object,
+    registry::MetaSchemaRef,
+    types::{MaybeUndefined, ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+};
+use serde_json::Value;
 use shared::db;
 use uuid::Uuid;
 
@@ -151,38 +156,101 @@ pub struct DeliveryPage {
     pub next_cursor: Option<Uuid>,
 }
 
+/// A JSON string in a request body. poem-openapi's `String` also reads a number or a boolean
+/// as text (`true` becomes `"true"`); a field documented as a string refuses them instead.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Type for Text {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        String::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl ParseFromJSON for Text {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value.unwrap_or_default() {
+            Value::String(text) => Ok(Self(text)),
+            other => Err(ParseError::expected_type(other)),
+        }
+    }
+}
+
+impl ToJSON for Text {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// The strings of a list of [`Text`]s.
+pub fn strings(texts: Vec<Text>) -> Vec<String> {
+    texts.into_iter().map(|text| text.0).collect()
+}
+
+/// A map of [`Text`]s as plain strings.
+pub fn string_map(texts: BTreeMap<String, Text>) -> BTreeMap<String, String> {
+    texts
+        .into_iter()
+        .map(|(name, text)| (name, text.0))
+        .collect()
+}
+
 /// `POST /subscriptions`.
 #[derive(Object, Debug)]
 pub struct CreateSubscription {
     /// `http(s)` URL without credentials; private and metadata addresses are refused unless
     /// the operator allows them.
-    pub url: String,
+    pub url: Text,
     /// At least 16 characters; a `whsec_…` secret is generated and returned once when omitted.
-    pub secret: Option<String>,
+    pub secret: Option<Text>,
     /// Event types to receive; `*` for all.
-    pub events: Vec<String>,
+    pub events: Vec<Text>,
     /// Defaults to true.
     pub enabled: Option<bool>,
     /// A note for operators (at most 1,000 characters).
-    pub description: Option<String>,
+    pub description: Option<Text>,
     /// Extra headers sent with every delivery; `Host`, `Content-*`, `User-Agent`,
     /// `Transfer-Encoding`, `Connection` and signature headers are refused.
-    pub headers: Option<BTreeMap<String, String>>,
+    pub headers: Option<BTreeMap<String, Text>>,
 }
 
 /// `PATCH /subscriptions/{id}`: absent fields are kept.
 #[derive(Object, Debug)]
 pub struct UpdateSubscription {
     /// New URL.
-    pub url: Option<String>,
+    pub url: Option<Text>,
     /// New event types.
-    pub events: Option<Vec<String>>,
+    pub events: Option<Vec<Text>>,
     /// Enable or disable; enabling clears `disabled_reason`.
     pub enabled: Option<bool>,
     /// New description; `null` clears it.
-    pub description: MaybeUndefined<String>,
+    pub description: MaybeUndefined<Text>,
     /// New headers, replacing all.
-    pub headers: Option<BTreeMap<String, String>>,
+    pub headers: Option<BTreeMap<String, Text>>,
 }
 
 /// A subscription. Its secret is never shown after creation.
@@ -242,8 +310,11 @@ pub struct SubscriptionWithSecret {
     /// The subscription.
     #[oai(flatten)]
     pub subscription: Subscription,
-    /// The signing secret; store it now, it is not shown again.
-    pub secret: String,
+    /// The signing secret when the service made it (a rotation, or a creation without
+    /// `secret`); store it now, it is not shown again. A secret the caller supplied is never
+    /// echoed.
+    #[oai(skip_serializing_if_is_none)]
+    pub secret: Option<String>,
 }
 
 /// A page of subscriptions.

@@ -58,6 +58,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_OTLP_ENDPOINT",
     "IH_OTEL_SAMPLE_RATIO",
     "IH_API_MAX_IN_FLIGHT",
+    "IH_API_BODY_READ_TIMEOUT_SECONDS",
+    "IH_METRICS_MAX_EVENT_TYPES",
 ];
 
 /// A string that must never be printed: `Debug` shows `***`.
@@ -178,8 +180,10 @@ pub struct Settings {
     /// `IH_DATABASE_ACQUIRE_TIMEOUT_SECONDS`: how long a request waits for a connection before
     /// it is answered 503.
     pub database_acquire_timeout_seconds: f64,
-    /// `IH_API_ADDR`.
-    pub api_addr: String,
+    /// `IH_API_ADDR`; unset, `0.0.0.0:8000`, or `127.0.0.1:8000` while authentication is
+    /// disabled (a tokenless API is nobody else's to reach).
+    #[serde(deserialize_with = "lenient_optional_string")]
+    pub api_addr: Option<String>,
     /// `IH_WORKER_METRICS_ADDR`.
     pub worker_metrics_addr: String,
     /// `IH_AUTH_DISABLED`: serve the API without tokens (local development only).
@@ -252,6 +256,13 @@ pub struct Settings {
     /// `IH_API_MAX_IN_FLIGHT`: most `/api/v1` requests one API process serves at once; more
     /// are answered 503 at once instead of queueing (memory stays bounded under overload).
     pub api_max_in_flight: usize,
+    /// `IH_API_BODY_READ_TIMEOUT_SECONDS`: how long a request body may take to arrive before
+    /// the request is answered 408.
+    pub api_body_read_timeout_seconds: f64,
+    /// `IH_METRICS_MAX_EVENT_TYPES`: distinct `event_type` label values per process; later
+    /// types are counted under `other` (publishers choose the types, so they must not choose
+    /// the size of `/metrics`).
+    pub metrics_max_event_types: usize,
 }
 
 /// The default database of `make run` and of a fresh checkout.
@@ -265,7 +276,7 @@ impl Default for Settings {
             database_listen_url: None,
             database_max_connections: 10,
             database_acquire_timeout_seconds: 3.0,
-            api_addr: "0.0.0.0:8000".to_owned(),
+            api_addr: None,
             worker_metrics_addr: "0.0.0.0:9091".to_owned(),
             auth_disabled: false,
             api_tokens: None,
@@ -297,6 +308,8 @@ impl Default for Settings {
             otlp_endpoint: None,
             otel_sample_ratio: 1.0,
             api_max_in_flight: 256,
+            api_body_read_timeout_seconds: 10.0,
+            metrics_max_event_types: 100,
         }
     }
 }
@@ -416,6 +429,8 @@ pub struct ApiLimits {
     pub max_payload_bytes: usize,
     /// Largest `POST /events/batch` body.
     pub max_batch_bytes: usize,
+    /// Longest a request body may take to arrive.
+    pub body_read_timeout: Duration,
 }
 
 /// How the API authenticates callers.
@@ -448,7 +463,12 @@ pub struct ApiConfig {
     pub max_in_flight: usize,
     /// Seals subscription secrets before they are stored.
     pub secrets: crate::crypto::SecretCipher,
+    /// Distinct `event_type` label values before the `other` bucket.
+    pub metrics_max_event_types: usize,
 }
+
+/// The API's port when `IH_API_ADDR` is unset.
+pub const DEFAULT_API_PORT: u16 = 8000;
 
 /// The validated configuration of `ih-worker`.
 #[derive(Clone, Debug)]
@@ -685,7 +705,19 @@ impl ApiConfig {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
         let mut problems = Problems::default();
         common_checks(&mut problems, settings);
-        let addr = parse_addr(&mut problems, "IH_API_ADDR", &settings.api_addr);
+        let addr = match settings.api_addr.as_deref() {
+            Some(raw) => parse_addr(&mut problems, "IH_API_ADDR", raw),
+            None if settings.auth_disabled => SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            None => SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT)),
+        };
+        let body_read_timeout = positive_seconds(
+            &mut problems,
+            "IH_API_BODY_READ_TIMEOUT_SECONDS",
+            settings.api_body_read_timeout_seconds,
+        );
+        if settings.metrics_max_event_types == 0 {
+            problems.push("IH_METRICS_MAX_EVENT_TYPES: must be at least 1");
+        }
         let database = database_config(&mut problems, settings);
         let destination_policy = destination_policy(&mut problems, settings);
         let slack = slack_fanout(&mut problems, settings);
@@ -731,6 +763,7 @@ impl ApiConfig {
         let limits = ApiLimits {
             max_payload_bytes: settings.max_payload_bytes,
             max_batch_bytes: settings.max_batch_bytes,
+            body_read_timeout,
         };
         problems.finish(Self {
             addr,
@@ -742,6 +775,7 @@ impl ApiConfig {
             tracing,
             max_in_flight: settings.api_max_in_flight,
             secrets,
+            metrics_max_event_types: settings.metrics_max_event_types,
         })
     }
 }
@@ -907,7 +941,7 @@ mod tests {
     #[test]
     fn every_problem_is_listed_at_once() {
         let settings = settings_with(|s| {
-            s.api_addr = "not an address".to_owned();
+            s.api_addr = Some("not an address".to_owned());
             s.database_max_connections = 0;
             s.log_format = "xml".to_owned();
             s.api_tokens = Some(SecretString::new("root:abc"));

@@ -113,7 +113,9 @@ impl EventsApi {
                 // After commit, never inside the insert transaction: see shared::db::notify_workers.
                 self.state.waker.wake();
                 for event in &stored {
-                    metrics::counter!("ih_events_published_total", "event_type" => event.event_type.clone()).increment(1);
+                    let label = self.state.event_type_labels.label(&event.event_type);
+                    metrics::counter!("ih_events_published_total", "event_type" => label)
+                        .increment(1);
                 }
                 Ok(stored.into_iter().map(PublishedEvent::from).collect())
             }

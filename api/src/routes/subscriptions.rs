@@ -18,7 +18,7 @@ use crate::{
     error::ApiError,
     models::{
         CreateSubscription, Subscription, SubscriptionPage, SubscriptionWithSecret,
-        UpdateSubscription, next_cursor,
+        UpdateSubscription, next_cursor, string_map, strings,
     },
     routes::{ApiTags, page_limit},
 };
@@ -55,6 +55,13 @@ fn validate_description(description: Option<&str>, errors: &mut Vec<ValidationEr
             format!("must be at most {MAX_DESCRIPTION_LENGTH} characters"),
         ));
     }
+    // no stored text may hold NUL (a Postgres `text` value cannot)
+    if description.is_some_and(|text| text.contains('\0')) {
+        errors.push(ValidationError::new(
+            "description",
+            "must not contain NUL characters",
+        ));
+    }
 }
 
 /// Collects the result of one field's check, so every invalid field is reported at once.
@@ -66,8 +73,8 @@ fn collect<T>(result: Result<T, ValidationError>, errors: &mut Vec<ValidationErr
 impl SubscriptionsApi {
     /// Create a subscription.
     ///
-    /// The secret is returned in this answer only; when omitted a `whsec_` secret of 32 random
-    /// bytes is generated.
+    /// When `secret` is omitted a `whsec_` secret of 32 random bytes is generated and returned
+    /// in this answer only; a supplied secret is never echoed.
     #[oai(
         path = "/subscriptions",
         method = "post",
@@ -83,13 +90,17 @@ impl SubscriptionsApi {
         let policy = &self.state.config.destination_policy;
         let mut errors = Vec::new();
         let url = collect(TargetUrl::parse(&request.url, policy), &mut errors);
+        let generated = request.secret.is_none();
         let secret = match request.secret.as_deref() {
             Some(raw) => collect(SigningSecret::parse(raw), &mut errors),
             None => Some(SigningSecret::generate()?),
         };
-        let events = collect(EventTypeFilter::parse(&request.events), &mut errors);
+        let events = collect(
+            EventTypeFilter::parse(&strings(request.events)),
+            &mut errors,
+        );
         let headers = collect(
-            CustomHeaders::parse(&request.headers.unwrap_or_default()),
+            CustomHeaders::parse(&string_map(request.headers.unwrap_or_default())),
             &mut errors,
         );
         validate_description(request.description.as_deref(), &mut errors);
@@ -107,7 +118,7 @@ impl SubscriptionsApi {
                 secret: secret.expose().to_owned(),
                 event_types: events.as_slice().to_vec(),
                 enabled: request.enabled.unwrap_or(true),
-                description: request.description,
+                description: request.description.map(|text| text.0),
                 headers: headers.as_map().clone(),
             },
         )
@@ -115,7 +126,8 @@ impl SubscriptionsApi {
         tracing::info!(subscription.id = %row.id, url = %url.redacted(), "subscription created");
         Ok(CreatedResponse::Created(Json(SubscriptionWithSecret {
             subscription: row.into(),
-            secret: secret.expose().to_owned(),
+            // DESIGN §5: only a secret the service generated is shown
+            secret: generated.then(|| secret.expose().to_owned()),
         })))
     }
 
@@ -195,16 +207,16 @@ impl SubscriptionsApi {
             .and_then(|raw| collect(TargetUrl::parse(raw, policy), &mut errors));
         let events = request
             .events
-            .as_deref()
-            .and_then(|raw| collect(EventTypeFilter::parse(raw), &mut errors));
+            .map(strings)
+            .and_then(|raw| collect(EventTypeFilter::parse(&raw), &mut errors));
         let headers = request
             .headers
-            .as_ref()
-            .and_then(|raw| collect(CustomHeaders::parse(raw), &mut errors));
+            .map(string_map)
+            .and_then(|raw| collect(CustomHeaders::parse(&raw), &mut errors));
         let description = match request.description {
             MaybeUndefined::Undefined => None,
             MaybeUndefined::Null => Some(None),
-            MaybeUndefined::Value(text) => Some(Some(text)),
+            MaybeUndefined::Value(text) => Some(Some(text.0)),
         };
         validate_description(description.clone().flatten().as_deref(), &mut errors);
         if !errors.is_empty() {
@@ -274,7 +286,7 @@ impl SubscriptionsApi {
         tracing::info!(subscription.id = %id.0, "subscription secret rotated");
         Ok(Json(SubscriptionWithSecret {
             subscription: row.into(),
-            secret: secret.expose().to_owned(),
+            secret: Some(secret.expose().to_owned()),
         }))
     }
 }

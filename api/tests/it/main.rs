@@ -12,6 +12,7 @@ mod admin;
 mod config;
 mod events;
 mod health;
+mod hostile;
 mod openapi;
 mod subscriptions;
 mod support;

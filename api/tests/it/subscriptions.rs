@@ -51,7 +51,13 @@ async fn a_chosen_secret_and_custom_headers_are_kept() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(created["secret"], "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    // DESIGN §5: a secret the caller chose is not echoed (it may end up in logs and proxies)
+    assert!(created.get("secret").is_none(), "{created}");
+    assert!(
+        !created
+            .to_string()
+            .contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    );
     assert_eq!(created["headers"], json!({"x-team": "billing"}));
     assert_eq!(created["enabled"], false);
     assert_eq!(created["description"], "billing team");

@@ -9,5 +9,6 @@
 
 mod crash;
 mod faults;
+mod listen;
 mod suite;
 mod support;

@@ -96,6 +96,35 @@ pub async fn publish_events(
         Db::Postgres(pool) => pool,
         Db::Sqlite(sqlite) => return sqlite.publish_events(scope, events, slack).await,
     };
+    // Keyed inserts are made in key order, so two requests with the same keys wait for each
+    // other instead of deadlocking; a transaction that still loses a race (a deadlock with
+    // another kind of writer, a serialization failure) was rolled back whole and is run again.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match publish_once(pool, scope, events, slack).await {
+            Err(DbError::Contention(error)) if tries < PUBLISH_TRIES => {
+                tracing::debug!(error.message = %error, tries, "publish lost a race, running it again");
+                let pause = CONTENTION_PAUSE
+                    .mul_f64(f64::from(tries) * (0.5 + crate::retry::random_unit()));
+                tokio::time::sleep(pause).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// How many times a publish transaction is run when it keeps losing races.
+const PUBLISH_TRIES: u32 = 4;
+/// The base pause between two runs of a publish that lost a race.
+const CONTENTION_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+async fn publish_once(
+    pool: &sqlx::PgPool,
+    scope: &str,
+    events: &[NewEvent],
+    slack: Option<&SlackFanout>,
+) -> Result<PublishOutcome, DbError> {
     // The fan-out is one statement, atomic on its own. Only a batch that may be refused after
     // part of it was inserted (a reused key) needs an explicit transaction; everything else
     // commits in a single round trip.

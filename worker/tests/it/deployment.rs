@@ -165,10 +165,7 @@ fn ports_match_the_configured_addresses() {
         api_port,
         port_of(configmap["IH_API_ADDR"].as_str().unwrap())
     );
-    assert_eq!(
-        api_port,
-        port_of(&shared::config::Settings::default().api_addr)
-    );
+    assert_eq!(api_port, u64::from(shared::config::DEFAULT_API_PORT));
     let metrics_port = worker["ports"][0]["containerPort"].as_u64().unwrap();
     assert_eq!(
         metrics_port,

@@ -12,6 +12,7 @@ mod console;
 mod crash;
 mod delivery;
 mod deployment;
+mod flood;
 mod hostile;
 mod observability;
 mod outage;

@@ -76,6 +76,17 @@ impl Service {
         self.output.lock().unwrap().clone()
     }
 
+    /// The resident set size of the process now, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
     /// Sends SIGTERM and waits; returns whether it exited 0 within `deadline`.
     async fn terminate(&mut self, deadline: Duration) -> bool {
         let pid = self.child.id().to_string();
@@ -193,7 +204,7 @@ impl Stack {
         response.json().await.unwrap()
     }
 
-    async fn metrics(&self, url: &str) -> String {
+    pub async fn metrics(&self, url: &str) -> String {
         self.client
             .get(format!("{url}/metrics"))
             .send()

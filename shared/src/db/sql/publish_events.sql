@@ -2,7 +2,8 @@
 -- answered at publish and the rows inserted come from the same snapshot of subscriptions.
 -- $1 ids, $2 event types, $3 payloads, $4 idempotency keys (null = none), $5 request hashes,
 -- $6 idempotency scope, $7 traceparents (one per event), $8 slack enabled, $9 slack event types.
--- A row whose (scope, key) already exists is skipped; the caller reads the winner.
+-- A row whose (scope, key) already exists is skipped; the caller reads the winner. Rows come
+-- back in insertion order; the caller matches them to the request by id.
 with live_subscriptions as materialized (
   select id, event_types
   from subscriptions
@@ -31,7 +32,9 @@ inserted as (
          case when idempotency_key is null then null else $6::text end,
          request_hash, deliveries, traceparent, now()
   from counted
-  order by position
+  -- keys in one canonical order (the scope is the same for every row): two requests holding
+  -- the same keys in another order then wait for each other instead of deadlocking
+  order by idempotency_key, position
   on conflict (idempotency_scope, idempotency_key) do nothing
   returning id, event_type, created_at, deliveries_created
 ),
