@@ -9,7 +9,7 @@ use poem_openapi::{
     types::{MaybeUndefined, ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde_json::Value;
-use shared::db;
+use shared::{db, state};
 use uuid::Uuid;
 
 /// Default page size of every listing.
@@ -58,32 +58,74 @@ pub struct EventPage {
     pub next_cursor: Option<Uuid>,
 }
 
-/// Delivery states.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[oai(rename_all = "snake_case")]
-pub enum DeliveryStatus {
-    /// Waiting for its next attempt.
-    Pending,
-    /// A worker holds it.
-    Leased,
-    /// The receiver accepted it.
-    Delivered,
-    /// Dead-lettered; may be replayed.
-    Dead,
-    /// Its subscription was deleted.
-    Cancelled,
+/// Declares the documented mirror of a `shared::state` enum: the same variants, listed in the
+/// OpenAPI document under the same snake_case names (`state`'s mapping is the stored text; a
+/// test checks the two agree), and the conversions both ways.
+macro_rules! documented_state {
+    (
+        $(#[$meta:meta])*
+        $name:ident mirrors $state:ty { $( $(#[$variant_meta:meta])* $variant:ident, )+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+        #[oai(rename_all = "snake_case")]
+        pub enum $name {
+            $( $(#[$variant_meta])* $variant, )+
+        }
+
+        impl From<$state> for $name {
+            fn from(state: $state) -> Self {
+                match state {
+                    $( <$state>::$variant => Self::$variant, )+
+                }
+            }
+        }
+
+        impl From<$name> for $state {
+            fn from(value: $name) -> Self {
+                match value {
+                    $( $name::$variant => Self::$variant, )+
+                }
+            }
+        }
+    };
 }
 
-impl DeliveryStatus {
-    /// The value stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Leased => "leased",
-            Self::Delivered => "delivered",
-            Self::Dead => "dead",
-            Self::Cancelled => "cancelled",
-        }
+documented_state! {
+    /// Delivery states.
+    DeliveryStatus mirrors state::DeliveryStatus {
+        /// Waiting for its next attempt.
+        Pending,
+        /// A worker holds it.
+        Leased,
+        /// The receiver accepted it.
+        Delivered,
+        /// Dead-lettered; may be replayed.
+        Dead,
+        /// Its subscription was deleted.
+        Cancelled,
+    }
+}
+
+documented_state! {
+    /// Where a delivery goes.
+    Target mirrors state::Target {
+        /// An HTTP POST to the subscription's URL.
+        Webhook,
+        /// A Slack message.
+        Slack,
+    }
+}
+
+documented_state! {
+    /// What an attempt led to.
+    AttemptOutcome mirrors state::AttemptOutcome {
+        /// The receiver accepted it.
+        Delivered,
+        /// Another attempt is scheduled.
+        RetryScheduled,
+        /// The delivery is dead.
+        DeadLettered,
     }
 }
 
@@ -94,12 +136,12 @@ pub struct Delivery {
     pub id: Uuid,
     /// Its event.
     pub event_id: Uuid,
-    /// `webhook` or `slack`.
-    pub target: String,
+    /// Where it goes.
+    pub target: Target,
     /// The subscription, for webhooks.
     pub subscription_id: Option<Uuid>,
-    /// `pending`, `leased`, `delivered`, `dead` or `cancelled`.
-    pub status: String,
+    /// Where it is in its life.
+    pub status: DeliveryStatus,
     /// Attempts started.
     pub attempts: i32,
     /// Next try (pending) or lease expiry (leased).
@@ -117,9 +159,9 @@ impl From<db::DeliveryRow> for Delivery {
         Self {
             id: row.id,
             event_id: row.event_id,
-            target: row.target,
+            target: row.target.into(),
             subscription_id: row.subscription_id,
-            status: row.status,
+            status: row.status.into(),
             attempts: row.attempts,
             next_attempt_at: row.next_attempt_at,
             last_error: row.last_error,
@@ -336,8 +378,8 @@ pub struct Attempt {
     pub delivery_id: Uuid,
     /// Its event.
     pub event_id: Uuid,
-    /// `webhook` or `slack`.
-    pub target: Option<String>,
+    /// Where its delivery went.
+    pub target: Option<Target>,
     /// 1 for the first try.
     pub attempt_number: i32,
     /// When the request started.
@@ -354,8 +396,8 @@ pub struct Attempt {
     pub worker_id: Option<String>,
     /// The receiving system's id for what was created (Slack's message `ts`).
     pub external_id: Option<String>,
-    /// `delivered`, `retry_scheduled` or `dead_lettered`.
-    pub outcome: String,
+    /// What it led to.
+    pub outcome: AttemptOutcome,
 }
 
 impl From<db::AttemptRow> for Attempt {
@@ -364,7 +406,7 @@ impl From<db::AttemptRow> for Attempt {
             id: row.id,
             delivery_id: row.delivery_id,
             event_id: row.event_id,
-            target: row.target,
+            target: row.target.map(Into::into),
             attempt_number: row.attempt_number,
             started_at: row.started_at,
             duration_ms: row.duration_ms,
@@ -373,7 +415,7 @@ impl From<db::AttemptRow> for Attempt {
             error: row.error,
             worker_id: row.worker_id,
             external_id: row.external_id,
-            outcome: row.outcome,
+            outcome: row.outcome.into(),
         }
     }
 }
@@ -396,8 +438,8 @@ pub struct DeadLetter {
     pub event_id: Uuid,
     /// Its subscription, for webhooks.
     pub subscription_id: Option<Uuid>,
-    /// `webhook` or `slack`.
-    pub target: String,
+    /// Where it was going.
+    pub target: Target,
     /// Why it died.
     pub reason: String,
     /// When it died.
@@ -415,7 +457,7 @@ impl From<db::DeadLetterRow> for DeadLetter {
             delivery_id: row.delivery_id,
             event_id: row.event_id,
             subscription_id: row.subscription_id,
-            target: row.target,
+            target: row.target.into(),
             reason: row.reason,
             created_at: row.created_at,
             replayed_at: row.replayed_at,
@@ -497,5 +539,28 @@ pub fn next_cursor<T>(rows: &[T], limit: i64, id: impl Fn(&T) -> Uuid) -> Option
         rows.last().map(id)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name the API writes for a documented state.
+    fn written(value: &impl ToJSON) -> String {
+        value.to_json().unwrap().as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn documented_states_are_written_as_they_are_stored() {
+        for state in state::DeliveryStatus::ALL {
+            assert_eq!(written(&DeliveryStatus::from(*state)), state.as_str());
+        }
+        for state in state::Target::ALL {
+            assert_eq!(written(&Target::from(*state)), state.as_str());
+        }
+        for state in state::AttemptOutcome::ALL {
+            assert_eq!(written(&AttemptOutcome::from(*state)), state.as_str());
+        }
     }
 }

@@ -145,12 +145,12 @@ pub struct DeliveryRow {
     pub id: Uuid,
     /// Its event.
     pub event_id: Uuid,
-    /// `webhook` or `slack`.
-    pub target: String,
+    /// Where it goes.
+    pub target: crate::state::Target,
     /// The subscription, for webhooks.
     pub subscription_id: Option<Uuid>,
-    /// `pending`, `leased`, `delivered`, `dead` or `cancelled`.
-    pub status: String,
+    /// Where it is in its life.
+    pub status: crate::state::DeliveryStatus,
     /// Attempts started so far.
     pub attempts: i32,
     /// Next try (pending) or lease expiry (leased).

@@ -13,6 +13,8 @@
 //! - [`signing`]: the webhook body and its signatures.
 //! - [`retry`]: the backoff schedule and the classification of answers.
 //! - [`slack`]: the Slack connector's messages and answer classification.
+//! - [`state`]: delivery status, target and attempt outcome as types, with their one text
+//!   mapping.
 //! - [`db`]: the connection pool and every SQL statement.
 //! - [`telemetry`]: log set-up.
 
@@ -25,6 +27,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod signing;
 pub mod slack;
+pub mod state;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod test_support;

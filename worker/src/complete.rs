@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use shared::{
     db::{self, AttemptRecord, Completion, Db, NextState},
     retry::RetryPolicy,
+    state::Target,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
@@ -32,8 +33,8 @@ pub struct Finished {
     pub leased_at: Instant,
     /// The worker slot, released after the flush.
     pub permit: OwnedSemaphorePermit,
-    /// `webhook` or `slack`, for metrics.
-    pub target: String,
+    /// Where the delivery went, for metrics.
+    pub target: Target,
     /// The subscription, for the per-subscription failure metric.
     pub subscription_id: Option<Uuid>,
 }
@@ -179,14 +180,14 @@ async fn flush(
 async fn write(pool: &Db, worker_id: &str, buffer: &[Finished]) -> Result<(), db::DbError> {
     let mut completions: Vec<Completion> = Vec::new();
     let mut releases: Vec<(Uuid, Uuid, Duration)> = Vec::new();
-    let mut targets: std::collections::HashMap<Uuid, (String, Option<Uuid>)> =
+    let mut targets: std::collections::HashMap<Uuid, (Target, Option<Uuid>)> =
         std::collections::HashMap::new();
     for finished in buffer {
         match &finished.outcome {
             Outcome::Complete(completion) => {
                 targets.insert(
                     completion.delivery_id,
-                    (finished.target.clone(), finished.subscription_id),
+                    (finished.target, finished.subscription_id),
                 );
                 completions.push(completion.clone());
             }
@@ -209,10 +210,10 @@ async fn write(pool: &Db, worker_id: &str, buffer: &[Finished]) -> Result<(), db
                 metrics::counter!("ih_leases_lost_total").increment(1);
                 continue;
             };
-            let (target, subscription_id) = targets
-                .get(&completion.delivery_id)
-                .cloned()
-                .unwrap_or_default();
+            // every completion came from the buffer, so its target is known
+            let Some(&(target, subscription_id)) = targets.get(&completion.delivery_id) else {
+                continue;
+            };
             let failed_attempt =
                 completion.attempt.is_some() && completion.next != db::NextState::Delivered;
             if let (true, Some(subscription_id)) = (failed_attempt, subscription_id) {
@@ -223,15 +224,11 @@ async fn write(pool: &Db, worker_id: &str, buffer: &[Finished]) -> Result<(), db
                 )
                 .increment(1);
             }
-            let outcome = match completion.next {
-                db::NextState::Delivered => "delivered",
-                db::NextState::Retry(_) => "retry_scheduled",
-                db::NextState::Dead { .. } => "dead_lettered",
-                db::NextState::Cancelled => "cancelled",
-            };
-            metrics::counter!("ih_deliveries_total", "target" => target.clone(), "outcome" => outcome).increment(1);
+            let outcome = completion.next.label();
+            metrics::counter!("ih_deliveries_total", "target" => target.as_str(), "outcome" => outcome).increment(1);
             if let db::NextState::Dead { .. } = completion.next {
-                metrics::counter!("ih_dead_letters_total", "target" => target).increment(1);
+                metrics::counter!("ih_dead_letters_total", "target" => target.as_str())
+                    .increment(1);
             }
             if let Some(lag) = lag {
                 metrics::histogram!("ih_delivery_lag_seconds").record(*lag);

@@ -12,6 +12,7 @@ use shared::{
     domain::redact_url,
     retry::{RetryPolicy, Verdict, classify_status, parse_retry_after},
     signing,
+    state::Target,
     url_policy::DestinationPolicy,
 };
 use uuid::Uuid;
@@ -183,7 +184,7 @@ pub fn precheck(
         };
         return Some(dead(delivery, "lease_expired", Some(record)));
     }
-    if delivery.target == "slack" {
+    if delivery.target == Target::Slack {
         if context.slack.is_none() {
             return Some(dead(delivery, "connector_not_configured", None));
         }
@@ -313,21 +314,12 @@ pub async fn deliver_webhook(
             attempt = delivery.attempts,
             response.status = completion.attempt.as_ref().and_then(|a| a.response_status),
             duration_ms = elapsed.as_millis() as u64,
-            outcome = next_state_name(&completion.next),
+            outcome = completion.next.label(),
             target = %redact_url(&subscription.url),
             "delivery attempt finished"
         );
     }
     outcome
-}
-
-fn next_state_name(next: &NextState) -> &'static str {
-    match next {
-        NextState::Delivered => "delivered",
-        NextState::Retry(_) => "retry_scheduled",
-        NextState::Dead { .. } => "dead_lettered",
-        NextState::Cancelled => "cancelled",
-    }
 }
 
 /// Turns a send result into the delivery's next state.
@@ -434,7 +426,7 @@ mod tests {
             id: Uuid::now_v7(),
             lease_token: Uuid::new_v4(),
             attempts,
-            target: "webhook".to_owned(),
+            target: Target::Webhook,
             subscription_id: Some(Uuid::now_v7()),
             event_id: Uuid::now_v7(),
             event_type: "t".to_owned(),

@@ -25,8 +25,9 @@ use std::{
 use shared::{
     config::WorkerConfig,
     crypto::SecretCipher,
-    db::{self, Db, DeliverySubscription, LeasedDelivery},
+    db::{self, Db, DeliverySubscription, LeasedDelivery, NextState},
     retry::RetryPolicy,
+    state::Target,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -305,12 +306,21 @@ fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
 
 /// Registers the counters at zero, so dashboards and alerts see them before the first event.
 fn register_metrics() {
-    for target in ["webhook", "slack"] {
-        for outcome in ["delivered", "retry_scheduled", "dead_lettered", "cancelled"] {
-            metrics::counter!("ih_deliveries_total", "target" => target, "outcome" => outcome)
+    let outcomes = [
+        NextState::Delivered,
+        NextState::Retry(Duration::ZERO),
+        NextState::Dead {
+            reason: String::new(),
+            disable_subscription: false,
+        },
+        NextState::Cancelled,
+    ];
+    for target in Target::ALL {
+        for outcome in &outcomes {
+            metrics::counter!("ih_deliveries_total", "target" => target.as_str(), "outcome" => outcome.label())
                 .increment(0);
         }
-        metrics::counter!("ih_dead_letters_total", "target" => target).increment(0);
+        metrics::counter!("ih_dead_letters_total", "target" => target.as_str()).increment(0);
     }
     metrics::counter!("ih_leases_lost_total").increment(0);
     metrics::counter!("ih_deliveries_deferred_total").increment(0);
@@ -374,15 +384,15 @@ async fn deliver_one(
             let send = tokio::spawn(
                 async move {
                     match (
-                        task_delivery.target.as_str(),
+                        task_delivery.target,
                         subscription,
                         task_context.slack.as_ref(),
                     ) {
-                        ("webhook", Some(subscription), _) => {
+                        (Target::Webhook, Some(subscription), _) => {
                             deliver::deliver_webhook(&task_context, &task_delivery, &subscription)
                                 .await
                         }
-                        ("slack", _, Some(connector)) => {
+                        (Target::Slack, _, Some(connector)) => {
                             slack::deliver_slack(&task_context, connector, &task_delivery).await
                         }
                         // precheck settles every other combination
@@ -417,7 +427,7 @@ async fn deliver_one(
             outcome,
             leased_at,
             permit,
-            target: delivery.target.clone(),
+            target: delivery.target,
             subscription_id: delivery.subscription_id,
         })
         .await;

@@ -13,6 +13,7 @@ use shared::{
     config::SlackConnector,
     db::{AttemptRecord, Completion, LeasedDelivery, NextState},
     slack::{self, MessageError, SlackVerdict},
+    state::Target,
 };
 
 use crate::{
@@ -219,7 +220,7 @@ pub async fn deliver_slack(
     tracing::info!(
         event.id = %delivery.event_id,
         delivery.id = %delivery.id,
-        target = "slack",
+        target = %Target::Slack,
         attempt = delivery.attempts,
         response.status = status,
         duration_ms = elapsed.as_millis() as u64,

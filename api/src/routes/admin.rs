@@ -105,7 +105,7 @@ impl AdminApi {
         caller.require_admin()?;
         let limit = page_limit(limit.0)?;
         let filter = DeliveryFilter {
-            status: status.0.map(|status| status.as_str().to_owned()),
+            status: status.0.map(Into::into),
             subscription_id: subscription_id.0,
             event_id: event_id.0,
         };

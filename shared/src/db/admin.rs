@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::db::{Db, DbError, DeliveryRow, Page};
+use crate::{
+    db::{Db, DbError, DeliveryRow, Page},
+    state::{AttemptOutcome, DeliveryStatus, Target},
+};
 
 /// One recorded attempt.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -14,8 +17,8 @@ pub struct AttemptRow {
     pub delivery_id: Uuid,
     /// Its event.
     pub event_id: Uuid,
-    /// `webhook` or `slack` (absent when the delivery was pruned).
-    pub target: Option<String>,
+    /// Where its delivery went (absent when the delivery was pruned).
+    pub target: Option<Target>,
     /// 1 for the first try.
     pub attempt_number: i32,
     /// When the request started.
@@ -32,8 +35,8 @@ pub struct AttemptRow {
     pub worker_id: Option<String>,
     /// The receiving system's id for what was created (Slack's `ts`).
     pub external_id: Option<String>,
-    /// `delivered`, `retry_scheduled` or `dead_lettered`.
-    pub outcome: String,
+    /// What it led to.
+    pub outcome: AttemptOutcome,
 }
 
 /// Lists every attempt of every delivery of an event; `None` when the event does not exist.
@@ -66,7 +69,7 @@ pub async fn list_event_attempts(
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryFilter {
     /// Only this status.
-    pub status: Option<String>,
+    pub status: Option<DeliveryStatus>,
     /// Only this subscription.
     pub subscription_id: Option<Uuid>,
     /// Only this event.
@@ -87,7 +90,7 @@ pub async fn list_deliveries(
         Db::Sqlite(sqlite) => return sqlite.list_deliveries(filter, page).await,
     };
     Ok(sqlx::query_as(include_str!("sql/list_deliveries.sql"))
-        .bind(filter.status.as_deref())
+        .bind(filter.status.map(DeliveryStatus::as_str))
         .bind(filter.subscription_id)
         .bind(filter.event_id)
         .bind(page.cursor)
@@ -107,8 +110,8 @@ pub struct DeadLetterRow {
     pub event_id: Uuid,
     /// Its subscription, for webhooks.
     pub subscription_id: Option<Uuid>,
-    /// `webhook` or `slack`.
-    pub target: String,
+    /// Where it was going.
+    pub target: Target,
     /// Why it died.
     pub reason: String,
     /// When it died.

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::{
     crypto::{CryptoError, SecretCipher},
     db::{Db, DbError},
+    state::{AttemptOutcome, DeliveryStatus, Target},
 };
 
 /// A leased delivery with everything its send needs.
@@ -21,8 +22,8 @@ pub struct LeasedDelivery {
     pub lease_token: Uuid,
     /// Attempts including this one.
     pub attempts: i32,
-    /// `webhook` or `slack`.
-    pub target: String,
+    /// Where it goes.
+    pub target: Target,
     /// The subscription, for webhooks.
     pub subscription_id: Option<Uuid>,
     /// The event.
@@ -171,12 +172,37 @@ pub enum NextState {
 
 impl NextState {
     /// As stored: the delivery's status, its delay when pending, and the attempt's outcome.
-    pub(crate) fn stored(&self) -> (&'static str, Duration, &'static str) {
+    pub(crate) fn stored(&self) -> (DeliveryStatus, Duration, AttemptOutcome) {
         match self {
-            Self::Delivered => ("delivered", Duration::ZERO, "delivered"),
-            Self::Retry(delay) => ("pending", *delay, "retry_scheduled"),
-            Self::Dead { .. } => ("dead", Duration::ZERO, "dead_lettered"),
-            Self::Cancelled => ("cancelled", Duration::ZERO, "dead_lettered"),
+            Self::Delivered => (
+                DeliveryStatus::Delivered,
+                Duration::ZERO,
+                AttemptOutcome::Delivered,
+            ),
+            Self::Retry(delay) => (
+                DeliveryStatus::Pending,
+                *delay,
+                AttemptOutcome::RetryScheduled,
+            ),
+            Self::Dead { .. } => (
+                DeliveryStatus::Dead,
+                Duration::ZERO,
+                AttemptOutcome::DeadLettered,
+            ),
+            Self::Cancelled => (
+                DeliveryStatus::Cancelled,
+                Duration::ZERO,
+                AttemptOutcome::DeadLettered,
+            ),
+        }
+    }
+
+    /// The `outcome` label of `ih_deliveries_total` and of the attempt's log line: the
+    /// attempt's outcome, or `cancelled` when no attempt was made for a deleted subscription.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Cancelled => DeliveryStatus::Cancelled.as_str(),
+            other => other.stored().2.as_str(),
         }
     }
 
@@ -318,7 +344,7 @@ pub async fn complete_deliveries(
         let (status, delay, outcome) = completion.next.stored();
         ids.push(completion.delivery_id);
         tokens.push(completion.lease_token);
-        statuses.push(status);
+        statuses.push(status.as_str());
         delays.push(delay.as_secs_f64());
         last_errors.push(completion.last_error.clone());
         has_attempt.push(completion.attempt.is_some());
@@ -329,7 +355,7 @@ pub async fn complete_deliveries(
         response_statuses.push(attempt.as_ref().and_then(|a| a.response_status));
         response_bodies.push(attempt.as_ref().and_then(|a| a.response_body.clone()));
         attempt_errors.push(attempt.as_ref().and_then(|a| a.error.clone()));
-        attempt_outcomes.push(outcome);
+        attempt_outcomes.push(outcome.as_str());
         dead_reasons.push(completion.next.dead_reason());
         disables.push(completion.next.disables_subscription());
         external_ids.push(attempt.as_ref().and_then(|a| a.external_id.clone()));

@@ -3,7 +3,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use shared::db::{self, ReplayOutcome, testing::TestDb};
+use shared::{
+    db::{self, ReplayOutcome, testing::TestDb},
+    state::AttemptOutcome,
+};
 use uuid::Uuid;
 
 use crate::support::{
@@ -115,7 +118,7 @@ async fn a_published_event_is_delivered_signed_with_the_exact_payload() {
         .unwrap()
         .unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].outcome, "delivered");
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Delivered);
     assert_eq!(attempts[0].response_status, Some(200));
     worker.stop().await;
 }
@@ -341,7 +344,7 @@ async fn redirects_are_failures_and_are_not_followed() {
         .unwrap()
         .unwrap();
     assert_eq!(attempts[0].response_status, Some(307));
-    assert_eq!(attempts[0].outcome, "retry_scheduled");
+    assert_eq!(attempts[0].outcome, AttemptOutcome::RetryScheduled);
     assert!(
         receiver.received().iter().all(|r| r.path != "/canary"),
         "the redirect target was never called"
@@ -391,7 +394,7 @@ async fn slow_and_huge_answers_are_bounded() {
         .await
         .unwrap()
         .unwrap()[0];
-    assert_eq!(huge_attempt.outcome, "delivered");
+    assert_eq!(huge_attempt.outcome, AttemptOutcome::Delivered);
     assert_eq!(huge_attempt.response_body.as_ref().unwrap().len(), 4096);
 }
 
@@ -451,7 +454,10 @@ async fn forbidden_destinations_are_refused_at_send_time_without_a_connection() 
         .count();
     assert_eq!(blocked, 5, "{attempts:?}");
     assert_eq!(
-        attempts.iter().filter(|a| a.outcome == "delivered").count(),
+        attempts
+            .iter()
+            .filter(|a| a.outcome == AttemptOutcome::Delivered)
+            .count(),
         1
     );
     assert_eq!(
@@ -552,7 +558,7 @@ async fn a_panic_inside_one_delivery_is_a_failed_attempt_and_the_worker_goes_on(
         .unwrap();
     let failed = attempts
         .iter()
-        .find(|a| a.outcome == "retry_scheduled")
+        .find(|a| a.outcome == AttemptOutcome::RetryScheduled)
         .unwrap();
     assert!(failed.error.is_some(), "{failed:?}");
     worker.stop().await;

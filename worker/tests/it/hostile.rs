@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use shared::db::{self, testing::TestDb};
+use shared::{
+    db::{self, testing::TestDb},
+    state::AttemptOutcome,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -130,11 +133,15 @@ async fn each_hostile_answer_is_one_bounded_attempt() {
         match kind {
             "endless" => {
                 // the status was answered and the read was capped: delivered
-                assert_eq!(attempt.outcome, "delivered", "{attempt:?}");
+                assert_eq!(attempt.outcome, AttemptOutcome::Delivered, "{attempt:?}");
                 assert_eq!(attempt.response_body.as_ref().map(String::len), Some(4096));
             }
             "trickle" => {
-                assert_eq!(attempt.outcome, "retry_scheduled", "{attempt:?}");
+                assert_eq!(
+                    attempt.outcome,
+                    AttemptOutcome::RetryScheduled,
+                    "{attempt:?}"
+                );
                 assert!(
                     error.starts_with("timeout") && error.contains("after status 200"),
                     "{error}"
@@ -142,14 +149,22 @@ async fn each_hostile_answer_is_one_bounded_attempt() {
                 assert!(attempt.duration_ms < 4000, "{attempt:?}");
             }
             "close" => {
-                assert_eq!(attempt.outcome, "retry_scheduled", "{attempt:?}");
+                assert_eq!(
+                    attempt.outcome,
+                    AttemptOutcome::RetryScheduled,
+                    "{attempt:?}"
+                );
                 assert!(
                     !error.starts_with("timeout") && error.contains("after status 200"),
                     "{error}"
                 );
             }
             _ => {
-                assert_eq!(attempt.outcome, "retry_scheduled", "{attempt:?}");
+                assert_eq!(
+                    attempt.outcome,
+                    AttemptOutcome::RetryScheduled,
+                    "{attempt:?}"
+                );
                 assert!(error.starts_with("timeout"), "{error}");
                 assert!(attempt.duration_ms < 4000, "{attempt:?}");
             }

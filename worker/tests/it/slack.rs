@@ -5,6 +5,7 @@ use std::time::Duration;
 use shared::{
     config::{SecretString, Settings},
     db::{self, testing::TestDb},
+    state::{AttemptOutcome, Target},
 };
 use uuid::Uuid;
 
@@ -89,8 +90,8 @@ async fn a_request_is_posted_to_slack_and_its_ts_recorded() {
         .unwrap()
         .unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].target.as_deref(), Some("slack"));
-    assert_eq!(attempts[0].outcome, "delivered");
+    assert_eq!(attempts[0].target, Some(Target::Slack));
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Delivered);
     assert_eq!(
         attempts[0].external_id.as_deref(),
         Some("1700000000.000100")
@@ -118,7 +119,7 @@ async fn permanent_slack_errors_dead_letter_at_once_and_replay() {
     .unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "slack_channel_not_found");
-    assert_eq!(letters[0].target, "slack");
+    assert_eq!(letters[0].target, Target::Slack);
     assert_eq!(letters[0].event_id, event_id);
 
     slack.reply_with(|_, _| Reply::json(200, OK));
@@ -169,7 +170,7 @@ async fn transient_slack_errors_retry_with_backoff() {
             None
         ]
     );
-    assert_eq!(attempts.last().unwrap().outcome, "delivered");
+    assert_eq!(attempts.last().unwrap().outcome, AttemptOutcome::Delivered);
 }
 
 #[tokio::test]
@@ -317,7 +318,7 @@ async fn a_long_message_is_posted_once_whatever_the_length_of_the_echo() {
         .unwrap()
         .unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].outcome, "delivered");
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Delivered);
     assert_eq!(
         attempts[0].external_id.as_deref(),
         Some("1700000000.000200")

@@ -75,7 +75,7 @@ impl SqliteDb {
              order by id desc
              limit ?5",
         )
-        .bind(filter.status.as_deref())
+        .bind(filter.status.map(crate::state::DeliveryStatus::as_str))
         .bind(filter.subscription_id)
         .bind(filter.event_id)
         .bind(page.cursor)

@@ -11,6 +11,7 @@ use crate::{
         DbError, DeliveryRow, EventFilter, EventRow, NewEvent, Page, PublishOutcome,
         PublishedEvent, events::IdempotentRow,
     },
+    state::Target,
 };
 
 impl SqliteDb {
@@ -31,17 +32,17 @@ impl SqliteDb {
         let mut answers = Vec::with_capacity(events.len());
         let mut deliveries = Vec::new();
         for (index, event) in events.iter().enumerate() {
-            let mut targets: Vec<(&str, Option<Uuid>)> = subscriptions
+            let mut targets: Vec<(Target, Option<Uuid>)> = subscriptions
                 .iter()
                 .filter(|(_, types)| {
                     types
                         .iter()
                         .any(|wanted| wanted == "*" || *wanted == event.event_type)
                 })
-                .map(|(id, _)| ("webhook", Some(*id)))
+                .map(|(id, _)| (Target::Webhook, Some(*id)))
                 .collect();
             if slack.is_some_and(|fanout| fanout.event_types.contains(&event.event_type)) {
-                targets.push(("slack", None));
+                targets.push((Target::Slack, None));
             }
             let count = i32::try_from(targets.len()).unwrap_or(i32::MAX);
             let inserted: Option<PublishedEvent> = sqlx::query_as(concat!(
@@ -69,7 +70,7 @@ impl SqliteDb {
                     json!({
                         "id": blob_hex(Uuid::now_v7()),
                         "event_id": blob_hex(inserted.id),
-                        "target": target,
+                        "target": target.as_str(),
                         "subscription_id": subscription_id.map(blob_hex),
                     })
                 }));

@@ -12,6 +12,7 @@ use crate::{
         Completion, DbError, DeliverySubscription, LeasedDelivery, QueueSample, Written,
         queue::StoredDeliverySubscription,
     },
+    state::{DeliveryStatus, Target},
 };
 
 #[derive(sqlx::FromRow)]
@@ -19,7 +20,7 @@ struct CompletedRow {
     id: Uuid,
     event_id: Uuid,
     subscription_id: Option<Uuid>,
-    target: String,
+    target: Target,
     lag_seconds: Option<f64>,
 }
 
@@ -120,7 +121,7 @@ impl SqliteDb {
                 json!({
                     "id": blob_hex(completion.delivery_id),
                     "token": blob_hex(completion.lease_token),
-                    "status": status,
+                    "status": status.as_str(),
                     "delay": plus(delay),
                     "last_error": completion.last_error,
                 })
@@ -175,12 +176,12 @@ impl SqliteDb {
                     "body": attempt.response_body,
                     "error": attempt.error,
                     "external_id": attempt.external_id,
-                    "outcome": outcome,
+                    "outcome": outcome.as_str(),
                 }));
                 if let Some(subscription_id) = done.subscription_id {
                     let change = changes.entry(subscription_id).or_default();
-                    change.succeeded |= status == "delivered";
-                    change.failures += i64::from(status != "delivered");
+                    change.succeeded |= status == DeliveryStatus::Delivered;
+                    change.failures += i64::from(status != DeliveryStatus::Delivered);
                     change.disable |= completion.next.disables_subscription();
                 }
             }
@@ -190,7 +191,7 @@ impl SqliteDb {
                     "delivery_id": blob_hex(completion.delivery_id),
                     "event_id": blob_hex(done.event_id),
                     "subscription_id": done.subscription_id.map(blob_hex),
-                    "target": done.target,
+                    "target": done.target.as_str(),
                     "reason": reason,
                 }));
             }
