@@ -1,8 +1,9 @@
 //! Coalesced wake-ups of the workers.
 //!
-//! Every publish commit calls [`WorkerWaker::wake`]; a background task turns the calls into
-//! notifications sent after the commit (`pg_notify` statements on Postgres; on SQLite a signal
-//! to the workers of this process, which costs nothing), one at a time: while one is on its way, any
+//! Every publish commit calls [`WorkerWaker::wake`]. On SQLite the workers are in this process
+//! and are signalled at once (`shared::db::wake::wake_local`: the one channel between the
+//! commit and the lease loop). On Postgres a background task turns the calls into `pg_notify`
+//! statements sent after the commit, one at a time: while one is on its way, any
 //! number of further wakes collapse into the next one (a stored permit). A sparse publish is
 //! therefore followed by its notification at once, since the notification sits on the path of
 //! every event's publish → delivery latency, and a busy process sends about one notification
@@ -20,15 +21,22 @@ use shared::db::Db;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Handle to the notifier task.
+/// Handle to the notifier task (Postgres), or the database whose workers it wakes directly
+/// (SQLite: the same process, so the signal is all there is to send).
 #[derive(Clone, Debug)]
-pub struct WorkerWaker {
-    pending: Arc<Notify>,
+pub enum WorkerWaker {
+    /// Wakes the notifier task.
+    Notifier(Arc<Notify>),
+    /// Wakes this process's workers at once.
+    Local(Db),
 }
 
 impl WorkerWaker {
-    /// Starts the notifier task; it ends when `shutdown` is cancelled.
+    /// Starts the notifier task on Postgres; it ends when `shutdown` is cancelled.
     pub fn spawn(pool: Db, shutdown: CancellationToken) -> Self {
+        if let Db::Sqlite(_) = pool {
+            return Self::Local(pool);
+        }
         let pending = Arc::new(Notify::new());
         let task_pending = pending.clone();
         tokio::spawn(async move {
@@ -43,11 +51,16 @@ impl WorkerWaker {
                 }
             }
         });
-        Self { pending }
+        Self::Notifier(pending)
     }
 
     /// Asks for a notification soon.
     pub fn wake(&self) {
-        self.pending.notify_one();
+        match self {
+            Self::Notifier(pending) => pending.notify_one(),
+            Self::Local(db) => {
+                shared::db::wake::wake_local(db);
+            }
+        }
     }
 }

@@ -36,9 +36,12 @@ impl RetryPolicy {
     /// The delay after failed attempt `attempt`, with `unit` (uniform in [0, 1)) spreading it
     /// ±20 %, never above the cap.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let base = self.base_delay(attempt).as_secs_f64();
-        let factor = 1.0 + JITTER * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-        Duration::from_secs_f64((base * factor).min(self.max_delay.as_secs_f64()).max(0.0))
+        spread(self.base_delay(attempt), JITTER, unit).min(self.max_delay)
+    }
+
+    /// [`delay`](Self::delay) with a random spread.
+    pub fn next_delay(&self, attempt: u32) -> Duration {
+        self.delay(attempt, random_unit())
     }
 
     /// Whether attempt `attempt` was the last one.
@@ -98,8 +101,20 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Verdict {
     }
 }
 
+/// `duration` moved by up to ±`fraction` of itself, at random: the one jitter of the service,
+/// so replicas, reconnects and retries that would run in step spread out.
+pub fn jitter(duration: Duration, fraction: f64) -> Duration {
+    spread(duration, fraction, random_unit())
+}
+
+/// `duration` moved by `fraction` of itself, `unit` (in [0, 1]) choosing where in ±`fraction`.
+fn spread(duration: Duration, fraction: f64, unit: f64) -> Duration {
+    let factor = 1.0 + fraction * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+    duration.mul_f64(factor.max(0.0))
+}
+
 /// A uniform number in [0, 1) from the operating system, for jitter.
-pub fn random_unit() -> f64 {
+fn random_unit() -> f64 {
     let mut bytes = [0_u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         return 0.5;
@@ -127,6 +142,16 @@ mod tests {
         assert_eq!(delays, [2, 4, 8, 16, 32]);
         assert_eq!(policy.base_delay(40), Duration::from_secs(3600));
         assert_eq!(policy.base_delay(u32::MAX), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn random_jitter_stays_within_its_fraction() {
+        for _ in 0..1000 {
+            let unit = random_unit();
+            assert!((0.0..1.0).contains(&unit));
+            let jittered = jitter(Duration::from_secs(10), 0.5).as_secs_f64();
+            assert!((5.0..=15.0).contains(&jittered), "{jittered}");
+        }
     }
 
     #[test]

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use shared::{
     db::{self, AttemptRecord, Completion, Db, NextState},
-    retry::RetryPolicy,
+    retry::{RetryPolicy, jitter},
     state::Target,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
 
-use crate::deliver::{Outcome, random_unit};
+use crate::outcome::Outcome;
 
 /// Longest an outcome waits in the buffer.
 pub const FLUSH_INTERVAL: Duration = shared::config::COMPLETION_FLUSH_INTERVAL;
@@ -97,7 +97,7 @@ fn unstorable(completion: &Completion, retry: &RetryPolicy) -> Completion {
             disable_subscription: false,
         }
     } else {
-        NextState::Retry(retry.delay(number, random_unit()))
+        NextState::Retry(retry.next_delay(number))
     };
     Completion {
         next,
@@ -160,7 +160,7 @@ async fn flush(
                     return;
                 }
                 tracing::warn!(error.message = %error, count = buffer.len(), "completion flush failed, retrying");
-                tokio::time::sleep(delay.mul_f64(0.8 + 0.4 * random_unit())).await;
+                tokio::time::sleep(jitter(delay, 0.2)).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(error) => {

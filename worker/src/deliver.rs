@@ -1,165 +1,24 @@
-//! One delivery: decide whether to send, send, and turn the answer into an outcome.
+//! One delivery: decide whether to send, send a webhook, and turn the answer into an outcome.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use shared::{
-    db::{AttemptRecord, Completion, DeliverySubscription, LeasedDelivery, NextState},
+    db::{AttemptRecord, DeliverySubscription, LeasedDelivery, NextState},
     domain::redact_url,
-    retry::{RetryPolicy, Verdict, classify_status, parse_retry_after},
+    retry::{Verdict, classify_status},
     signing,
     state::Target,
-    url_policy::DestinationPolicy,
 };
-use uuid::Uuid;
 
-use crate::http::{self, SendResult};
-
-/// What happens to a leased row.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Write this completion.
-    Complete(Completion),
-    /// Hand the lease back without counting an attempt.
-    Release {
-        /// Delivery id.
-        delivery_id: Uuid,
-        /// Its lease token.
-        lease_token: Uuid,
-        /// When it is due again.
-        due_in: Duration,
-    },
-}
-
-/// Counts requests in flight per subscription, so one slow endpoint cannot take every slot.
-#[derive(Debug, Default)]
-pub struct SubscriptionSlots {
-    counts: Mutex<HashMap<Uuid, usize>>,
-}
-
-impl SubscriptionSlots {
-    /// Takes a slot for `subscription` unless it already has `cap` in flight.
-    fn try_take(self: &Arc<Self>, subscription: Uuid, cap: usize) -> Option<SlotGuard> {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = counts.entry(subscription).or_insert(0);
-        if *count >= cap {
-            return None;
-        }
-        *count += 1;
-        Some(SlotGuard {
-            slots: self.clone(),
-            subscription,
-        })
-    }
-}
-
-/// Returns its subscription slot when dropped.
-pub struct SlotGuard {
-    slots: Arc<SubscriptionSlots>,
-    subscription: Uuid,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let mut counts = self
-            .slots
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.subscription) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.subscription);
-            }
-        }
-    }
-}
+use crate::{
+    context::DeliveryContext,
+    http::{self, SendResult},
+    outcome::Outcome,
+};
 
 /// How soon a row handed back at its subscription's in-flight cap is due again.
 pub const DEFERRED_DUE_IN: Duration = Duration::from_millis(500);
-
-/// Everything a delivery needs besides its row.
-pub struct DeliveryContext {
-    /// The delivery client.
-    pub client: reqwest::Client,
-    /// The SSRF policy, for IP-literal hosts.
-    pub policy: DestinationPolicy,
-    /// The backoff policy.
-    pub retry: RetryPolicy,
-    /// Per-subscription in-flight counts.
-    pub slots: Arc<SubscriptionSlots>,
-    /// Most requests in flight per subscription.
-    pub max_in_flight_per_subscription: usize,
-    /// The Slack connector, when configured.
-    pub slack: Option<shared::config::SlackConnector>,
-    /// Per-channel pacing of Slack messages.
-    pub slack_pacer: crate::slack::ChannelPacer,
-}
-
-impl DeliveryContext {
-    /// A receiver's `Retry-After`, bounded by `IH_RETRY_AFTER_MAX_SECONDS`; an unparseable
-    /// value is ignored with a warning.
-    pub fn retry_after(&self, delivery: &LeasedDelivery, header: Option<&str>) -> Option<Duration> {
-        let value = header?;
-        let parsed = parse_retry_after(value, Utc::now(), self.retry.retry_after_max);
-        if parsed.is_none() {
-            tracing::warn!(delivery.id = %delivery.id, "ignoring an unparseable Retry-After");
-        }
-        parsed
-    }
-
-    /// The next state after failed attempt `attempt`: dead with `dead_reason` after the last
-    /// attempt, else a retry after `retry_after` or the jittered backoff.
-    pub fn after_failure(
-        &self,
-        attempt: u32,
-        dead_reason: String,
-        retry_after: Option<Duration>,
-    ) -> NextState {
-        if self.retry.is_last(attempt) {
-            NextState::Dead {
-                reason: dead_reason,
-                disable_subscription: false,
-            }
-        } else {
-            NextState::Retry(
-                retry_after.unwrap_or_else(|| self.retry.delay(attempt, random_unit())),
-            )
-        }
-    }
-}
-
-pub use shared::retry::random_unit;
-
-fn dead(delivery: &LeasedDelivery, reason: &str, attempt: Option<AttemptRecord>) -> Outcome {
-    Outcome::Complete(Completion {
-        delivery_id: delivery.id,
-        lease_token: delivery.lease_token,
-        next: NextState::Dead {
-            reason: reason.to_owned(),
-            disable_subscription: false,
-        },
-        last_error: Some(reason.to_owned()),
-        attempt,
-    })
-}
-
-fn cancelled(delivery: &LeasedDelivery) -> Outcome {
-    Outcome::Complete(Completion {
-        delivery_id: delivery.id,
-        lease_token: delivery.lease_token,
-        next: NextState::Cancelled,
-        last_error: Some("subscription_deleted".to_owned()),
-        attempt: None,
-    })
-}
 
 /// The decision made before any request: `None` means send.
 pub fn precheck(
@@ -182,20 +41,20 @@ pub fn precheck(
             ),
             external_id: None,
         };
-        return Some(dead(delivery, "lease_expired", Some(record)));
+        return Some(Outcome::dead(delivery, "lease_expired", Some(record)));
     }
     if delivery.target == Target::Slack {
         if context.slack.is_none() {
-            return Some(dead(delivery, "connector_not_configured", None));
+            return Some(Outcome::dead(delivery, "connector_not_configured", None));
         }
         return None;
     }
     match subscription {
         // a deleted subscription's row stays (soft delete); a missing one is treated the same
-        None => Some(cancelled(delivery)),
-        Some(subscription) if subscription.deleted => Some(cancelled(delivery)),
+        None => Some(Outcome::cancelled(delivery)),
+        Some(subscription) if subscription.deleted => Some(Outcome::cancelled(delivery)),
         Some(subscription) if !subscription.enabled => {
-            Some(dead(delivery, "subscription_disabled", None))
+            Some(Outcome::dead(delivery, "subscription_disabled", None))
         }
         Some(_) => None,
     }
@@ -244,11 +103,7 @@ pub async fn deliver_webhook(
         .try_take(subscription.id, context.max_in_flight_per_subscription)
     else {
         metrics::counter!("ih_deliveries_deferred_total").increment(1);
-        return Outcome::Release {
-            delivery_id: delivery.id,
-            lease_token: delivery.lease_token,
-            due_in: DEFERRED_DUE_IN,
-        };
+        return Outcome::release(delivery, DEFERRED_DUE_IN);
     };
 
     let body = signing::webhook_body(
@@ -381,13 +236,7 @@ pub fn outcome_of(
             retry_after,
         } => context.after_failure(attempt, dead_reason(&reason), retry_after),
     };
-    Outcome::Complete(Completion {
-        delivery_id: delivery.id,
-        lease_token: delivery.lease_token,
-        next,
-        last_error: error,
-        attempt: Some(record),
-    })
+    Outcome::attempted(delivery, next, error, record)
 }
 
 /// The short class of a failure, e.g. `http_500` or `timeout`, for dead letters.
@@ -398,6 +247,11 @@ fn dead_reason(reason: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use shared::{retry::RetryPolicy, url_policy::DestinationPolicy};
+    use uuid::Uuid;
+
     use super::*;
 
     fn context(max_attempts: u32) -> DeliveryContext {
@@ -417,7 +271,7 @@ mod tests {
             slots: Arc::default(),
             max_in_flight_per_subscription: 2,
             slack: None,
-            slack_pacer: crate::slack::ChannelPacer::default(),
+            slack_pacer: crate::pacer::ChannelPacer::default(),
         }
     }
 
@@ -531,26 +385,6 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn subscription_slots_cap_in_flight_requests() {
-        let slots = Arc::new(SubscriptionSlots::default());
-        let id = Uuid::now_v7();
-        let first = slots.try_take(id, 2).unwrap();
-        let _second = slots.try_take(id, 2).unwrap();
-        assert!(slots.try_take(id, 2).is_none());
-        assert!(slots.try_take(Uuid::now_v7(), 2).is_some());
-        drop(first);
-        assert!(slots.try_take(id, 2).is_some());
-    }
-
-    #[test]
-    fn random_units_stay_in_range() {
-        for _ in 0..1000 {
-            let unit = random_unit();
-            assert!((0.0..1.0).contains(&unit));
         }
     }
 }

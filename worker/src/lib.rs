@@ -6,7 +6,10 @@
 //!
 //! # Layout
 //! - [`run`]: the lease loop, the shutdown sequence, and how the parts are wired.
-//! - [`deliver`]: one delivery: checks, signing, the request, the outcome.
+//! - [`deliver`]: one webhook delivery: checks, signing, the request, the outcome.
+//! - [`outcome`]: what happens to a leased row, and its constructors.
+//! - [`context`]: what every delivery shares (client, policies, per-subscription slots).
+//! - [`pacer`]: per-channel pacing of Slack messages.
 //! - [`http`]: the delivery client and its SSRF-guarded resolver.
 //! - [`complete`]: the completion buffer.
 //! - wake-ups come from `shared::db::wake` (LISTEN/NOTIFY, or the publish path of the same
@@ -26,7 +29,7 @@ use shared::{
     config::WorkerConfig,
     crypto::SecretCipher,
     db::{self, Db, DeliverySubscription, LeasedDelivery, NextState},
-    retry::RetryPolicy,
+    retry::{RetryPolicy, jitter},
     state::Target,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -35,13 +38,18 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub mod complete;
+pub mod context;
 pub mod deliver;
 pub mod http;
+pub mod outcome;
+pub mod pacer;
 pub mod slack;
 
 use crate::{
     complete::Finished,
-    deliver::{DeliveryContext, Outcome, SubscriptionSlots, failed_attempt, random_unit},
+    context::{DeliveryContext, SubscriptionSlots},
+    deliver::failed_attempt,
+    outcome::Outcome,
 };
 
 /// Longest pause after a failed lease statement.
@@ -82,9 +90,9 @@ impl Default for WorkerOptions {
     }
 }
 
-/// Adds ±20 % jitter to an interval, so replicas do not poll in step.
+/// An interval with ±20 % jitter, so replicas do not poll in step.
 fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(0.8 + 0.4 * random_unit())
+    jitter(interval, 0.2)
 }
 
 /// Runs the worker until `shutdown` is cancelled, then stops leasing, lets in-flight requests
@@ -115,7 +123,7 @@ pub async fn run(
         slots: Arc::new(SubscriptionSlots::default()),
         max_in_flight_per_subscription: config.max_in_flight_per_subscription,
         slack: config.slack.clone(),
-        slack_pacer: slack::ChannelPacer::default(),
+        slack_pacer: pacer::ChannelPacer::default(),
     });
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let (outcome_sender, outcome_receiver) =
@@ -129,14 +137,7 @@ pub async fn run(
         context.retry,
     ));
 
-    let (wake_sender, mut wake) = mpsc::channel::<()>(1);
-    let listener_stop = CancellationToken::new();
-    let listener = tokio::spawn(db::wake::run(
-        pool.clone(),
-        config.database.listen_url.clone(),
-        wake_sender,
-        listener_stop.clone(),
-    ));
+    let mut wake = db::wake::Wakeups::start(&pool, config.database.listen_url.clone());
 
     let samplers_stop = CancellationToken::new();
     spawn_samplers(
@@ -164,7 +165,7 @@ pub async fn run(
         } else {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = wake.recv() => {}
+                () = wake.next() => {}
                 () = tokio::time::sleep(jittered(config.poll_interval)) => {}
             }
         }
@@ -246,9 +247,8 @@ pub async fn run(
     {
         tracing::warn!("final flush did not finish in time; unwritten leases expire by themselves");
     }
-    listener_stop.cancel();
     samplers_stop.cancel();
-    let _ = listener.await;
+    wake.stop().await;
     tracing::info!("worker stopped");
     Ok(())
 }

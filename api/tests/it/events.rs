@@ -76,15 +76,7 @@ async fn an_event_without_subscribers_is_stored_with_zero_deliveries() {
 async fn the_payload_is_stored_byte_for_byte() {
     let app = TestApp::spawn().await;
     let body = r#"{"event_type":"t","payload":{"z": 18446744073709551617, "a":1e400, "s":"\u0000\u00e9", "nested": {"k":[1, 2 ,3]}}}"#;
-    let response = app
-        .client
-        .post(app.url("/api/v1/events"))
-        .bearer_auth(PUBLISHER_TOKEN)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_raw("/api/v1/events", body).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let answer: Value = response.json().await.unwrap();
     let stored = app.db.stored_payload(uuid(&answer["id"])).await;

@@ -101,15 +101,7 @@ async fn a_payload_with_a_lone_surrogate_is_refused_and_stored_events_stay_reada
             "events[1].payload",
         ),
     ] {
-        let response = app
-            .client
-            .post(app.url(path))
-            .bearer_auth(PUBLISHER_TOKEN)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_raw(path, body).await;
         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["details"][0]["field"], field, "{problem}");
@@ -123,14 +115,11 @@ async fn a_payload_with_a_lone_surrogate_is_refused_and_stored_events_stay_reada
 
     // a well-formed pair is stored and reads back
     let response = app
-        .client
-        .post(app.url("/api/v1/events"))
-        .bearer_auth(PUBLISHER_TOKEN)
-        .header("content-type", "application/json")
-        .body(r#"{"event_type":"a","payload":{"s":"\ud83d\ude00","z":"\u0000"}}"#)
-        .send()
-        .await
-        .unwrap();
+        .post_raw(
+            "/api/v1/events",
+            r#"{"event_type":"a","payload":{"s":"\ud83d\ude00","z":"\u0000"}}"#,
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let id = uuid(&response.json::<Value>().await.unwrap()["id"]);
     let (status, event) = app

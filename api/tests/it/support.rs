@@ -149,6 +149,19 @@ impl TestApp {
         body
     }
 
+    /// Posts `body` as it is, as JSON, with the publisher's token: for bodies no JSON
+    /// serialiser would write.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(PUBLISHER_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {

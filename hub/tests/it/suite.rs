@@ -496,6 +496,17 @@ async fn the_brief_signature_verifies_with_the_old_secret_through_a_rotation(bac
     hub.stop().await;
 }
 
+/// Publishes `count` events of type `a`; returns their ids, sorted.
+async fn publish_numbered(hub: &Hub, count: u32) -> Vec<String> {
+    let mut published = Vec::new();
+    for n in 0..count {
+        let answer = hub.publish("a", json!({"n": n}), None).await;
+        published.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    published.sort();
+    published
+}
+
 /// Waits until `expected` attempts have delivered.
 async fn all_delivered(hub: &Hub, expected: i64) -> bool {
     eventually(Duration::from_secs(30), || async {
@@ -525,16 +536,7 @@ async fn a_receivers_nul_byte_costs_no_other_delivery(backend: Backend) {
     let healthy = Receiver::start().await;
     let (hostile_id, _) = hub.subscribe(&hostile.url("/nul"), &["a"]).await;
     hub.subscribe(&healthy.url("/fine"), &["a"]).await;
-    let mut published = Vec::new();
-    for n in 0..10 {
-        published.push(
-            hub.publish("a", json!({"n": n}), None).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    published.sort();
+    let published = publish_numbered(&hub, 10).await;
     assert!(
         all_delivered(&hub, 20).await,
         "{}",
@@ -581,16 +583,7 @@ async fn a_row_the_database_refuses_sinks_no_other_row(backend: Backend) {
     let healthy = Receiver::start().await;
     hub.subscribe(&poisoned.url("/poisoned"), &["a"]).await;
     hub.subscribe(&healthy.url("/healthy"), &["a"]).await;
-    let mut published = Vec::new();
-    for n in 0..5 {
-        published.push(
-            hub.publish("a", json!({"n": n}), None).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    published.sort();
+    let published = publish_numbered(&hub, 5).await;
     assert!(
         all_delivered(&hub, 10).await,
         "{}",

@@ -105,8 +105,7 @@ pub async fn publish_events(
         match publish_once(pool, scope, events, slack).await {
             Err(DbError::Contention(error)) if tries < PUBLISH_TRIES => {
                 tracing::debug!(error.message = %error, tries, "publish lost a race, running it again");
-                let pause = CONTENTION_PAUSE
-                    .mul_f64(f64::from(tries) * (0.5 + crate::retry::random_unit()));
+                let pause = crate::retry::jitter(CONTENTION_PAUSE * tries, 0.5);
                 tokio::time::sleep(pause).await;
             }
             result => return result,

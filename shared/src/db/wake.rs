@@ -11,13 +11,13 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::DatabaseUrl,
     db::{DELIVERY_CHANNEL, Db},
-    retry::random_unit,
+    retry::jitter,
 };
 
 /// Longest pause between reconnect attempts.
@@ -35,30 +35,75 @@ async fn connect(url: &DatabaseUrl) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-/// Sends a wake-up on `wake` for each signal of new work, and once at start, until `shutdown`.
-/// `listen_url` is where Postgres notifications are listened for (unused on SQLite).
-pub async fn run(
-    db: Db,
-    listen_url: DatabaseUrl,
-    wake: mpsc::Sender<()>,
-    shutdown: CancellationToken,
-) {
-    match db {
-        Db::Postgres(_) => listen(listen_url, wake, shutdown).await,
-        Db::Sqlite(sqlite) => {
-            let mut wakeups = sqlite.wakeups();
-            let _ = wake.try_send(());
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    changed = wakeups.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        let _ = wake.try_send(());
-                    }
-                }
+/// Where the lease loop learns that work was queued.
+///
+/// On Postgres a task holds the LISTEN connection and forwards each notification (and each
+/// reconnect) through a channel of one. On SQLite the loop watches the generation the publish
+/// path of this process bumps: one channel between the commit and the lease, no task.
+pub struct Wakeups(Source);
+
+enum Source {
+    Listen {
+        receiver: mpsc::Receiver<()>,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    },
+    Local(watch::Receiver<u64>),
+}
+
+impl Wakeups {
+    /// Starts listening; `listen_url` is where Postgres notifications are listened for (unused
+    /// on SQLite). The first [`next`](Self::next) returns at once, for a catch-up lease.
+    pub fn start(db: &Db, listen_url: DatabaseUrl) -> Self {
+        match db {
+            Db::Postgres(_) => {
+                let (sender, receiver) = mpsc::channel(1);
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(listen(listen_url, sender, stop.clone()));
+                Self(Source::Listen {
+                    receiver,
+                    stop,
+                    task,
+                })
             }
+            Db::Sqlite(sqlite) => {
+                let mut receiver = sqlite.wakeups();
+                receiver.mark_changed();
+                Self(Source::Local(receiver))
+            }
+        }
+    }
+
+    /// Waits for the next wake-up. A source that has closed never wakes again; the poll
+    /// interval stays the safety net.
+    pub async fn next(&mut self) {
+        let open = match &mut self.0 {
+            Source::Listen { receiver, .. } => receiver.recv().await.is_some(),
+            Source::Local(receiver) => receiver.changed().await.is_ok(),
+        };
+        if !open {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Stops listening.
+    pub async fn stop(self) {
+        if let Source::Listen { stop, task, .. } = self.0 {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+}
+
+/// Wakes the lease loops of this process at once when the database is SQLite (a bump of the
+/// watched generation; nothing else to send) and returns `true`; returns `false` on Postgres,
+/// where [`super::notify_workers`] must be sent after the commit.
+pub fn wake_local(db: &Db) -> bool {
+    match db {
+        Db::Postgres(_) => false,
+        Db::Sqlite(sqlite) => {
+            sqlite.notify_workers();
+            true
         }
     }
 }
@@ -77,7 +122,7 @@ async fn listen(url: DatabaseUrl, wake: mpsc::Sender<()>, shutdown: Cancellation
                 tracing::warn!(error.message = %error, "LISTEN connection failed, retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay.mul_f64(0.5 + random_unit())) => {}
+                    () = tokio::time::sleep(jitter(delay, 0.5)) => {}
                 }
                 delay = (delay * 2).min(MAX_RECONNECT_DELAY);
                 continue;

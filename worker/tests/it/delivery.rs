@@ -10,8 +10,8 @@ use shared::{
 use uuid::Uuid;
 
 use crate::support::{
-    FixedLookup, Receiver, Reply, count, delivered_within, eventually, publish, spawn_worker,
-    subscribe, worker_settings,
+    FixedLookup, Receiver, Reply, count, dead_letters, delivered_within, eventually, publish,
+    spawn_worker, subscribe, worker_settings,
 };
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -189,16 +189,7 @@ async fn a_receiver_that_always_fails_dead_letters_and_replay_delivers() {
         1
     );
     assert_eq!(receiver.count(), 3);
-    let letters = db::list_dead_letters(
-        &db.pool,
-        &db::DeadLetterFilter::default(),
-        db::Page {
-            cursor: None,
-            limit: 10,
-        },
-    )
-    .await
-    .unwrap();
+    let letters = dead_letters(&db).await;
     assert_eq!(letters[0].reason, "max_attempts_exceeded: http_500");
     assert_eq!(letters[0].event_id, event_id);
 

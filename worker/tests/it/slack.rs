@@ -10,7 +10,7 @@ use shared::{
 use uuid::Uuid;
 
 use crate::support::{
-    Receiver, Reply, count, eventually, publish_with, spawn_worker, worker_settings,
+    Receiver, Reply, count, dead_letters, eventually, publish_with, spawn_worker, worker_settings,
 };
 
 const TOKEN: &str = "xoxb-test-token-123";
@@ -107,16 +107,7 @@ async fn permanent_slack_errors_dead_letter_at_once_and_replay() {
     let worker = spawn_worker(&slack_settings(&db, &slack), None);
     assert!(settled(&db).await);
     assert_eq!(slack.count(), 1, "no retry of a permanent error");
-    let letters = db::list_dead_letters(
-        &db.pool,
-        &db::DeadLetterFilter::default(),
-        db::Page {
-            cursor: None,
-            limit: 5,
-        },
-    )
-    .await
-    .unwrap();
+    let letters = dead_letters(&db).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "slack_channel_not_found");
     assert_eq!(letters[0].target, Target::Slack);
@@ -338,16 +329,7 @@ async fn an_unreadable_answer_after_a_2xx_is_recorded_and_never_reposted() {
     assert!(settled(&db).await);
     worker.stop().await;
     assert_eq!(slack.count(), 1, "never re-posted automatically");
-    let letters = db::list_dead_letters(
-        &db.pool,
-        &db::DeadLetterFilter::default(),
-        db::Page {
-            cursor: None,
-            limit: 10,
-        },
-    )
-    .await
-    .unwrap();
+    let letters = dead_letters(&db).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id, event_id);
     assert!(

@@ -231,3 +231,17 @@ impl Lookup for FixedLookup {
         Box::pin(async move { answer.ok_or_else(|| std::io::Error::other("unknown test host")) })
     }
 }
+
+/// Every dead letter, newest first (tests hold a handful).
+pub async fn dead_letters(db: &TestDb) -> Vec<db::DeadLetterRow> {
+    db::list_dead_letters(
+        &db.pool,
+        &db::DeadLetterFilter::default(),
+        db::Page {
+            cursor: None,
+            limit: 100,
+        },
+    )
+    .await
+    .unwrap()
+}

@@ -1,0 +1,81 @@
+//! What happens to a leased row, and its constructors: the webhook and Slack senders, the
+//! pre-send checks and the lease loop all end a delivery through these.
+
+use std::time::Duration;
+
+use shared::db::{AttemptRecord, Completion, LeasedDelivery, NextState};
+use uuid::Uuid;
+
+/// What happens to a leased row.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Write this completion.
+    Complete(Completion),
+    /// Hand the lease back without counting an attempt.
+    Release {
+        /// Delivery id.
+        delivery_id: Uuid,
+        /// Its lease token.
+        lease_token: Uuid,
+        /// When it is due again.
+        due_in: Duration,
+    },
+}
+
+impl Outcome {
+    /// Hands the row back, due again in `due_in`, without counting an attempt.
+    pub fn release(delivery: &LeasedDelivery, due_in: Duration) -> Self {
+        Self::Release {
+            delivery_id: delivery.id,
+            lease_token: delivery.lease_token,
+            due_in,
+        }
+    }
+
+    /// Dead now with `reason`, which is also its last error; with the attempt when one was
+    /// made (or stands for one).
+    pub fn dead(
+        delivery: &LeasedDelivery,
+        reason: impl Into<String>,
+        attempt: Option<AttemptRecord>,
+    ) -> Self {
+        let reason = reason.into();
+        Self::Complete(Completion {
+            delivery_id: delivery.id,
+            lease_token: delivery.lease_token,
+            next: NextState::Dead {
+                reason: reason.clone(),
+                disable_subscription: false,
+            },
+            last_error: Some(reason),
+            attempt,
+        })
+    }
+
+    /// Cancelled without a request: the subscription was deleted.
+    pub fn cancelled(delivery: &LeasedDelivery) -> Self {
+        Self::Complete(Completion {
+            delivery_id: delivery.id,
+            lease_token: delivery.lease_token,
+            next: NextState::Cancelled,
+            last_error: Some("subscription_deleted".to_owned()),
+            attempt: None,
+        })
+    }
+
+    /// After an attempt: `next`, with `error` as the delivery's last error.
+    pub fn attempted(
+        delivery: &LeasedDelivery,
+        next: NextState,
+        error: Option<String>,
+        attempt: AttemptRecord,
+    ) -> Self {
+        Self::Complete(Completion {
+            delivery_id: delivery.id,
+            lease_token: delivery.lease_token,
+            next,
+            last_error: error,
+            attempt: Some(attempt),
+        })
+    }
+}
