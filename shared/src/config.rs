@@ -45,7 +45,6 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_SLACK_ALLOWED_CHANNELS",
     "IH_LOG_LEVEL",
     "IH_LOG_FORMAT",
-    "IH_RETENTION_DAYS",
     "IH_ENCRYPTION_KEYS",
     "IH_MAX_PAYLOAD_BYTES",
     "IH_MAX_BATCH_BYTES",
@@ -224,8 +223,6 @@ pub struct Settings {
     pub log_level: String,
     /// `IH_LOG_FORMAT`: `json` or `pretty`.
     pub log_format: String,
-    /// `IH_RETENTION_DAYS`.
-    pub retention_days: u32,
     /// `IH_ENCRYPTION_KEYS`: `key_id:base64` pairs; the first encrypts.
     pub encryption_keys: Option<SecretString>,
     /// `IH_MAX_PAYLOAD_BYTES`: the largest `POST /events` body.
@@ -295,7 +292,6 @@ impl Default for Settings {
             slack_allowed_channels: None,
             log_level: "info".to_owned(),
             log_format: "json".to_owned(),
-            retention_days: 30,
             encryption_keys: None,
             max_payload_bytes: 256 * 1024,
             max_batch_bytes: 4 * 1024 * 1024,

@@ -239,11 +239,6 @@ impl SigningSecret {
         Ok(Self(format!("{SECRET_PREFIX}{}", BASE64.encode(key))))
     }
 
-    /// Wraps a secret read back from the database.
-    pub fn from_stored(stored: String) -> Self {
-        Self(stored)
-    }
-
     /// The secret itself; only signing and storage use it.
     pub fn expose(&self) -> &str {
         &self.0
