@@ -29,8 +29,6 @@ mod events;
 mod queue;
 mod sqlite;
 mod subscriptions;
-#[cfg(feature = "test-util")]
-pub mod testing;
 pub mod wake;
 
 pub use admin::*;

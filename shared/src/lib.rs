@@ -29,6 +29,4 @@ pub mod signing;
 pub mod slack;
 pub mod state;
 pub mod telemetry;
-#[cfg(feature = "test-util")]
-pub mod test_support;
 pub mod url_policy;

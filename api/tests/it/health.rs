@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use shared::test_support::ChaosProxy;
+use testkit::ChaosProxy;
 
 use crate::support::{PUBLISHER_TOKEN, TestApp, eventually, test_db, test_settings};
 

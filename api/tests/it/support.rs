@@ -4,10 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use shared::{
-    config::{ApiConfig, DatabaseUrl, SecretString, Settings},
-    db::testing::TestDb,
-};
+use shared::config::{ApiConfig, DatabaseUrl, SecretString, Settings};
+use testkit::db::TestDb;
 use tokio::sync::oneshot;
 
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
@@ -181,7 +179,7 @@ impl Drop for TestApp {
     }
 }
 
-pub use shared::test_support::eventually;
+pub use testkit::eventually;
 
 pub fn uuid(value: &Value) -> uuid::Uuid {
     value.as_str().unwrap().parse().unwrap()

@@ -12,7 +12,7 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::json;
 
-use shared::test_support::free_port;
+use testkit::free_port;
 
 use crate::support::{ADMIN_TOKEN, PUBLISHER_TOKEN, Receiver, Reply, client, eventually};
 

@@ -4,8 +4,8 @@ use std::{str::FromStr, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use shared::db::testing::Backend;
 use sqlx::{Connection, sqlite::SqliteConnectOptions};
+use testkit::db::Backend;
 
 use crate::support::{Hub, Receiver, eventually};
 

@@ -9,7 +9,8 @@ use std::{
     time::Duration,
 };
 
-use shared::{config::DEFAULT_API_PORT, test_support::free_port};
+use shared::config::DEFAULT_API_PORT;
+use testkit::free_port;
 
 use crate::support::{client, eventually};
 

@@ -9,7 +9,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use shared::{config::SecretString, db::testing::Backend};
+use shared::config::SecretString;
+use testkit::db::Backend;
 
 use crate::support::{Hub, Receiver, Reply, eventually, on_both_backends};
 
@@ -329,8 +330,8 @@ async fn admin_listings_page_and_filter(backend: Backend) {
 /// Both migrations create the same tables, columns and indexes (types differ by design).
 #[tokio::test]
 async fn both_backends_get_the_same_schema() {
-    let postgres = shared::db::testing::TestDb::new().await;
-    let sqlite = shared::db::testing::TestDb::sqlite().await;
+    let postgres = testkit::db::TestDb::new().await;
+    let sqlite = testkit::db::TestDb::sqlite().await;
     let mut postgres_columns = postgres
         .fetch_strings(
             "select table_name || '.' || column_name from information_schema.columns
@@ -671,7 +672,7 @@ async fn maintenance_statements_work(backend: Backend) {
         crypto::SecretCipher,
         db::{self, NewEvent, NewSubscription},
     };
-    let test_db = shared::db::testing::TestDb::on(backend).await;
+    let test_db = testkit::db::TestDb::on(backend).await;
     let db = &test_db.pool;
     let key = |byte: u8| BASE64.encode([byte; 32]);
     let old = SecretCipher::parse(&format!("k1:{}", key(1))).unwrap();

@@ -4,14 +4,12 @@ use std::{net::SocketAddr, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use shared::{
-    config::{ApiConfig, DatabaseUrl, Settings, WorkerConfig},
-    db::testing::{Backend, TestDb},
-};
+use shared::config::{ApiConfig, DatabaseUrl, Settings, WorkerConfig};
+use testkit::db::{Backend, TestDb};
 use tokio_util::sync::CancellationToken;
 use worker::WorkerOptions;
 
-pub use shared::test_support::{
+pub use testkit::{
     eventually,
     receiver::{Receiver, Reply},
 };
@@ -27,12 +25,12 @@ macro_rules! on_both_backends {
             mod $name {
                 #[tokio::test]
                 async fn postgres() {
-                    super::$name(shared::db::testing::Backend::Postgres).await;
+                    super::$name(testkit::db::Backend::Postgres).await;
                 }
 
                 #[tokio::test]
                 async fn sqlite() {
-                    super::$name(shared::db::testing::Backend::Sqlite).await;
+                    super::$name(testkit::db::Backend::Sqlite).await;
                 }
             }
         )*

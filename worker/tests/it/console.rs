@@ -12,7 +12,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde_json::{Value, json};
-use shared::db::testing::TestDb;
+use testkit::db::TestDb;
 
 use crate::{
     observability::{ADMIN_TOKEN, Stack},

@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use shared::db::testing::TestDb;
+use testkit::db::TestDb;
 
 use crate::support::{
     Receiver, Reply, WorkerProcess, count, delivered_within, eventually, publish, spawn_worker,

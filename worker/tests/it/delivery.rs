@@ -4,7 +4,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use shared::{
-    db::{self, ReplayOutcome, testing::TestDb},
+    db::{self, ReplayOutcome},
     state::AttemptOutcome,
 };
 use uuid::Uuid;
@@ -13,6 +13,7 @@ use crate::support::{
     FixedLookup, Receiver, Reply, count, dead_letters, delivered_within, eventually, publish,
     spawn_worker, subscribe, worker_settings,
 };
+use testkit::db::TestDb;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -5,7 +5,8 @@
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use serde_yaml::Value;
-use shared::{config::KNOWN_VARIABLES, db::testing::TestDb};
+use shared::config::KNOWN_VARIABLES;
+use testkit::db::TestDb;
 
 use crate::observability::{Stack, workspace_bin};
 

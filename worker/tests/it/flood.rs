@@ -4,7 +4,7 @@
 
 use reqwest::Method;
 use serde_json::json;
-use shared::db::testing::TestDb;
+use testkit::db::TestDb;
 
 use crate::observability::{ADMIN_TOKEN, Stack};
 

@@ -11,10 +11,7 @@ use std::{
     time::Duration,
 };
 
-use shared::{
-    db::{self, testing::TestDb},
-    state::AttemptOutcome,
-};
+use shared::{db, state::AttemptOutcome};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -23,6 +20,7 @@ use tokio::{
 use crate::support::{
     WorkerProcess, count, eventually, publish, spawn_worker, subscribe, worker_settings,
 };
+use testkit::db::TestDb;
 
 const SECRET: &str = "a-plain-secret-of-some-length";
 

@@ -12,7 +12,7 @@ use std::{
 
 use poem::{EndpointExt, Route, Server, handler, listener::TcpAcceptor, web::Data};
 use serde_json::{Value, json};
-use shared::{db::testing::TestDb, test_support::free_port};
+use testkit::{db::TestDb, free_port};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{Receiver, Reply, count, delivered_within, eventually};

@@ -4,11 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use shared::{
-    config::SecretString,
-    crypto::SecretCipher,
-    db::{self, testing::TestDb},
-};
+use shared::{config::SecretString, crypto::SecretCipher, db};
 use uuid::Uuid;
 
 use crate::{
@@ -19,6 +15,7 @@ use crate::{
         worker_settings,
     },
 };
+use testkit::db::TestDb;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OTHER_SECRET: &str = "whsec_c2Vjb25kLXNlY3JldC1vZi10aGUtdGVzdA==";

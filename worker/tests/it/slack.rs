@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use shared::{
     config::{SecretString, Settings},
-    db::{self, testing::TestDb},
+    db,
     state::{AttemptOutcome, Target},
 };
 use uuid::Uuid;
@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::support::{
     Receiver, Reply, count, dead_letters, eventually, publish_with, spawn_worker, worker_settings,
 };
+use testkit::db::TestDb;
 
 const TOKEN: &str = "xoxb-test-token-123";
 const OK: &str = r#"{"ok":true,"channel":"C-default","ts":"1700000000.000100"}"#;
@@ -256,7 +257,7 @@ async fn without_a_token_or_with_a_forbidden_channel_slack_deliveries_dead_lette
 
 /// Slack's answer to a long message: `chat.postMessage` echoes the message it posted, in
 /// `text` and in `blocks`, so the answer is as long as the message and more.
-fn echoing_answer(request: &shared::test_support::receiver::Received) -> Reply {
+fn echoing_answer(request: &testkit::receiver::Received) -> Reply {
     let posted: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     let answer = serde_json::json!({
         "ok": true,

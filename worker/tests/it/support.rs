@@ -8,18 +8,19 @@ use std::{
     sync::Arc,
     time::Duration,
 };
+use testkit::db::TestDb;
 
 use shared::{
     config::{DatabaseUrl, Settings, WorkerConfig},
     crypto::SecretCipher,
-    db::{self, NewEvent, NewSubscription, PublishOutcome, testing::TestDb},
+    db::{self, NewEvent, NewSubscription, PublishOutcome},
     domain::{EventType, request_hash},
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use worker::{WorkerOptions, http::Lookup};
 
-pub use shared::test_support::receiver::{Receiver, Reply};
+pub use testkit::receiver::{Receiver, Reply};
 
 /// Worker settings for tests: loopback allowed, fast polls and backoff, short leases.
 pub fn worker_settings(database_url: &str) -> Settings {
@@ -217,7 +218,7 @@ pub async fn delivered_within(db: &TestDb, expected: i64, deadline: Duration) ->
     .await
 }
 
-pub use shared::test_support::eventually;
+pub use testkit::eventually;
 
 /// A resolver with fixed answers, for SSRF tests: nothing is ever looked up for real.
 pub struct FixedLookup(pub BTreeMap<String, Vec<IpAddr>>);

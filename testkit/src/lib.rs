@@ -1,5 +1,7 @@
-//! Test support: a TCP proxy in front of Postgres that can cut the network, a local receiving
-//! server, and polling with a deadline.
+//! What the tests of every crate stand on, used only as a dev-dependency: one fresh database
+//! per test on either backend ([`db::TestDb`]), a TCP proxy in front of Postgres that can cut
+//! the network, a local receiving server standing in for subscribers, and polling with a
+//! deadline.
 
 #![allow(
     clippy::unwrap_used,
@@ -8,6 +10,7 @@
     reason = "test support"
 )]
 
+pub mod db;
 pub mod receiver;
 
 use std::{

@@ -27,7 +27,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::{
+use shared::{
     config::{DatabaseConfig, DatabaseUrl},
     db::{Db, SqliteDb},
 };
