@@ -19,15 +19,16 @@ COPY migrate/Cargo.toml migrate/Cargo.toml
 COPY hub/Cargo.toml hub/Cargo.toml
 COPY bench/Cargo.toml bench/Cargo.toml
 COPY testkit/Cargo.toml testkit/Cargo.toml
-RUN for crate in api worker hub shared migration migrate bench testkit; do \
+COPY store/Cargo.toml store/Cargo.toml
+RUN for crate in api worker hub shared migration migrate bench testkit store; do \
       mkdir -p $crate/src && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; \
     done \
  && cargo build --release --locked --bins \
- && rm -rf api/src worker/src hub/src shared/src migration/src migrate/src bench/src testkit/src
+ && rm -rf api/src worker/src hub/src shared/src migration/src migrate/src bench/src testkit/src store/src
 
 COPY . .
 # make cargo see the real sources as newer than the placeholder build
-RUN find api worker hub shared migration migrate bench testkit -name '*.rs' -exec touch {} + \
+RUN find api worker hub shared migration migrate bench testkit store -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --bin ih-api --bin ih-worker --bin ih-migrate --bin ih
 
 # Stage 2: no shell, no package manager; CA certificates for TLS to subscribers and Slack;

@@ -12,10 +12,8 @@
 
 use std::sync::Arc;
 
-use shared::{
-    config::SlackFanout,
-    db::{self, Db, NewEvent, PublishOutcome, PublishedEvent},
-};
+use shared::config::SlackFanout;
+use store::{self as db, Db, NewEvent, PublishOutcome, PublishedEvent};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 

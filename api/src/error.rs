@@ -8,7 +8,8 @@
 
 use poem::{IntoResponse, Response, http::StatusCode};
 use poem_openapi::{ApiResponse, Object, payload::Json};
-use shared::{db::DbError, domain::ValidationError};
+use shared::domain::ValidationError;
+use store::DbError;
 
 tokio::task_local! {
     /// The id of the request being served, for error bodies and logs.

@@ -24,7 +24,8 @@ use poem::{
     web::{Data, Json},
 };
 use poem_openapi::OpenApiService;
-use shared::{config::ApiConfig, db::Db};
+use shared::config::ApiConfig;
+use store::Db;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -101,7 +102,7 @@ fn health() -> Json<models::Health> {
 
 #[handler]
 async fn ready(state: Data<&AppState>) -> Response {
-    match shared::db::ping(&state.pool).await {
+    match store::ping(&state.pool).await {
         Ok(()) => Json(models::Health {
             status: "ok".to_owned(),
         })
@@ -316,7 +317,8 @@ pub async fn serve(
         let stop = background.clone();
         tokio::spawn(async move {
             loop {
-                shared::telemetry::record_pool(&pool, max_connections);
+                let (size, idle) = pool.pool_usage();
+                shared::telemetry::record_pool(size, idle, max_connections);
                 handle.run_upkeep();
                 tokio::select! {
                     () = stop.cancelled() => break,

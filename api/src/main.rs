@@ -51,8 +51,8 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
-        let pool = shared::db::connect(&config.database, "ih-api")?;
-        if let Err(error) = shared::db::ping(&pool).await {
+        let pool = store::connect(&config.database, "ih-api")?;
+        if let Err(error) = store::ping(&pool).await {
             tracing::warn!(error.message = %error, "database not reachable yet; /ready answers 503 until it is");
         }
         let listener = tokio::net::TcpListener::bind(config.addr)

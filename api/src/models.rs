@@ -9,7 +9,8 @@ use poem_openapi::{
     types::{MaybeUndefined, ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde_json::Value;
-use shared::{db, state};
+use shared::state;
+use store as db;
 use uuid::Uuid;
 
 /// Default page size of every listing.

@@ -1,7 +1,7 @@
 //! Coalesced wake-ups of the workers.
 //!
 //! Every publish commit calls [`WorkerWaker::wake`]. On SQLite the workers are in this process
-//! and are signalled at once (`shared::db::wake::wake_local`: the one channel between the
+//! and are signalled at once (`store::wake::wake_local`: the one channel between the
 //! commit and the lease loop). On Postgres a background task turns the calls into `pg_notify`
 //! statements sent after the commit, one at a time: while one is on its way, any
 //! number of further wakes collapse into the next one (a stored permit). A sparse publish is
@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use shared::db::Db;
+use store::Db;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +45,7 @@ impl WorkerWaker {
                     () = task_pending.notified() => {}
                     () = shutdown.cancelled() => break,
                 }
-                if let Err(error) = shared::db::notify_workers(&pool).await {
+                if let Err(error) = store::notify_workers(&pool).await {
                     // the workers' poll interval is the safety net
                     tracing::warn!(error.message = %error, "could not notify workers");
                 }
@@ -59,7 +59,7 @@ impl WorkerWaker {
         match self {
             Self::Notifier(pending) => pending.notify_one(),
             Self::Local(db) => {
-                shared::db::wake::wake_local(db);
+                store::wake::wake_local(db);
             }
         }
     }

@@ -11,10 +11,8 @@
 //! worker without a database round trip.
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use shared::{
-    config::{ApiConfig, DatabaseUrl, WorkerConfig},
-    db::Db,
-};
+use shared::config::{ApiConfig, DatabaseUrl, WorkerConfig};
+use store::Db;
 use tokio_util::sync::CancellationToken;
 use worker::WorkerOptions;
 

@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         hub::prepare(&url)
             .await
             .with_context(|| format!("cannot prepare the database {}", url.redacted()))?;
-        let db = shared::db::connect(&api_config.database, "ih")?;
+        let db = store::connect(&api_config.database, "ih")?;
         worker::check_encryption_keys(&db, &worker_config.secrets).await?;
         let listener = tokio::net::TcpListener::bind(api_config.addr)
             .await

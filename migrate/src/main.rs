@@ -79,8 +79,8 @@ async fn reencrypt(database_url: &str) -> anyhow::Result<()> {
         max_connections: 2,
         acquire_timeout: Duration::from_secs(10),
     };
-    let pool = shared::db::connect(&database, "ih-migrate").context("IH_DATABASE_URL")?;
-    let report = shared::db::reencrypt_secrets(&pool, &cipher, REENCRYPT_BATCH)
+    let pool = store::connect(&database, "ih-migrate").context("IH_DATABASE_URL")?;
+    let report = store::reencrypt_secrets(&pool, &cipher, REENCRYPT_BATCH)
         .await
         .context("re-encryption stopped; run it again to finish")?;
     for (subscription_id, error) in &report.failed {

@@ -1,7 +1,7 @@
-//! Domain types, configuration and every SQL statement of Integrations Hub.
+//! Domain types, configuration, telemetry set-up, secrets and signing of Integrations Hub.
 //!
-//! Both binaries stand on this crate. It knows nothing of HTTP serving or HTTP clients
-//! (no poem, no reqwest): those live in `api` and `worker`.
+//! Every other crate stands on this one. It knows nothing of HTTP serving or HTTP clients
+//! (no poem, no reqwest: those live in `api` and `worker`) and issues no SQL (`store` does).
 //!
 //! # Layout
 //! - [`config`]: settings from defaults, file, `IH_*` environment and flags; validated views
@@ -15,13 +15,11 @@
 //! - [`slack`]: the Slack connector's messages and answer classification.
 //! - [`state`]: delivery status, target and attempt outcome as types, with their one text
 //!   mapping.
-//! - [`db`]: the connection pool and every SQL statement.
 //! - [`telemetry`]: log set-up.
 
 pub mod auth;
 pub mod config;
 pub mod crypto;
-pub mod db;
 pub mod domain;
 pub mod retry;
 pub mod shutdown;

@@ -210,9 +210,9 @@ pub fn install_metrics()
     Ok(handle)
 }
 
-/// Records the connection pool's use as `ih_db_pool_connections{state}`.
-pub fn record_pool(db: &crate::db::Db, max_connections: u32) {
-    let (size, idle) = db.pool_usage();
+/// Records a connection pool's use (`size` open, `idle` of them idle) as
+/// `ih_db_pool_connections{state}`.
+pub fn record_pool(size: u32, idle: usize, max_connections: u32) {
     let idle = u32::try_from(idle).unwrap_or(u32::MAX);
     metrics::gauge!("ih_db_pool_connections", "state" => "idle").set(f64::from(idle));
     metrics::gauge!("ih_db_pool_connections", "state" => "in_use")

@@ -27,10 +27,8 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use shared::{
-    config::{DatabaseConfig, DatabaseUrl},
-    db::{Db, SqliteDb},
-};
+use shared::config::{DatabaseConfig, DatabaseUrl};
+use store::{Db, SqliteDb};
 
 /// The two backends, for tests that run on each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +72,7 @@ pub struct TestDb {
     pub url: String,
     /// The database's name.
     pub name: String,
-    /// The service's handle on it, as `shared::db::connect` makes it.
+    /// The service's handle on it, as `store::connect` makes it.
     pub pool: Db,
     raw: Raw,
 }

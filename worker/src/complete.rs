@@ -11,10 +11,10 @@
 use std::time::{Duration, Instant};
 
 use shared::{
-    db::{self, AttemptRecord, Completion, Db, NextState},
     retry::{RetryPolicy, jitter},
     state::Target,
 };
+use store::{self as db, AttemptRecord, Completion, Db, NextState};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
 

@@ -9,10 +9,10 @@ use std::{
 
 use chrono::Utc;
 use shared::{
-    db::{LeasedDelivery, NextState},
     retry::{RetryPolicy, parse_retry_after},
     url_policy::DestinationPolicy,
 };
+use store::{LeasedDelivery, NextState};
 use uuid::Uuid;
 
 use crate::pacer::ChannelPacer;

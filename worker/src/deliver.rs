@@ -4,12 +4,12 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use shared::{
-    db::{AttemptRecord, DeliverySubscription, LeasedDelivery, NextState},
     domain::redact_url,
     retry::{Verdict, classify_status},
     signing,
     state::Target,
 };
+use store::{AttemptRecord, DeliverySubscription, LeasedDelivery, NextState};
 
 use crate::{
     context::DeliveryContext,

@@ -12,7 +12,7 @@
 //! - [`pacer`]: per-channel pacing of Slack messages.
 //! - [`http`]: the delivery client and its SSRF-guarded resolver.
 //! - [`complete`]: the completion buffer.
-//! - wake-ups come from `shared::db::wake` (LISTEN/NOTIFY, or the publish path of the same
+//! - wake-ups come from `store::wake` (LISTEN/NOTIFY, or the publish path of the same
 //!   process on SQLite).
 //! - [`slack`]: the Slack connector.
 
@@ -28,10 +28,10 @@ use std::{
 use shared::{
     config::WorkerConfig,
     crypto::SecretCipher,
-    db::{self, Db, DeliverySubscription, LeasedDelivery, NextState},
     retry::{RetryPolicy, jitter},
     state::Target,
 };
+use store::{self as db, Db, DeliverySubscription, LeasedDelivery, NextState};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -286,7 +286,8 @@ const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
     tokio::spawn(async move {
         loop {
-            shared::telemetry::record_pool(&pool, max_connections);
+            let (size, idle) = pool.pool_usage();
+            shared::telemetry::record_pool(size, idle, max_connections);
             match db::sample_queue(&pool).await {
                 Ok(sample) if sample.leader => {
                     metrics::gauge!("ih_queue_depth").set(sample.depth.unwrap_or_default() as f64);

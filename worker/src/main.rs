@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
-        let pool = shared::db::connect(&config.database, "ih-worker")?;
+        let pool = store::connect(&config.database, "ih-worker")?;
         worker::check_encryption_keys(&pool, &config.secrets).await?;
         let shutdown = CancellationToken::new();
         let heartbeat = Heartbeat::default();

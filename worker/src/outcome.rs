@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::db::{AttemptRecord, Completion, LeasedDelivery, NextState};
+use store::{AttemptRecord, Completion, LeasedDelivery, NextState};
 use uuid::Uuid;
 
 /// What happens to a leased row.

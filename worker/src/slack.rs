@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use shared::{
     config::SlackConnector,
-    db::{AttemptRecord, LeasedDelivery, NextState},
     slack::{self, MessageError, SlackVerdict},
     state::Target,
 };
+use store::{AttemptRecord, LeasedDelivery, NextState};
 
 use crate::{
     context::DeliveryContext,

@@ -5,7 +5,7 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use shared::db::{self, BulkReplayFilter, DeadLetterFilter, DeliveryFilter, Page, ReplayOutcome};
+use store::{self as db, BulkReplayFilter, DeadLetterFilter, DeliveryFilter, Page, ReplayOutcome};
 use uuid::Uuid;
 
 use crate::{

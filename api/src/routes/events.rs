@@ -6,10 +6,8 @@ use poem_openapi::{
     param::{Header, Path, Query},
     payload::Json,
 };
-use shared::{
-    db::{self, EventFilter, NewEvent, Page, PublishOutcome},
-    domain::{EventType, IdempotencyKey, request_hash},
-};
+use shared::domain::{EventType, IdempotencyKey, request_hash};
+use store::{self as db, EventFilter, NewEvent, Page, PublishOutcome};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -110,7 +108,7 @@ impl EventsApi {
         .await?;
         match outcome {
             PublishOutcome::Stored(stored) => {
-                // After commit, never inside the insert transaction: see shared::db::notify_workers.
+                // After commit, never inside the insert transaction: see store::notify_workers.
                 self.state.waker.wake();
                 for event in &stored {
                     let label = self.state.event_type_labels.label(&event.event_type);

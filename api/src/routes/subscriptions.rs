@@ -6,10 +6,8 @@ use poem_openapi::{
     payload::Json,
     types::MaybeUndefined,
 };
-use shared::{
-    db::{self, NewSubscription, Page, SubscriptionPatch},
-    domain::{CustomHeaders, EventTypeFilter, SigningSecret, TargetUrl, ValidationError},
-};
+use shared::domain::{CustomHeaders, EventTypeFilter, SigningSecret, TargetUrl, ValidationError};
+use store::{self as db, NewSubscription, Page, SubscriptionPatch};
 use uuid::Uuid;
 
 use crate::{

@@ -576,13 +576,13 @@ async fn a_publish_wakes_listening_workers_after_commit() {
     let mut listener = sqlx::postgres::PgListener::connect(&app.db.url)
         .await
         .unwrap();
-    listener.listen(shared::db::DELIVERY_CHANNEL).await.unwrap();
+    listener.listen(store::DELIVERY_CHANNEL).await.unwrap();
     app.publish("a", json!({})).await;
     let notification = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
         .await
         .expect("a notification arrives")
         .unwrap();
-    assert_eq!(notification.channel(), shared::db::DELIVERY_CHANNEL);
+    assert_eq!(notification.channel(), store::DELIVERY_CHANNEL);
 }
 
 #[tokio::test]

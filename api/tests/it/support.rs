@@ -56,7 +56,7 @@ impl TestApp {
     /// Starts the API on an existing database.
     pub async fn start(db: TestDb, settings: Settings) -> Self {
         let config = ApiConfig::from_settings(&settings).expect("test settings are valid");
-        let pool = shared::db::connect(&config.database, "ih-api-test").unwrap();
+        let pool = store::connect(&config.database, "ih-api-test").unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();

@@ -668,10 +668,8 @@ async fn queued_work_of_a_deleted_subscription_is_cancelled(backend: Backend) {
 /// The statements behind `ih-migrate reencrypt`, the worker's start-up key check, the hand-back
 /// of leases and the queue sampler, called directly.
 async fn maintenance_statements_work(backend: Backend) {
-    use shared::{
-        crypto::SecretCipher,
-        db::{self, NewEvent, NewSubscription},
-    };
+    use shared::crypto::SecretCipher;
+    use store::{self as db, NewEvent, NewSubscription};
     let test_db = testkit::db::TestDb::on(backend).await;
     let db = &test_db.pool;
     let key = |byte: u8| BASE64.encode([byte; 32]);

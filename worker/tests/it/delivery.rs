@@ -3,10 +3,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use shared::{
-    db::{self, ReplayOutcome},
-    state::AttemptOutcome,
-};
+use shared::state::AttemptOutcome;
+use store::{self as db, ReplayOutcome};
 use uuid::Uuid;
 
 use crate::support::{

@@ -11,7 +11,8 @@ use std::{
     time::Duration,
 };
 
-use shared::{db, state::AttemptOutcome};
+use shared::state::AttemptOutcome;
+use store as db;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

@@ -4,7 +4,8 @@
 use std::{process::Command, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use shared::{config::SecretString, crypto::SecretCipher, db};
+use shared::{config::SecretString, crypto::SecretCipher};
+use store as db;
 use uuid::Uuid;
 
 use crate::{

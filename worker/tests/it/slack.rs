@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use shared::{
     config::{SecretString, Settings},
-    db,
     state::{AttemptOutcome, Target},
 };
+use store as db;
 use uuid::Uuid;
 
 use crate::support::{

@@ -1,4 +1,4 @@
-//! Test harness: a receiving server, subscriptions and events written through `shared::db`,
+//! Test harness: a receiving server, subscriptions and events written through `store`,
 //! and workers in-process or as real child processes.
 
 use std::{
@@ -13,9 +13,9 @@ use testkit::db::TestDb;
 use shared::{
     config::{DatabaseUrl, Settings, WorkerConfig},
     crypto::SecretCipher,
-    db::{self, NewEvent, NewSubscription, PublishOutcome},
     domain::{EventType, request_hash},
 };
+use store::{self as db, NewEvent, NewSubscription, PublishOutcome};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use worker::{WorkerOptions, http::Lookup};

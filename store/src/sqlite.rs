@@ -27,7 +27,8 @@ use sqlx::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{config::DatabaseConfig, db::DbError};
+use crate::DbError;
+use shared::config::DatabaseConfig;
 
 mod admin;
 mod events;
@@ -165,21 +166,4 @@ pub(crate) fn blob_hex(id: Uuid) -> String {
 /// An SQLite date modifier adding `delay` (`strftime(…, 'now', '+1.500 seconds')`).
 pub(crate) fn plus(delay: Duration) -> String {
     format!("+{:.3} seconds", delay.as_secs_f64())
-}
-
-/// Whether a SQLite result code (primary or extended) means "try again later": the file is
-/// locked by another process past the busy timeout, read-only, full, or unreadable.
-pub(crate) fn is_unavailable(code: &str) -> bool {
-    const BUSY: i64 = 5;
-    const LOCKED: i64 = 6;
-    const READONLY: i64 = 8;
-    const IOERR: i64 = 10;
-    const FULL: i64 = 13;
-    const CANTOPEN: i64 = 14;
-    code.parse::<i64>().is_ok_and(|code| {
-        matches!(
-            code & 0xff,
-            BUSY | LOCKED | READONLY | IOERR | FULL | CANTOPEN
-        )
-    })
 }

@@ -6,13 +6,10 @@ use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, now, time};
 use crate::{
-    config::SlackFanout,
-    db::{
-        DbError, DeliveryRow, EventFilter, EventRow, NewEvent, Page, PublishOutcome,
-        PublishedEvent, events::IdempotentRow,
-    },
-    state::Target,
+    DbError, DeliveryRow, EventFilter, EventRow, NewEvent, Page, PublishOutcome, PublishedEvent,
+    events::IdempotentRow,
 };
+use shared::{config::SlackFanout, state::Target};
 
 impl SqliteDb {
     /// One immediate transaction: the live subscriptions read at its start cannot change before

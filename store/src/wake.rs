@@ -14,11 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    config::DatabaseUrl,
-    db::{DELIVERY_CHANNEL, Db},
-    retry::jitter,
-};
+use crate::{DELIVERY_CHANNEL, Db};
+use shared::{config::DatabaseUrl, retry::jitter};
 
 /// Longest pause between reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);

@@ -42,10 +42,27 @@ pub enum DbError {
     InvalidUrl(String),
     /// A secret could not be sealed for storage; nothing was written.
     #[error("could not seal a secret: {0}")]
-    Crypto(#[from] crate::crypto::CryptoError),
+    Crypto(#[from] shared::crypto::CryptoError),
     /// Anything else: a bug or a schema mismatch.
     #[error("database error")]
     Other(#[source] sqlx::Error),
+}
+
+/// Whether a SQLite result code (primary or extended) means "try again later": the file is
+/// locked by another process past the busy timeout, read-only, full, or unreadable.
+fn sqlite_unavailable(code: &str) -> bool {
+    const BUSY: i64 = 5;
+    const LOCKED: i64 = 6;
+    const READONLY: i64 = 8;
+    const IOERR: i64 = 10;
+    const FULL: i64 = 13;
+    const CANTOPEN: i64 = 14;
+    code.parse::<i64>().is_ok_and(|code| {
+        matches!(
+            code & 0xff,
+            BUSY | LOCKED | READONLY | IOERR | FULL | CANTOPEN
+        )
+    })
 }
 
 impl From<sqlx::Error> for DbError {
@@ -65,7 +82,7 @@ impl From<sqlx::Error> for DbError {
                     .code()
                     .map(|code| code.into_owned())
                     .unwrap_or_default();
-                if super::sqlite::is_unavailable(&code) {
+                if sqlite_unavailable(&code) {
                     return Self::Unavailable(error);
                 }
                 if matches!(

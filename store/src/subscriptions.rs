@@ -1,5 +1,5 @@
 //! Subscription storage. Secrets are sealed here before they are written (see
-//! [`crate::crypto`]) and never read back by these queries: no listing or lookup returns them.
+//! [`shared::crypto`]) and never read back by these queries: no listing or lookup returns them.
 
 use std::collections::BTreeMap;
 
@@ -7,10 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::{
-    crypto::{CryptoError, SecretCipher},
-    db::{Db, DbError, Page},
-};
+use crate::{Db, DbError, Page};
+use shared::crypto::{CryptoError, SecretCipher};
 
 /// A subscription without its secrets.
 #[derive(Clone, Debug, sqlx::FromRow)]

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, time};
-use crate::db::{
+use crate::{
     AttemptRow, BulkReplayFilter, ConsoleStats, DbError, DeadLetterFilter, DeadLetterRow,
     DeliveryFilter, DeliveryRow, Page, ReplayOutcome,
 };
@@ -75,7 +75,7 @@ impl SqliteDb {
              order by id desc
              limit ?5",
         )
-        .bind(filter.status.map(crate::state::DeliveryStatus::as_str))
+        .bind(filter.status.map(shared::state::DeliveryStatus::as_str))
         .bind(filter.subscription_id)
         .bind(filter.event_id)
         .bind(page.cursor)

@@ -7,8 +7,8 @@
 //! `UPDATE … RETURNING` in an immediate transaction on SQLite, whose single writer makes it
 //! safe) and the wake-up ([`wake`]: LISTEN/NOTIFY, or an in-process signal).
 //!
-//! The Postgres statements live in `db/sql/*.sql`, lowercase, with a header saying which index
-//! they rely on; the SQLite ones in `db/sqlite/`. Each is executed by at least one integration
+//! The Postgres statements live in `sql/*.sql`, lowercase, with a header saying which index
+//! they rely on; the SQLite ones in `sqlite/`. Each is executed by at least one integration
 //! test against a real database (raw SQL is not compile-checked, so that test is its check).
 //! Handlers and loops call these functions and never build SQL.
 
@@ -21,7 +21,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::config::DatabaseConfig;
+use shared::config::DatabaseConfig;
 
 mod admin;
 mod error;
@@ -118,7 +118,7 @@ pub async fn ping(db: &Db) -> Result<(), DbError> {
 pub async fn notify_workers(db: &Db) -> Result<(), DbError> {
     match db {
         Db::Postgres(pool) => {
-            sqlx::query(include_str!("db/sql/notify_workers.sql"))
+            sqlx::query(include_str!("sql/notify_workers.sql"))
                 .execute(pool)
                 .await?;
         }
@@ -144,11 +144,11 @@ pub struct DeliveryRow {
     /// Its event.
     pub event_id: Uuid,
     /// Where it goes.
-    pub target: crate::state::Target,
+    pub target: shared::state::Target,
     /// The subscription, for webhooks.
     pub subscription_id: Option<Uuid>,
     /// Where it is in its life.
-    pub status: crate::state::DeliveryStatus,
+    pub status: shared::state::DeliveryStatus,
     /// Attempts started so far.
     pub attempts: i32,
     /// Next try (pending) or lease expiry (leased).

@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, plus, time};
 use crate::{
+    Completion, DbError, DeliverySubscription, LeasedDelivery, QueueSample, Written,
+    queue::StoredDeliverySubscription,
+};
+use shared::{
     crypto::SecretCipher,
-    db::{
-        Completion, DbError, DeliverySubscription, LeasedDelivery, QueueSample, Written,
-        queue::StoredDeliverySubscription,
-    },
     state::{DeliveryStatus, Target},
 };
 

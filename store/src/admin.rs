@@ -3,10 +3,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{
-    db::{Db, DbError, DeliveryRow, Page},
-    state::{AttemptOutcome, DeliveryStatus, Target},
-};
+use crate::{Db, DbError, DeliveryRow, Page};
+use shared::state::{AttemptOutcome, DeliveryStatus, Target};
 
 /// One recorded attempt.
 #[derive(Clone, Debug, sqlx::FromRow)]

@@ -8,12 +8,10 @@ use uuid::Uuid;
 
 use super::{SqliteDb, now, plus};
 use crate::{
-    crypto::SecretCipher,
-    db::{
-        DbError, NewSubscription, Page, SubscriptionPatch, SubscriptionRow,
-        subscriptions::{ReplacedSecrets, StoredSecrets},
-    },
+    DbError, NewSubscription, Page, SubscriptionPatch, SubscriptionRow,
+    subscriptions::{ReplacedSecrets, StoredSecrets},
 };
+use shared::crypto::SecretCipher;
 
 /// The columns of a [`SubscriptionRow`].
 macro_rules! subscription_columns {

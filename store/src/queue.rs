@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::{
+use crate::{Db, DbError};
+use shared::{
     crypto::{CryptoError, SecretCipher},
-    db::{Db, DbError},
     state::{AttemptOutcome, DeliveryStatus, Target},
 };
 

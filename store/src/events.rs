@@ -5,10 +5,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{
-    config::SlackFanout,
-    db::{Db, DbError, DeliveryRow, Page},
-};
+use crate::{Db, DbError, DeliveryRow, Page};
+use shared::config::SlackFanout;
 
 /// One event to publish, already validated.
 #[derive(Clone, Debug)]
@@ -105,7 +103,7 @@ pub async fn publish_events(
         match publish_once(pool, scope, events, slack).await {
             Err(DbError::Contention(error)) if tries < PUBLISH_TRIES => {
                 tracing::debug!(error.message = %error, tries, "publish lost a race, running it again");
-                let pause = crate::retry::jitter(CONTENTION_PAUSE * tries, 0.5);
+                let pause = shared::retry::jitter(CONTENTION_PAUSE * tries, 0.5);
                 tokio::time::sleep(pause).await;
             }
             result => return result,
