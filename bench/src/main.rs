@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod load;
+mod process;
 mod procstat;
 mod sink;
 mod startup;

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::suite::{Stack, binary, median, wait_until_ok};
+use crate::process::{Stack, binary, median, wait_until_ok};
 
 /// Start-up times in milliseconds.
 pub struct Startup {

@@ -6,14 +6,15 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use clap::Args;
 
 use crate::{
     load::{self, Report, Scenario, Target},
+    process::{Stack, binary, median, wait_until_ok},
     startup::{self, Startup},
 };
 
@@ -179,43 +180,6 @@ fn plans() -> Vec<Plan> {
     plans
 }
 
-/// Started service processes; stopped (SIGTERM, then SIGKILL after 15 s) when dropped.
-pub struct Stack {
-    pub children: Vec<Child>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for child in &mut self.children {
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let here = std::env::current_exe()?;
-    let path = here.parent().map(|dir| dir.join(name)).unwrap_or_default();
-    anyhow::ensure!(
-        path.exists(),
-        "{} not found beside ih-bench: build the release binaries",
-        path.display()
-    );
-    Ok(path)
-}
-
 fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     let mut parsed = url::Url::parse(url)?;
     parsed.set_path(&format!("/{database}"));
@@ -316,31 +280,6 @@ fn start_stack(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
     Ok(stack)
 }
 
-/// Polls `url` every `every` until it answers 2xx.
-///
-/// # Errors
-/// When it has not within `within`.
-pub async fn wait_until_ok(
-    client: &reqwest::Client,
-    url: &str,
-    every: Duration,
-    within: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(every).await;
-    }
-    anyhow::bail!("{url} did not answer 2xx within {within:?}")
-}
-
 /// One line of the results table: the medians of a scenario's runs.
 pub struct Row {
     label: String,
@@ -358,11 +297,6 @@ pub struct Row {
     /// `ih-worker`; none in the embedded mode (the worker is inside `ih`).
     worker_mib: Option<f64>,
     cpu: String,
-}
-
-pub fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 fn settings(scenario: &Scenario, workers: usize, concurrency: usize) -> String {
