@@ -72,19 +72,13 @@ impl AllowedMethods {
                 }
             })
             .collect();
-        let label = pattern
+        let label: String = pattern
             .iter()
             .map(|segment| match segment {
-                Segment::Parameter => "/{id}",
-                Segment::Literal(literal) => literal.as_str(),
+                Segment::Parameter => "/{id}".to_owned(),
+                Segment::Literal(literal) => format!("/{literal}"),
             })
-            .fold(String::new(), |mut label, segment| {
-                if !segment.starts_with('/') {
-                    label.push('/');
-                }
-                label.push_str(segment);
-                label
-            });
+            .collect();
         self.routes.push(KnownRoute {
             pattern,
             methods,

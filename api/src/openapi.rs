@@ -9,8 +9,8 @@
 
 use serde_json::{Map, Value, json};
 use shared::domain::{
-    MAX_CUSTOM_HEADER_VALUE, MAX_CUSTOM_HEADERS, MAX_EVENT_TYPE_LENGTH, MAX_SECRET_LENGTH,
-    MAX_SUBSCRIBED_EVENT_TYPES, MAX_URL_LENGTH, MIN_SECRET_LENGTH,
+    MAX_CUSTOM_HEADER_VALUE, MAX_CUSTOM_HEADERS, MAX_EVENT_TYPE_LENGTH, MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_SECRET_LENGTH, MAX_SUBSCRIBED_EVENT_TYPES, MAX_URL_LENGTH, MIN_SECRET_LENGTH,
 };
 
 use crate::{
@@ -19,8 +19,6 @@ use crate::{
 
 /// `shared::domain::EventType`.
 const EVENT_TYPE_PATTERN: &str = "^[A-Za-z0-9_.:-]+$";
-/// A subscription's event type: a type or `*`.
-const EVENT_FILTER_PATTERN: &str = "^(\\*|[A-Za-z0-9_.:-]{1,128})$";
 /// Visible ASCII: idempotency keys and secrets.
 const VISIBLE_ASCII_PATTERN: &str = "^[!-~]+$";
 /// A custom header's value: visible ASCII, spaces and tabs.
@@ -40,13 +38,19 @@ fn event_type() -> Value {
 }
 
 fn idempotency_key() -> Value {
-    json!({"type": "string", "pattern": VISIBLE_ASCII_PATTERN, "minLength": 1, "maxLength": 255})
+    json!({
+        "type": "string",
+        "pattern": VISIBLE_ASCII_PATTERN,
+        "minLength": 1,
+        "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
+    })
 }
 
 /// The `Idempotency-Key` header: HTTP drops the spaces and tabs around a header value, so
 /// they may be there.
 fn idempotency_header() -> Value {
-    json!({"type": "string", "pattern": "^[\\t ]*[!-~]{1,255}[\\t ]*$"})
+    let pattern = format!("^[\\t ]*[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LENGTH}}}[\\t ]*$");
+    json!({"type": "string", "pattern": pattern})
 }
 
 fn url() -> Value {
@@ -61,7 +65,11 @@ fn url() -> Value {
 fn event_filter() -> Value {
     json!({
         "type": "array",
-        "items": {"type": "string", "pattern": EVENT_FILTER_PATTERN},
+        // a type or `*`
+        "items": {
+            "type": "string",
+            "pattern": format!("^(\\*|[A-Za-z0-9_.:-]{{1,{MAX_EVENT_TYPE_LENGTH}}})$"),
+        },
         "minItems": 1,
         "maxItems": MAX_SUBSCRIBED_EVENT_TYPES,
     })
@@ -85,27 +93,17 @@ fn description() -> Value {
 
 /// Merges `constraint` into the schema at `pointer`, keeping what is there (descriptions).
 fn merge(document: &mut Value, pointer: &str, constraint: &Value) {
-    let (Some(schema), Some(constraint)) = (document.pointer_mut(pointer), constraint.as_object())
-    else {
-        return;
-    };
-    if let Some(schema) = schema.as_object_mut() {
-        for (key, value) in constraint {
-            schema.insert(key.clone(), value.clone());
-        }
+    if let (Some(schema), Some(constraint)) = (
+        document.pointer_mut(pointer).and_then(Value::as_object_mut),
+        constraint.as_object(),
+    ) {
+        extend(schema, constraint);
     }
 }
 
-/// Marks the optional properties of a request schema as accepting `null` (read as absent, or
-/// as "clear" where a description says so).
-fn nullable_optionals(document: &mut Value, schema: &str) {
-    let pointer = format!("/components/schemas/{schema}");
-    let Some(object) = document
-        .pointer_mut(&pointer)
-        .and_then(Value::as_object_mut)
-    else {
-        return;
-    };
+/// Marks the optional properties of a schema as accepting `null`: an `Option` is read from
+/// `null` (as absent, or as "clear" where a description says so) and written as `null`.
+fn nullable_optionals(object: &mut Map<String, Value>) {
     let required: Vec<String> = object
         .get("required")
         .and_then(Value::as_array)
@@ -211,15 +209,11 @@ pub fn constrain(generated: &str) -> String {
             "maxLength": MAX_SECRET_LENGTH,
         }),
     );
-    // every optional property, of requests and answers alike, may be `null`: an `Option` is
-    // read from `null` and written as `null`
-    let names: Vec<String> = document
-        .pointer(schemas)
-        .and_then(Value::as_object)
-        .map(|all| all.keys().cloned().collect())
-        .unwrap_or_default();
-    for name in names {
-        nullable_optionals(&mut document, &name);
+    // every optional property, of requests and answers alike
+    if let Some(all) = document.pointer_mut(schemas).and_then(Value::as_object_mut) {
+        all.values_mut()
+            .filter_map(Value::as_object_mut)
+            .for_each(nullable_optionals);
     }
     serde_json::to_string_pretty(&document).unwrap_or_else(|_| generated.to_owned())
 }

@@ -58,9 +58,7 @@ impl WorkerWaker {
     pub fn wake(&self) {
         match self {
             Self::Notifier(pending) => pending.notify_one(),
-            Self::Local(db) => {
-                store::wake::wake_local(db);
-            }
+            Self::Local(db) => store::wake::wake_local(db),
         }
     }
 }

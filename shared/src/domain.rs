@@ -332,6 +332,9 @@ fn is_reserved_header(name: &str) -> bool {
         || lowered.starts_with("webhook-")
 }
 
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LENGTH: usize = 255;
+
 /// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
@@ -342,7 +345,10 @@ impl IdempotencyKey {
     /// # Errors
     /// Returns a [`ValidationError`] on `field`.
     pub fn parse(raw: &str, field: &str) -> Result<Self, ValidationError> {
-        if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        if raw.is_empty()
+            || raw.len() > MAX_IDEMPOTENCY_KEY_LENGTH
+            || !raw.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Err(ValidationError::new(
                 field,
                 "must be 1 to 255 visible ASCII characters",

@@ -197,6 +197,14 @@ impl NextState {
         }
     }
 
+    /// Every value [`label`](Self::label) takes, for registering the counters at zero.
+    pub const LABELS: [&'static str; 4] = [
+        AttemptOutcome::Delivered.as_str(),
+        AttemptOutcome::RetryScheduled.as_str(),
+        AttemptOutcome::DeadLettered.as_str(),
+        DeliveryStatus::Cancelled.as_str(),
+    ];
+
     /// The `outcome` label of `ih_deliveries_total` and of the attempt's log line: the
     /// attempt's outcome, or `cancelled` when no attempt was made for a deleted subscription.
     pub fn label(&self) -> &'static str {
@@ -270,6 +278,25 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// Whether a text a receiver can shape holds NUL (see [`storable`](Self::storable)).
+    fn holds_nul(&self) -> bool {
+        let reason = match &self.next {
+            NextState::Dead { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        };
+        let attempt = self.attempt.as_ref();
+        [
+            self.last_error.as_deref(),
+            reason,
+            attempt.and_then(|a| a.response_body.as_deref()),
+            attempt.and_then(|a| a.error.as_deref()),
+            attempt.and_then(|a| a.external_id.as_deref()),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|text| text.contains('\0'))
+    }
+
     /// The completion with every text a receiver can shape (its answer's excerpt, the error
     /// and dead-letter texts built from it, Slack's `ts`) made storable: a Postgres `text`
     /// value cannot hold NUL, and one refused value would fail the whole flush.
@@ -300,9 +327,9 @@ pub fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
 
 fn storable_in_place(text: &mut Option<String>) {
     if let Some(value) = text
-        && value.contains('\0')
+        && let std::borrow::Cow::Owned(scrubbed) = storable_text(value)
     {
-        *value = storable_text(value).into_owned();
+        *value = scrubbed;
     }
 }
 
@@ -316,10 +343,17 @@ pub async fn complete_deliveries(
     worker_id: &str,
     completions: &[Completion],
 ) -> Result<Vec<Written>, DbError> {
-    let completions: Vec<Completion> = completions.iter().map(Completion::storable).collect();
+    // a copy only in the rare flush that holds NUL: this is the hot path
+    let scrubbed: Vec<Completion>;
+    let completions = if completions.iter().any(Completion::holds_nul) {
+        scrubbed = completions.iter().map(Completion::storable).collect();
+        scrubbed.as_slice()
+    } else {
+        completions
+    };
     let pool = match db {
         Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.complete_deliveries(worker_id, &completions).await,
+        Db::Sqlite(sqlite) => return sqlite.complete_deliveries(worker_id, completions).await,
     };
     let mut sorted: Vec<&Completion> = completions.iter().collect();
     sorted.sort_by_key(|completion| completion.delivery_id);

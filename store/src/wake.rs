@@ -93,15 +93,11 @@ impl Wakeups {
 }
 
 /// Wakes the lease loops of this process at once when the database is SQLite (a bump of the
-/// watched generation; nothing else to send) and returns `true`; returns `false` on Postgres,
-/// where [`super::notify_workers`] must be sent after the commit.
-pub fn wake_local(db: &Db) -> bool {
-    match db {
-        Db::Postgres(_) => false,
-        Db::Sqlite(sqlite) => {
-            sqlite.notify_workers();
-            true
-        }
+/// watched generation; nothing else to send). Does nothing on Postgres, where
+/// [`super::notify_workers`] must be sent after the commit.
+pub fn wake_local(db: &Db) {
+    if let Db::Sqlite(sqlite) = db {
+        sqlite.notify_workers();
     }
 }
 

@@ -18,7 +18,7 @@ use store::{self as db, AttemptRecord, Completion, Db, NextState};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
 
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, after_failure};
 
 /// Longest an outcome waits in the buffer.
 pub const FLUSH_INTERVAL: Duration = shared::config::COMPLETION_FLUSH_INTERVAL;
@@ -91,14 +91,12 @@ fn unstorable(completion: &Completion, retry: &RetryPolicy) -> Completion {
         };
     };
     let number = u32::try_from(attempt.attempt_number).unwrap_or(u32::MAX);
-    let next = if retry.is_last(number) {
-        NextState::Dead {
-            reason: format!("max_attempts_exceeded: {UNSTORABLE}"),
-            disable_subscription: false,
-        }
-    } else {
-        NextState::Retry(retry.next_delay(number))
-    };
+    let next = after_failure(
+        retry,
+        number,
+        format!("max_attempts_exceeded: {UNSTORABLE}"),
+        None,
+    );
     Completion {
         next,
         last_error: Some(UNSTORABLE.to_owned()),
@@ -142,26 +140,28 @@ async fn flush(
                 buffer.clear();
                 return;
             }
-            Err(error) if error.is_transient() || buffer.len() == 1 => {
-                if !error.is_transient() {
-                    if let Some(Finished {
-                        outcome: Outcome::Complete(completion),
-                        ..
-                    }) = buffer.first_mut()
-                        && completion.last_error.as_deref() != Some(UNSTORABLE)
-                    {
-                        tracing::error!(error.message = %error, error.cause_chain = ?error, delivery.id = %completion.delivery_id, "the database refused an outcome; recording it as a failed attempt");
-                        metrics::counter!("ih_completions_unstorable_total").increment(1);
-                        *completion = unstorable(completion, retry);
-                        continue;
-                    }
-                    tracing::error!(error.message = %error, error.cause_chain = ?error, "the database refused an outcome even without its texts; leaving it to the lease rescue");
-                    buffer.clear();
-                    return;
-                }
+            Err(error) if error.is_transient() => {
                 tracing::warn!(error.message = %error, count = buffer.len(), "completion flush failed, retrying");
                 tokio::time::sleep(jitter(delay, 0.2)).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            // One outcome alone, refused for its data: write it once more without the
+            // receiver's texts; refused again, it is left to the lease rescue.
+            Err(error) if buffer.len() == 1 => {
+                if let Some(Finished {
+                    outcome: Outcome::Complete(completion),
+                    ..
+                }) = buffer.first_mut()
+                    && completion.last_error.as_deref() != Some(UNSTORABLE)
+                {
+                    tracing::error!(error.message = %error, error.cause_chain = ?error, delivery.id = %completion.delivery_id, "the database refused an outcome; recording it as a failed attempt");
+                    metrics::counter!("ih_completions_unstorable_total").increment(1);
+                    *completion = unstorable(completion, retry);
+                    continue;
+                }
+                tracing::error!(error.message = %error, error.cause_chain = ?error, "the database refused an outcome even without its texts; leaving it to the lease rescue");
+                buffer.clear();
+                return;
             }
             Err(error) => {
                 // One row's data sank the statement: write each outcome alone, so only the

@@ -94,22 +94,14 @@ impl DeliveryContext {
         parsed
     }
 
-    /// The next state after failed attempt `attempt`: dead with `dead_reason` after the last
-    /// attempt, else a retry after `retry_after` or the jittered backoff.
+    /// [`after_failure`](crate::outcome::after_failure) under this worker's retry policy.
     pub fn after_failure(
         &self,
         attempt: u32,
         dead_reason: String,
         retry_after: Option<Duration>,
     ) -> NextState {
-        if self.retry.is_last(attempt) {
-            NextState::Dead {
-                reason: dead_reason,
-                disable_subscription: false,
-            }
-        } else {
-            NextState::Retry(retry_after.unwrap_or_else(|| self.retry.next_delay(attempt)))
-        }
+        crate::outcome::after_failure(&self.retry, attempt, dead_reason, retry_after)
     }
 }
 

@@ -138,7 +138,7 @@ pub enum SendResult {
         /// What went wrong, with the status.
         error: String,
     },
-    /// No complete answer: refused address, connection error, timeout, a body cut short.
+    /// No answer at all: refused address, connection error, timeout before a status.
     Failed {
         /// A short class and description, without the URL's query or credentials.
         error: String,

@@ -307,18 +307,9 @@ fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
 
 /// Registers the counters at zero, so dashboards and alerts see them before the first event.
 fn register_metrics() {
-    let outcomes = [
-        NextState::Delivered,
-        NextState::Retry(Duration::ZERO),
-        NextState::Dead {
-            reason: String::new(),
-            disable_subscription: false,
-        },
-        NextState::Cancelled,
-    ];
     for target in Target::ALL {
-        for outcome in &outcomes {
-            metrics::counter!("ih_deliveries_total", "target" => target.as_str(), "outcome" => outcome.label())
+        for outcome in NextState::LABELS {
+            metrics::counter!("ih_deliveries_total", "target" => target.as_str(), "outcome" => outcome)
                 .increment(0);
         }
         metrics::counter!("ih_dead_letters_total", "target" => target.as_str()).increment(0);

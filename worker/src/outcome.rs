@@ -3,8 +3,27 @@
 
 use std::time::Duration;
 
+use shared::retry::RetryPolicy;
 use store::{AttemptRecord, Completion, LeasedDelivery, NextState};
 use uuid::Uuid;
+
+/// The next state after failed attempt `attempt`: dead with `dead_reason` after the last
+/// attempt, else a retry after `retry_after` or the jittered backoff.
+pub fn after_failure(
+    retry: &RetryPolicy,
+    attempt: u32,
+    dead_reason: String,
+    retry_after: Option<Duration>,
+) -> NextState {
+    if retry.is_last(attempt) {
+        NextState::Dead {
+            reason: dead_reason,
+            disable_subscription: false,
+        }
+    } else {
+        NextState::Retry(retry_after.unwrap_or_else(|| retry.next_delay(attempt)))
+    }
+}
 
 /// What happens to a leased row.
 #[derive(Debug)]
