@@ -250,7 +250,8 @@ impl From<DbError> for ApiError {
             DbError::Constraint { .. }
             | DbError::InvalidUrl(_)
             | DbError::Crypto(_)
-            | DbError::Other(_) => Self::internal(&error),
+            | DbError::Other(_)
+            | DbError::Orm(_) => Self::internal(&error),
         }
     }
 }

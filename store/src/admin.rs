@@ -1,13 +1,21 @@
 //! Operator queries: attempts, deliveries, dead letters and their replay.
 
 use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, FromQueryResult, JoinType, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, RelationTrait, sea_query::Query,
+};
 use uuid::Uuid;
 
-use crate::{Db, DbError, DeliveryRow, Page};
+use crate::{
+    Db, DbError, DeliveryRow, Page,
+    entity::{attempts, dead_letters, deliveries, events, subscriptions},
+    orm::{newest_first, parse_state},
+};
 use shared::state::{AttemptOutcome, DeliveryStatus, Target};
 
 /// One recorded attempt.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct AttemptRow {
     /// Attempt id.
     pub id: Uuid,
@@ -37,6 +45,49 @@ pub struct AttemptRow {
     pub outcome: AttemptOutcome,
 }
 
+/// An attempt with its delivery's target, as the join reads it.
+#[derive(FromQueryResult)]
+struct AttemptWithTarget {
+    id: Uuid,
+    delivery_id: Uuid,
+    event_id: Uuid,
+    target: Option<String>,
+    attempt_number: i32,
+    started_at: DateTime<Utc>,
+    duration_ms: i32,
+    response_status: Option<i32>,
+    response_body: Option<String>,
+    error: Option<String>,
+    worker_id: Option<String>,
+    external_id: Option<String>,
+    outcome: String,
+}
+
+impl TryFrom<AttemptWithTarget> for AttemptRow {
+    type Error = DbError;
+
+    fn try_from(attempt: AttemptWithTarget) -> Result<Self, DbError> {
+        Ok(Self {
+            id: attempt.id,
+            delivery_id: attempt.delivery_id,
+            event_id: attempt.event_id,
+            target: attempt
+                .target
+                .map(|target| parse_state(&target))
+                .transpose()?,
+            attempt_number: attempt.attempt_number,
+            started_at: attempt.started_at,
+            duration_ms: attempt.duration_ms,
+            response_status: attempt.response_status,
+            response_body: attempt.response_body,
+            error: attempt.error,
+            worker_id: attempt.worker_id,
+            external_id: attempt.external_id,
+            outcome: parse_state(&attempt.outcome)?,
+        })
+    }
+}
+
 /// Lists every attempt of every delivery of an event; `None` when the event does not exist.
 ///
 /// # Errors
@@ -45,22 +96,33 @@ pub async fn list_event_attempts(
     db: &Db,
     event_id: Uuid,
 ) -> Result<Option<Vec<AttemptRow>>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.list_event_attempts(event_id).await,
-    };
-    let exists: bool = sqlx::query_scalar(include_str!("sql/event_exists.sql"))
-        .bind(event_id)
-        .fetch_one(pool)
+    let connection = db.orm_reader();
+    let exists = events::Entity::find_by_id(event_id)
+        .select_only()
+        .column(events::Column::Id)
+        .into_tuple::<Uuid>()
+        .one(&connection)
         .await?;
-    if !exists {
+    if exists.is_none() {
         return Ok(None);
     }
-    let attempts = sqlx::query_as(include_str!("sql/list_event_attempts.sql"))
-        .bind(event_id)
-        .fetch_all(pool)
+    // served by delivery_attempts_event_idx; the join shows each attempt's target (absent
+    // when its delivery is gone)
+    let attempts = attempts::Entity::find()
+        .column_as(deliveries::Column::Target, "target")
+        .join(JoinType::LeftJoin, attempts::Relation::Delivery.def())
+        .filter(attempts::Column::EventId.eq(event_id))
+        .order_by_asc(attempts::Column::StartedAt)
+        .order_by_asc(attempts::Column::AttemptNumber)
+        .order_by_asc(attempts::Column::Id)
+        .into_model::<AttemptWithTarget>()
+        .all(&connection)
         .await?;
-    Ok(Some(attempts))
+    attempts
+        .into_iter()
+        .map(AttemptRow::try_from)
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 /// Filters of the delivery listing.
@@ -74,7 +136,8 @@ pub struct DeliveryFilter {
     pub event_id: Option<Uuid>,
 }
 
-/// Lists deliveries, newest first.
+/// Lists deliveries, newest first. `status = dead` is served by deliveries_dead_idx; the
+/// other filters walk the primary key.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
@@ -83,22 +146,25 @@ pub async fn list_deliveries(
     filter: &DeliveryFilter,
     page: Page,
 ) -> Result<Vec<DeliveryRow>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.list_deliveries(filter, page).await,
-    };
-    Ok(sqlx::query_as(include_str!("sql/list_deliveries.sql"))
-        .bind(filter.status.map(DeliveryStatus::as_str))
-        .bind(filter.subscription_id)
-        .bind(filter.event_id)
-        .bind(page.cursor)
-        .bind(page.limit)
-        .fetch_all(pool)
-        .await?)
+    use deliveries::Column;
+    let query = deliveries::Entity::find()
+        .apply_if(filter.status, |q, status| {
+            q.filter(Column::Status.eq(status.as_str()))
+        })
+        .apply_if(filter.subscription_id, |q, id| {
+            q.filter(Column::SubscriptionId.eq(id))
+        })
+        .apply_if(filter.event_id, |q, id| q.filter(Column::EventId.eq(id)));
+    newest_first(query, Column::Id, page)
+        .all(&db.orm_reader())
+        .await?
+        .into_iter()
+        .map(DeliveryRow::try_from)
+        .collect()
 }
 
 /// A dead letter.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct DeadLetterRow {
     /// Dead letter id.
     pub id: Uuid,
@@ -120,6 +186,24 @@ pub struct DeadLetterRow {
     pub replay_delivery_id: Option<Uuid>,
 }
 
+impl TryFrom<dead_letters::Model> for DeadLetterRow {
+    type Error = DbError;
+
+    fn try_from(row: dead_letters::Model) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.id,
+            delivery_id: row.delivery_id,
+            event_id: row.event_id,
+            subscription_id: row.subscription_id,
+            target: parse_state(&row.target)?,
+            reason: row.reason,
+            created_at: row.created_at,
+            replayed_at: row.replayed_at,
+            replay_delivery_id: row.replay_delivery_id,
+        })
+    }
+}
+
 /// Filters of the dead-letter listing.
 #[derive(Clone, Debug, Default)]
 pub struct DeadLetterFilter {
@@ -138,17 +222,67 @@ pub async fn list_dead_letters(
     filter: &DeadLetterFilter,
     page: Page,
 ) -> Result<Vec<DeadLetterRow>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.list_dead_letters(filter, page).await,
+    use dead_letters::Column;
+    let query = dead_letters::Entity::find()
+        .apply_if(filter.subscription_id, |q, id| {
+            q.filter(Column::SubscriptionId.eq(id))
+        })
+        .apply_if(filter.replayed, |q, replayed| {
+            q.filter(if replayed {
+                Column::ReplayedAt.is_not_null()
+            } else {
+                Column::ReplayedAt.is_null()
+            })
+        });
+    newest_first(query, Column::Id, page)
+        .all(&db.orm_reader())
+        .await?
+        .into_iter()
+        .map(DeadLetterRow::try_from)
+        .collect()
+}
+
+/// Subscriptions that still exist (not soft-deleted), as a subquery of their ids.
+fn live_subscription_ids() -> sea_orm::sea_query::SelectStatement {
+    Query::select()
+        .column(subscriptions::Column::Id)
+        .from(subscriptions::Entity)
+        .and_where(subscriptions::Column::DeletedAt.is_null())
+        .to_owned()
+}
+
+/// Dead letters a replay may take: not replayed, and still with somewhere to go (a Slack
+/// delivery has no subscription).
+fn replayable() -> Condition {
+    use dead_letters::Column;
+    Condition::all().add(Column::ReplayedAt.is_null()).add(
+        Condition::any()
+            .add(Column::SubscriptionId.is_null())
+            .add(Column::SubscriptionId.in_subquery(live_subscription_ids())),
+    )
+}
+
+/// Why a dead letter was not replayed: `(replayed, subscription deleted)`, `None` when it
+/// does not exist.
+async fn dead_letter_replay_state(db: &Db, id: Uuid) -> Result<Option<(bool, bool)>, DbError> {
+    let connection = db.orm_reader();
+    let Some(letter) = dead_letters::Entity::find_by_id(id)
+        .one(&connection)
+        .await?
+    else {
+        return Ok(None);
     };
-    Ok(sqlx::query_as(include_str!("sql/list_dead_letters.sql"))
-        .bind(filter.subscription_id)
-        .bind(filter.replayed)
-        .bind(page.cursor)
-        .bind(page.limit)
-        .fetch_all(pool)
-        .await?)
+    let subscription_deleted = match letter.subscription_id {
+        None => false,
+        Some(subscription_id) => {
+            subscriptions::Entity::find_by_id(subscription_id)
+                .filter(subscriptions::Column::DeletedAt.is_null())
+                .count(&connection)
+                .await?
+                == 0
+        }
+    };
+    Ok(Some((letter.replayed_at.is_some(), subscription_deleted)))
 }
 
 /// What a replay did.
@@ -177,24 +311,27 @@ pub async fn replay_dead_letter(
     id: Uuid,
     new_delivery_id: Uuid,
 ) -> Result<ReplayOutcome, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.replay_dead_letter(id, new_delivery_id).await,
+    // The write is per backend: Postgres copies the delivery in one statement; SQLite makes
+    // the row in Rust (it has no uuid function) in its write transaction.
+    let replayed = match db {
+        Db::Postgres(pool) => {
+            sqlx::query_scalar::<_, Uuid>(include_str!("sql/replay_dead_letter.sql"))
+                .bind(id)
+                .bind(new_delivery_id)
+                .fetch_optional(pool)
+                .await?
+                .is_some()
+        }
+        Db::Sqlite(sqlite) => sqlite.replay_dead_letter(id, new_delivery_id).await?,
     };
-    let replayed: Option<Uuid> = sqlx::query_scalar(include_str!("sql/replay_dead_letter.sql"))
-        .bind(id)
-        .bind(new_delivery_id)
-        .fetch_optional(pool)
-        .await?;
-    if let Some(delivery_id) = replayed {
-        return Ok(ReplayOutcome::Replayed { delivery_id });
+    if replayed {
+        return Ok(ReplayOutcome::Replayed {
+            delivery_id: new_delivery_id,
+        });
     }
-    let state: Option<(bool, bool)> =
-        sqlx::query_as(include_str!("sql/dead_letter_replay_state.sql"))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(ReplayOutcome::from_state(state))
+    Ok(ReplayOutcome::from_state(
+        dead_letter_replay_state(db, id).await?,
+    ))
 }
 
 impl ReplayOutcome {
@@ -222,7 +359,8 @@ pub struct BulkReplayFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// Counts the dead letters a bulk replay would take (the dry run).
+/// Counts the dead letters a bulk replay would take (the dry run): what
+/// `replay_dead_letters_batch.sql` would take.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
@@ -230,18 +368,21 @@ pub async fn count_replayable_dead_letters(
     db: &Db,
     filter: &BulkReplayFilter,
 ) -> Result<i64, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.count_replayable_dead_letters(filter).await,
-    };
-    Ok(
-        sqlx::query_scalar(include_str!("sql/count_replayable_dead_letters.sql"))
-            .bind(filter.subscription_id)
-            .bind(filter.since)
-            .bind(filter.until)
-            .fetch_one(pool)
-            .await?,
-    )
+    use dead_letters::Column;
+    let count = dead_letters::Entity::find()
+        .filter(replayable())
+        .apply_if(filter.subscription_id, |q, id| {
+            q.filter(Column::SubscriptionId.eq(id))
+        })
+        .apply_if(filter.since, |q, since| {
+            q.filter(Column::CreatedAt.gte(db.time(since)))
+        })
+        .apply_if(filter.until, |q, until| {
+            q.filter(Column::CreatedAt.lt(db.time(until)))
+        })
+        .count(&db.orm_reader())
+        .await?;
+    Ok(i64::try_from(count).unwrap_or(i64::MAX))
 }
 
 /// Replays up to `batch_size` matching dead letters in one transaction; returns how many.

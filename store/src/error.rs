@@ -16,6 +16,8 @@ mod sqlstate {
     pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
 }
 
+use std::sync::Arc;
+
 /// A failed database call.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -46,6 +48,40 @@ pub enum DbError {
     /// Anything else: a bug or a schema mismatch.
     #[error("database error")]
     Other(#[source] sqlx::Error),
+    /// A query built with sea-orm failed outside the driver (a value that does not decode
+    /// into its column's type): a bug or a schema mismatch.
+    #[error("database error")]
+    Orm(#[source] sea_orm::DbErr),
+}
+
+impl From<sea_orm::DbErr> for DbError {
+    fn from(error: sea_orm::DbErr) -> Self {
+        use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr};
+        match error {
+            // sea-orm shares the driver's error behind an `Arc`; it is the only owner once
+            // the statement has failed, so the driver's error is classified as everywhere else
+            DbErr::Conn(RuntimeErr::SqlxError(shared))
+            | DbErr::Exec(RuntimeErr::SqlxError(shared))
+            | DbErr::Query(RuntimeErr::SqlxError(shared)) => match Arc::try_unwrap(shared) {
+                Ok(error) => error.into(),
+                Err(shared) => Self::Orm(DbErr::Query(RuntimeErr::SqlxError(shared))),
+            },
+            DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => {
+                Self::Unavailable(sqlx::Error::PoolTimedOut)
+            }
+            DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed) => {
+                Self::Unavailable(sqlx::Error::PoolClosed)
+            }
+            other => Self::Orm(other),
+        }
+    }
+}
+
+impl DbError {
+    /// A stored value that is not one its column may hold (a state outside its enum).
+    pub(crate) fn undecodable(what: impl std::fmt::Display) -> Self {
+        Self::Orm(sea_orm::DbErr::Type(what.to_string()))
+    }
 }
 
 /// Whether a SQLite result code (primary or extended) means "try again later": the file is

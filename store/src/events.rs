@@ -3,9 +3,16 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
 use uuid::Uuid;
 
-use crate::{Db, DbError, DeliveryRow, Page};
+use crate::{
+    Db, DbError, DeliveryRow, Page,
+    entity::{deliveries, events},
+    orm::newest_first,
+};
 use shared::config::SlackFanout;
 
 /// One event to publish, already validated.
@@ -26,7 +33,7 @@ pub struct NewEvent {
 }
 
 /// A stored event as the publish call answers it.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow, FromQueryResult)]
 pub struct PublishedEvent {
     /// Event id.
     pub id: Uuid,
@@ -242,7 +249,8 @@ pub struct EventFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// Lists events, newest first.
+/// Lists events, newest first (uuid v7 ids sort by time). The filters are applied while
+/// walking the primary key.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
@@ -251,22 +259,31 @@ pub async fn list_events(
     filter: &EventFilter,
     page: Page,
 ) -> Result<Vec<PublishedEvent>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.list_events(filter, page).await,
-    };
-    Ok(sqlx::query_as(include_str!("sql/list_events.sql"))
-        .bind(filter.event_type.as_deref())
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(page.cursor)
-        .bind(page.limit)
-        .fetch_all(pool)
+    use events::Column;
+    let query = events::Entity::find().select_only().columns([
+        Column::Id,
+        Column::EventType,
+        Column::CreatedAt,
+        Column::DeliveriesCreated,
+    ]);
+    let query = query
+        .apply_if(filter.event_type.clone(), |q, event_type| {
+            q.filter(Column::EventType.eq(event_type))
+        })
+        .apply_if(filter.since, |q, since| {
+            q.filter(Column::CreatedAt.gte(db.time(since)))
+        })
+        .apply_if(filter.until, |q, until| {
+            q.filter(Column::CreatedAt.lt(db.time(until)))
+        });
+    Ok(newest_first(query, Column::Id, page)
+        .into_model::<PublishedEvent>()
+        .all(&db.orm_reader())
         .await?)
 }
 
 /// A stored event with its payload text.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug, FromQueryResult)]
 pub struct EventRow {
     /// Event id.
     pub id: Uuid,
@@ -287,21 +304,32 @@ pub struct EventRow {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn get_event(db: &Db, id: Uuid) -> Result<Option<(EventRow, Vec<DeliveryRow>)>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.get_event(id).await,
-    };
-    let Some(event) = sqlx::query_as::<_, EventRow>(include_str!("sql/get_event.sql"))
-        .bind(id)
-        .fetch_optional(pool)
+    use events::Column;
+    let connection = db.orm_reader();
+    let Some(event) = events::Entity::find_by_id(id)
+        .select_only()
+        .columns([
+            Column::Id,
+            Column::EventType,
+            Column::Payload,
+            Column::CreatedAt,
+            Column::DeliveriesCreated,
+            Column::IdempotencyKey,
+        ])
+        .into_model::<EventRow>()
+        .one(&connection)
         .await?
     else {
         return Ok(None);
     };
-    let deliveries =
-        sqlx::query_as::<_, DeliveryRow>(include_str!("sql/list_event_deliveries.sql"))
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
+    // served by deliveries_event_idx
+    let deliveries = deliveries::Entity::find()
+        .filter(deliveries::Column::EventId.eq(id))
+        .order_by_asc(deliveries::Column::Id)
+        .all(&connection)
+        .await?
+        .into_iter()
+        .map(DeliveryRow::try_from)
+        .collect::<Result<_, _>>()?;
     Ok(Some((event, deliveries)))
 }

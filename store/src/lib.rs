@@ -7,10 +7,13 @@
 //! `UPDATE … RETURNING` in an immediate transaction on SQLite, whose single writer makes it
 //! safe) and the wake-up ([`wake`]: LISTEN/NOTIFY, or an in-process signal).
 //!
-//! The Postgres statements live in `sql/*.sql`, lowercase, with a header saying which index
-//! they rely on; the SQLite ones in `sqlite/`. Each is executed by at least one integration
-//! test against a real database (raw SQL is not compile-checked, so that test is its check).
-//! Handlers and loops call these functions and never build SQL.
+//! Operator queries (subscriptions, listings, details, dead letters' reads) are built once with
+//! sea-orm ([`entity`], [`orm`]) and run on either backend. The hot path keeps a hand-tuned
+//! statement per backend: the Postgres ones in `sql/*.sql`, lowercase, with a header saying
+//! which index they rely on; the SQLite ones in `sqlite/`. The store's contract suite
+//! (`testkit/tests/store.rs`) runs every function on both backends (raw SQL is not
+//! compile-checked, so that suite is its check). Handlers and loops call these functions and
+//! never build SQL.
 
 use std::time::Duration;
 
@@ -24,10 +27,13 @@ use uuid::Uuid;
 use shared::config::DatabaseConfig;
 
 mod admin;
+mod entity;
 mod error;
 mod events;
+mod orm;
 mod queue;
 mod sqlite;
+mod stored_time;
 mod subscriptions;
 pub mod wake;
 
@@ -136,8 +142,15 @@ pub struct Page {
     pub limit: i64,
 }
 
+impl Page {
+    /// The limit as sea-orm takes it (a negative one reads nothing).
+    pub(crate) fn limit_rows(self) -> u64 {
+        u64::try_from(self.limit).unwrap_or_default()
+    }
+}
+
 /// A delivery as the admin API shows it.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct DeliveryRow {
     /// Delivery id.
     pub id: Uuid,
@@ -159,4 +172,23 @@ pub struct DeliveryRow {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<entity::deliveries::Model> for DeliveryRow {
+    type Error = DbError;
+
+    fn try_from(row: entity::deliveries::Model) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.id,
+            event_id: row.event_id,
+            target: orm::parse_state(&row.target)?,
+            subscription_id: row.subscription_id,
+            status: orm::parse_state(&row.status)?,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
 }

@@ -17,7 +17,6 @@
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
 use sqlx::{
     SqlitePool, Transaction,
     sqlite::{
@@ -28,23 +27,15 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::DbError;
+pub(crate) use crate::stored_time::{now, plus, time};
 use shared::config::DatabaseConfig;
 
 mod admin;
 mod events;
 mod queue;
-mod subscriptions;
 
 /// How long a write waits for another process holding the file's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The current time in the stored form, as an SQL expression.
-macro_rules! now {
-    () => {
-        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-    };
-}
-pub(crate) use now;
 
 /// Due deliveries (pending and due, or with an expired lease), counted up to 100,000 so a huge
 /// backlog stays cheap to count; and the seconds since the oldest of them became due. Both
@@ -136,6 +127,16 @@ impl SqliteDb {
         Ok(())
     }
 
+    /// The write pool (one connection), for the operator queries built with sea-orm.
+    pub(crate) fn writer(&self) -> SqlitePool {
+        self.writer.clone()
+    }
+
+    /// The read pool.
+    pub(crate) fn reader(&self) -> SqlitePool {
+        self.reader.clone()
+    }
+
     pub(crate) fn notify_workers(&self) {
         self.wake
             .send_modify(|generation| *generation = generation.wrapping_add(1));
@@ -152,18 +153,8 @@ impl SqliteDb {
     }
 }
 
-/// A time in the stored form: UTC, milliseconds, fixed width, so text order is time order.
-pub(crate) fn time(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
 /// A uuid as the hex of its 16 bytes, for rows passed as JSON and stored with `unhex()`: a
 /// statement taking a JSON array of rows (`json_each`) writes many rows in one round trip.
 pub(crate) fn blob_hex(id: Uuid) -> String {
     id.simple().to_string()
-}
-
-/// An SQLite date modifier adding `delay` (`strftime(…, 'now', '+1.500 seconds')`).
-pub(crate) fn plus(delay: Duration) -> String {
-    format!("+{:.3} seconds", delay.as_secs_f64())
 }

@@ -1,30 +1,47 @@
 //! Subscription storage. Secrets are sealed here before they are written (see
 //! [`shared::crypto`]) and never read back by these queries: no listing or lookup returns them.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, FromJsonQueryResult, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, TransactionTrait,
+    sea_query::{Expr, Func},
+};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Db, DbError, Page};
+use crate::{
+    Db, DbError, Page,
+    entity::subscriptions::{self, Column},
+};
 use shared::crypto::{CryptoError, SecretCipher};
 
+/// A subscription's event types, `*` for all (a JSON array in the database).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+pub struct EventTypes(pub Vec<String>);
+
+/// A subscription's custom headers (a JSON object in the database).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+pub struct Headers(pub BTreeMap<String, String>);
+
 /// A subscription without its secrets.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug, FromQueryResult)]
 pub struct SubscriptionRow {
     /// Subscription id.
     pub id: Uuid,
     /// Target URL.
     pub url: String,
     /// Event types, `*` for all.
-    pub event_types: Json<Vec<String>>,
+    pub event_types: EventTypes,
     /// Whether deliveries are created and sent.
     pub enabled: bool,
     /// Operator's note.
     pub description: Option<String>,
     /// Custom headers.
-    pub headers: Json<BTreeMap<String, String>>,
+    pub headers: Headers,
     /// Why it was disabled (`disabled_by_operator`, `endpoint_gone`, …).
     pub disabled_reason: Option<String>,
     /// Until when the previous secret still signs.
@@ -39,6 +56,49 @@ pub struct SubscriptionRow {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// The columns of a [`SubscriptionRow`]: never the secrets.
+const ROW_COLUMNS: [Column; 13] = [
+    Column::Id,
+    Column::Url,
+    Column::EventTypes,
+    Column::Enabled,
+    Column::Description,
+    Column::Headers,
+    Column::DisabledReason,
+    Column::PreviousSecretExpiresAt,
+    Column::LastSuccessAt,
+    Column::LastFailureAt,
+    Column::ConsecutiveFailures,
+    Column::CreatedAt,
+    Column::UpdatedAt,
+];
+
+/// Subscriptions that are not deleted, as [`SubscriptionRow`] columns.
+fn live_rows() -> Select<subscriptions::Entity> {
+    subscriptions::Entity::find()
+        .select_only()
+        .columns(ROW_COLUMNS)
+        .filter(Column::DeletedAt.is_null())
+}
+
+/// Reads the subscription `id` on `connection` (the writer after a write, so the row read is
+/// the one written).
+async fn read_row(
+    connection: &impl ConnectionTrait,
+    id: Uuid,
+) -> Result<Option<SubscriptionRow>, DbError> {
+    Ok(live_rows()
+        .filter(Column::Id.eq(id))
+        .into_model::<SubscriptionRow>()
+        .one(connection)
+        .await?)
+}
+
+fn json(value: impl Serialize) -> Result<serde_json::Value, DbError> {
+    serde_json::to_value(value)
+        .map_err(|error| DbError::Orm(sea_orm::DbErr::Json(error.to_string())))
 }
 
 /// A validated subscription to store.
@@ -69,21 +129,27 @@ pub async fn insert_subscription(
     cipher: &SecretCipher,
     subscription: &NewSubscription,
 ) -> Result<SubscriptionRow, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.insert_subscription(cipher, subscription).await,
-    };
     let secret = cipher.seal(subscription.id, &subscription.secret)?;
-    Ok(sqlx::query_as(include_str!("sql/insert_subscription.sql"))
-        .bind(subscription.id)
-        .bind(&subscription.url)
-        .bind(secret)
-        .bind(Json(&subscription.event_types))
-        .bind(subscription.enabled)
-        .bind(subscription.description.as_deref())
-        .bind(Json(&subscription.headers))
-        .fetch_one(pool)
-        .await?)
+    let row = subscriptions::ActiveModel {
+        id: Set(subscription.id),
+        url: Set(subscription.url.clone()),
+        secret: Set(secret),
+        event_types: Set(json(&subscription.event_types)?),
+        enabled: Set(subscription.enabled),
+        description: Set(subscription.description.clone()),
+        headers: Set(json(&subscription.headers)?),
+        // the database's defaults: its clock, in its stored form
+        created_at: NotSet,
+        updated_at: NotSet,
+        ..Default::default()
+    };
+    let transaction = db.orm_writer().begin().await?;
+    subscriptions::Entity::insert(row)
+        .exec_without_returning(&transaction)
+        .await?;
+    let stored = read_row(&transaction, subscription.id).await?;
+    transaction.commit().await?;
+    stored.ok_or_else(|| DbError::Other(sqlx::Error::RowNotFound))
 }
 
 /// Reads a subscription that is not deleted.
@@ -91,14 +157,7 @@ pub async fn insert_subscription(
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn get_subscription(db: &Db, id: Uuid) -> Result<Option<SubscriptionRow>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.get_subscription(id).await,
-    };
-    Ok(sqlx::query_as(include_str!("sql/get_subscription.sql"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+    read_row(&db.orm_reader(), id).await
 }
 
 /// Lists subscriptions that are not deleted, oldest first.
@@ -110,15 +169,13 @@ pub async fn list_subscriptions(
     enabled: Option<bool>,
     page: Page,
 ) -> Result<Vec<SubscriptionRow>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.list_subscriptions(enabled, page).await,
-    };
-    Ok(sqlx::query_as(include_str!("sql/list_subscriptions.sql"))
-        .bind(page.cursor)
-        .bind(enabled)
-        .bind(page.limit)
-        .fetch_all(pool)
+    Ok(live_rows()
+        .apply_if(page.cursor, |q, cursor| q.filter(Column::Id.gt(cursor)))
+        .apply_if(enabled, |q, enabled| q.filter(Column::Enabled.eq(enabled)))
+        .order_by_asc(Column::Id)
+        .limit(page.limit_rows())
+        .into_model::<SubscriptionRow>()
+        .all(&db.orm_reader())
         .await?)
 }
 
@@ -137,6 +194,9 @@ pub struct SubscriptionPatch {
     pub headers: Option<BTreeMap<String, String>>,
 }
 
+/// The reason a subscription disabled by hand shows.
+const DISABLED_BY_OPERATOR: &str = "disabled_by_operator";
+
 /// Applies a partial update to a subscription that is not deleted.
 ///
 /// # Errors
@@ -146,36 +206,68 @@ pub async fn update_subscription(
     id: Uuid,
     patch: &SubscriptionPatch,
 ) -> Result<Option<SubscriptionRow>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.update_subscription(id, patch).await,
-    };
-    Ok(sqlx::query_as(include_str!("sql/update_subscription.sql"))
-        .bind(id)
-        .bind(patch.url.as_deref())
-        .bind(patch.event_types.as_ref().map(Json))
-        .bind(patch.enabled)
-        .bind(patch.description.is_some())
-        .bind(patch.description.clone().flatten())
-        .bind(patch.headers.as_ref().map(Json))
-        .fetch_optional(pool)
-        .await?)
+    let mut update = subscriptions::Entity::update_many()
+        .col_expr(Column::UpdatedAt, db.now())
+        .filter(Column::Id.eq(id))
+        .filter(Column::DeletedAt.is_null());
+    if let Some(url) = &patch.url {
+        update = update.col_expr(Column::Url, Expr::value(url.clone()));
+    }
+    if let Some(event_types) = &patch.event_types {
+        update = update.col_expr(Column::EventTypes, Expr::value(json(event_types)?));
+    }
+    if let Some(description) = &patch.description {
+        update = update.col_expr(Column::Description, Expr::value(description.clone()));
+    }
+    if let Some(headers) = &patch.headers {
+        update = update.col_expr(Column::Headers, Expr::value(json(headers)?));
+    }
+    match patch.enabled {
+        // re-enabling clears why it was disabled
+        Some(true) => {
+            update = update
+                .col_expr(Column::Enabled, Expr::value(true))
+                .col_expr(Column::DisabledReason, Expr::value(Option::<String>::None));
+        }
+        // disabling keeps a reason the service gave (`endpoint_gone`, …)
+        Some(false) => {
+            update = update
+                .col_expr(Column::Enabled, Expr::value(false))
+                .col_expr(
+                    Column::DisabledReason,
+                    Func::coalesce([
+                        Expr::col(Column::DisabledReason),
+                        Expr::value(DISABLED_BY_OPERATOR),
+                    ])
+                    .into(),
+                );
+        }
+        None => {}
+    }
+    let transaction = db.orm_writer().begin().await?;
+    if update.exec(&transaction).await?.rows_affected == 0 {
+        return Ok(None);
+    }
+    let row = read_row(&transaction, id).await?;
+    transaction.commit().await?;
+    Ok(row)
 }
 
-/// Soft-deletes a subscription; returns whether it existed.
+/// Soft-deletes a subscription; returns whether it existed. Queued deliveries of a deleted
+/// subscription complete `cancelled` at send time.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn delete_subscription(db: &Db, id: Uuid) -> Result<bool, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.delete_subscription(id).await,
-    };
-    let deleted: Option<Uuid> = sqlx::query_scalar(include_str!("sql/delete_subscription.sql"))
-        .bind(id)
-        .fetch_optional(pool)
+    let deleted = subscriptions::Entity::update_many()
+        .col_expr(Column::DeletedAt, db.now())
+        .col_expr(Column::Enabled, Expr::value(false))
+        .col_expr(Column::UpdatedAt, db.now())
+        .filter(Column::Id.eq(id))
+        .filter(Column::DeletedAt.is_null())
+        .exec(&db.orm_writer())
         .await?;
-    Ok(deleted.is_some())
+    Ok(deleted.rows_affected == 1)
 }
 
 /// Replaces the secret; the old one keeps signing for `grace_seconds`.
@@ -189,24 +281,23 @@ pub async fn rotate_subscription_secret(
     new_secret: &str,
     grace_seconds: f64,
 ) -> Result<Option<SubscriptionRow>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => {
-            return sqlite
-                .rotate_subscription_secret(cipher, id, new_secret, grace_seconds)
-                .await;
-        }
-    };
+    let grace = Duration::try_from_secs_f64(grace_seconds).unwrap_or_default();
     // the old value moves to previous_secret as it is stored: both are sealed for this id
     let new_secret = cipher.seal(id, new_secret)?;
-    Ok(
-        sqlx::query_as(include_str!("sql/rotate_subscription_secret.sql"))
-            .bind(id)
-            .bind(new_secret)
-            .bind(grace_seconds)
-            .fetch_optional(pool)
-            .await?,
-    )
+    let rotate = subscriptions::Entity::update_many()
+        .col_expr(Column::PreviousSecret, Expr::col(Column::Secret))
+        .col_expr(Column::PreviousSecretExpiresAt, db.now_plus(grace))
+        .col_expr(Column::Secret, Expr::value(new_secret))
+        .col_expr(Column::UpdatedAt, db.now())
+        .filter(Column::Id.eq(id))
+        .filter(Column::DeletedAt.is_null());
+    let transaction = db.orm_writer().begin().await?;
+    if rotate.exec(&transaction).await?.rows_affected == 0 {
+        return Ok(None);
+    }
+    let row = read_row(&transaction, id).await?;
+    transaction.commit().await?;
+    Ok(row)
 }
 
 /// What one re-encryption pass did.
@@ -223,7 +314,7 @@ pub struct ReencryptReport {
 }
 
 /// A subscription's stored (sealed) secrets, as `ih-migrate reencrypt` reads them.
-#[derive(sqlx::FromRow)]
+#[derive(FromQueryResult)]
 pub(crate) struct StoredSecrets {
     pub(crate) id: Uuid,
     pub(crate) secret: String,
@@ -238,37 +329,44 @@ pub(crate) struct ReplacedSecrets<'a> {
     pub(crate) read: &'a StoredSecrets,
 }
 
+/// Every subscription's secrets, deleted ones included (their sealed values stay stored),
+/// `batch` rows after `cursor`.
 async fn list_stored_secrets(
     db: &Db,
     cursor: Option<Uuid>,
     batch: i64,
 ) -> Result<Vec<StoredSecrets>, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.list_stored_secrets(cursor, batch).await,
-    };
-    Ok(sqlx::query_as(include_str!("sql/list_stored_secrets.sql"))
-        .bind(cursor)
-        .bind(batch)
-        .fetch_all(pool)
+    Ok(subscriptions::Entity::find()
+        .select_only()
+        .columns([Column::Id, Column::Secret, Column::PreviousSecret])
+        .apply_if(cursor, |q, cursor| q.filter(Column::Id.gt(cursor)))
+        .order_by_asc(Column::Id)
+        .limit(u64::try_from(batch).unwrap_or_default())
+        .into_model::<StoredSecrets>()
+        .all(&db.orm_reader())
         .await?)
 }
 
-/// Compare-and-set; returns whether the row was written.
+/// Compare-and-set: when the secrets changed since they were read (a rotation meanwhile), the
+/// row is left alone; it was written under the current key anyway. Returns whether the row
+/// was written.
 async fn replace_stored_secrets(db: &Db, replaced: ReplacedSecrets<'_>) -> Result<bool, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.replace_stored_secrets(replaced).await,
+    let read_previous = match &replaced.read.previous_secret {
+        Some(previous) => Column::PreviousSecret.eq(previous.clone()),
+        None => Column::PreviousSecret.is_null(),
     };
-    let updated = sqlx::query(include_str!("sql/replace_stored_secrets.sql"))
-        .bind(replaced.id)
-        .bind(replaced.secret)
-        .bind(replaced.previous_secret)
-        .bind(&replaced.read.secret)
-        .bind(replaced.read.previous_secret.as_deref())
-        .execute(pool)
+    let updated = subscriptions::Entity::update_many()
+        .col_expr(Column::Secret, Expr::value(replaced.secret))
+        .col_expr(
+            Column::PreviousSecret,
+            Expr::value(replaced.previous_secret),
+        )
+        .filter(Column::Id.eq(replaced.id))
+        .filter(Column::Secret.eq(replaced.read.secret.clone()))
+        .filter(read_previous)
+        .exec(&db.orm_writer())
         .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(updated.rows_affected == 1)
 }
 
 /// Seals every stored secret under the cipher's current key, `batch` rows per read; values
@@ -341,14 +439,27 @@ pub async fn secrets_without_key(
     db: &Db,
     cipher: &SecretCipher,
 ) -> Result<Vec<(String, i64)>, DbError> {
-    let counts: Vec<(String, i64)> = match db {
-        Db::Postgres(pool) => {
-            sqlx::query_as(include_str!("sql/count_sealed_secrets_by_key.sql"))
-                .fetch_all(pool)
-                .await?
-        }
-        Db::Sqlite(sqlite) => sqlite.count_sealed_secrets_by_key().await?,
-    };
+    // Every sealed value, current and previous, of every subscription; the key id is the
+    // third dot-separated part of `enc.v1.<key>.<nonce>.<ct>`, split here because SQLite has
+    // no split function. This runs once at a worker's start.
+    let sealed = Column::Secret
+        .like("enc.%")
+        .or(Column::PreviousSecret.like("enc.%"));
+    let stored = subscriptions::Entity::find()
+        .select_only()
+        .columns([Column::Id, Column::Secret, Column::PreviousSecret])
+        .filter(sealed)
+        .into_model::<StoredSecrets>()
+        .all(&db.orm_reader())
+        .await?;
+    let mut counts = BTreeMap::<String, i64>::new();
+    let values = stored
+        .iter()
+        .flat_map(|row| std::iter::once(&row.secret).chain(row.previous_secret.as_ref()));
+    for value in values.filter(|value| value.starts_with("enc.")) {
+        let key_id = value.split('.').nth(2).unwrap_or_default();
+        *counts.entry(key_id.to_owned()).or_default() += 1;
+    }
     let known = cipher.key_ids();
     Ok(counts
         .into_iter()

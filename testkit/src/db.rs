@@ -135,6 +135,14 @@ impl TestDb {
         }
     }
 
+    /// Which backend the database is on.
+    pub fn backend(&self) -> Backend {
+        match self.raw {
+            Raw::Postgres { .. } => Backend::Postgres,
+            Raw::Sqlite { .. } => Backend::Sqlite,
+        }
+    }
+
     /// The raw Postgres pool, for tests of Postgres-only behaviour.
     ///
     /// # Panics

@@ -26,7 +26,6 @@ on_both_backends!(
     a_row_the_database_refuses_sinks_no_other_row,
     gone_dead_letters_at_once_and_disables_the_subscription,
     queued_work_of_a_deleted_subscription_is_cancelled,
-    maintenance_statements_work,
 );
 
 /// The Standard Webhooks rule: base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")) among the
@@ -663,90 +662,4 @@ async fn queued_work_of_a_deleted_subscription_is_cancelled(backend: Backend) {
         0
     );
     hub.stop().await;
-}
-
-/// The statements behind `ih-migrate reencrypt`, the worker's start-up key check, the hand-back
-/// of leases and the queue sampler, called directly.
-async fn maintenance_statements_work(backend: Backend) {
-    use shared::crypto::SecretCipher;
-    use store::{self as db, NewEvent, NewSubscription};
-    let test_db = testkit::db::TestDb::on(backend).await;
-    let db = &test_db.pool;
-    let key = |byte: u8| BASE64.encode([byte; 32]);
-    let old = SecretCipher::parse(&format!("k1:{}", key(1))).unwrap();
-    let subscription = NewSubscription {
-        id: uuid::Uuid::now_v7(),
-        url: "http://127.0.0.1:9/hook".to_owned(),
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
-        event_types: vec!["*".to_owned()],
-        enabled: true,
-        description: None,
-        headers: Default::default(),
-    };
-    db::insert_subscription(db, &old, &subscription)
-        .await
-        .unwrap();
-
-    let new = SecretCipher::parse(&format!("k2:{},k1:{}", key(2), key(1))).unwrap();
-    let only_new = SecretCipher::parse(&format!("k2:{}", key(2))).unwrap();
-    assert_eq!(
-        db::secrets_without_key(db, &only_new).await.unwrap(),
-        [("k1".to_owned(), 1)]
-    );
-    let report = db::reencrypt_secrets(db, &new, 10).await.unwrap();
-    assert_eq!((report.examined, report.reencrypted), (1, 1));
-    assert!(
-        db::secrets_without_key(db, &only_new)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let again = db::reencrypt_secrets(db, &new, 10).await.unwrap();
-    assert_eq!(again.reencrypted, 0, "already current");
-    let (stored, _) = test_db.stored_secrets(subscription.id).await;
-    assert!(stored.starts_with("enc.v1.k2."), "{stored}");
-
-    let event = NewEvent {
-        id: uuid::Uuid::now_v7(),
-        event_type: "a".to_owned(),
-        payload: "{}".to_owned(),
-        idempotency_key: None,
-        request_hash: "h".to_owned(),
-        traceparent: None,
-    };
-    db::publish_events(db, "test", std::slice::from_ref(&event), None)
-        .await
-        .unwrap();
-    let sample = db::sample_queue(db).await.unwrap();
-    assert_eq!(sample.depth, Some(1));
-    let leased = db::lease_deliveries(db, 10, "w", Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(leased.len(), 1);
-    assert_eq!(leased[0].attempts, 1);
-    assert!(
-        db::lease_deliveries(db, 10, "w", Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_empty(),
-        "a leased row is not leased again"
-    );
-    let released =
-        db::release_deliveries(db, &[(leased[0].id, leased[0].lease_token, Duration::ZERO)])
-            .await
-            .unwrap();
-    assert_eq!(released, [leased[0].id]);
-    let stale =
-        db::release_deliveries(db, &[(leased[0].id, leased[0].lease_token, Duration::ZERO)])
-            .await
-            .unwrap();
-    assert!(stale.is_empty(), "a lost lease changes nothing");
-    let again = db::lease_deliveries(db, 10, "w", Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(again.len(), 1);
-    assert_eq!(
-        again[0].attempts, 1,
-        "the handed-back attempt was not counted"
-    );
 }

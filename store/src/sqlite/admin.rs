@@ -6,10 +6,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, time};
-use crate::{
-    AttemptRow, BulkReplayFilter, ConsoleStats, DbError, DeadLetterFilter, DeadLetterRow,
-    DeliveryFilter, DeliveryRow, Page, ReplayOutcome,
-};
+use crate::{BulkReplayFilter, ConsoleStats, DbError};
 
 /// Dead letters a replay may take: not replayed, and still with somewhere to go.
 macro_rules! replayable {
@@ -31,87 +28,13 @@ macro_rules! bulk_filter {
 }
 
 impl SqliteDb {
-    pub(crate) async fn list_event_attempts(
-        &self,
-        event_id: Uuid,
-    ) -> Result<Option<Vec<AttemptRow>>, DbError> {
-        let mut connection = self.reader.acquire().await?;
-        let exists: bool =
-            sqlx::query_scalar("select exists (select 1 from outbox_events where id = ?1)")
-                .bind(event_id)
-                .fetch_one(&mut *connection)
-                .await?;
-        if !exists {
-            return Ok(None);
-        }
-        let attempts = sqlx::query_as(
-            "select a.id, a.delivery_id, a.event_id, d.target, a.attempt_number, a.started_at,
-                    a.duration_ms, a.response_status, a.response_body, a.error, a.worker_id,
-                    a.external_id, a.outcome
-             from delivery_attempts a
-             left join deliveries d on d.id = a.delivery_id
-             where a.event_id = ?1
-             order by a.started_at, a.attempt_number, a.id",
-        )
-        .bind(event_id)
-        .fetch_all(&mut *connection)
-        .await?;
-        Ok(Some(attempts))
-    }
-
-    pub(crate) async fn list_deliveries(
-        &self,
-        filter: &DeliveryFilter,
-        page: Page,
-    ) -> Result<Vec<DeliveryRow>, DbError> {
-        Ok(sqlx::query_as(
-            "select id, event_id, target, subscription_id, status, attempts, next_attempt_at,
-                    last_error, created_at, updated_at
-             from deliveries
-             where (?1 is null or status = ?1)
-               and (?2 is null or subscription_id = ?2)
-               and (?3 is null or event_id = ?3)
-               and (?4 is null or id < ?4)
-             order by id desc
-             limit ?5",
-        )
-        .bind(filter.status.map(shared::state::DeliveryStatus::as_str))
-        .bind(filter.subscription_id)
-        .bind(filter.event_id)
-        .bind(page.cursor)
-        .bind(page.limit)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-
-    pub(crate) async fn list_dead_letters(
-        &self,
-        filter: &DeadLetterFilter,
-        page: Page,
-    ) -> Result<Vec<DeadLetterRow>, DbError> {
-        Ok(sqlx::query_as(
-            "select id, delivery_id, event_id, subscription_id, target, reason, created_at,
-                    replayed_at, replay_delivery_id
-             from dead_letters
-             where (?1 is null or subscription_id = ?1)
-               and (?2 is null or (replayed_at is not null) = ?2)
-               and (?3 is null or id < ?3)
-             order by id desc
-             limit ?4",
-        )
-        .bind(filter.subscription_id)
-        .bind(filter.replayed)
-        .bind(page.cursor)
-        .bind(page.limit)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-
+    /// Marks the dead letter replayed and queues its new delivery, in one write transaction;
+    /// returns whether it was replayable.
     pub(crate) async fn replay_dead_letter(
         &self,
         id: Uuid,
         new_delivery_id: Uuid,
-    ) -> Result<ReplayOutcome, DbError> {
+    ) -> Result<bool, DbError> {
         let mut transaction = self.write().await?;
         let replayed: Option<Uuid> = sqlx::query_scalar(concat!(
             "update dead_letters as dl
@@ -127,48 +50,11 @@ impl SqliteDb {
         .bind(new_delivery_id)
         .fetch_optional(&mut *transaction)
         .await?;
-        let outcome = match replayed {
-            Some(id) => {
-                queue_replays(&mut transaction, &[id]).await?;
-                ReplayOutcome::Replayed {
-                    delivery_id: new_delivery_id,
-                }
-            }
-            None => {
-                let state: Option<(bool, bool)> = sqlx::query_as(
-                    "select dl.replayed_at is not null,
-                            dl.subscription_id is not null
-                              and not exists (select 1 from subscriptions s
-                                              where s.id = dl.subscription_id
-                                                and s.deleted_at is null)
-                     from dead_letters dl
-                     where dl.id = ?1",
-                )
-                .bind(id)
-                .fetch_optional(&mut *transaction)
-                .await?;
-                ReplayOutcome::from_state(state)
-            }
-        };
+        if let Some(id) = replayed {
+            queue_replays(&mut transaction, &[id]).await?;
+        }
         transaction.commit().await?;
-        Ok(outcome)
-    }
-
-    pub(crate) async fn count_replayable_dead_letters(
-        &self,
-        filter: &BulkReplayFilter,
-    ) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar(concat!(
-            "select count(*) from dead_letters dl where ",
-            replayable!(),
-            " and ",
-            bulk_filter!()
-        ))
-        .bind(filter.subscription_id)
-        .bind(filter.since.map(time))
-        .bind(filter.until.map(time))
-        .fetch_one(&self.reader)
-        .await?)
+        Ok(replayed.is_some())
     }
 
     /// The batch is chosen and replayed inside one immediate transaction, so two operators

@@ -4,11 +4,8 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{SqliteDb, blob_hex, now, time};
-use crate::{
-    DbError, DeliveryRow, EventFilter, EventRow, NewEvent, Page, PublishOutcome, PublishedEvent,
-    events::IdempotentRow,
-};
+use super::{SqliteDb, blob_hex, now};
+use crate::{DbError, NewEvent, PublishOutcome, PublishedEvent, events::IdempotentRow};
 use shared::{config::SlackFanout, state::Target};
 
 impl SqliteDb {
@@ -119,58 +116,5 @@ impl SqliteDb {
         }
         transaction.commit().await?;
         Ok(PublishOutcome::Stored(answers))
-    }
-
-    pub(crate) async fn list_events(
-        &self,
-        filter: &EventFilter,
-        page: Page,
-    ) -> Result<Vec<PublishedEvent>, DbError> {
-        Ok(sqlx::query_as(
-            "select id, event_type, created_at, deliveries_created
-             from outbox_events
-             where (?1 is null or event_type = ?1)
-               and (?2 is null or created_at >= ?2)
-               and (?3 is null or created_at < ?3)
-               and (?4 is null or id < ?4)
-             order by id desc
-             limit ?5",
-        )
-        .bind(filter.event_type.as_deref())
-        .bind(filter.since.map(time))
-        .bind(filter.until.map(time))
-        .bind(page.cursor)
-        .bind(page.limit)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-
-    pub(crate) async fn get_event(
-        &self,
-        id: Uuid,
-    ) -> Result<Option<(EventRow, Vec<DeliveryRow>)>, DbError> {
-        let mut connection = self.reader.acquire().await?;
-        let Some(event) = sqlx::query_as::<_, EventRow>(
-            "select id, event_type, payload, created_at, deliveries_created, idempotency_key
-             from outbox_events
-             where id = ?1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *connection)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let deliveries = sqlx::query_as::<_, DeliveryRow>(
-            "select id, event_id, target, subscription_id, status, attempts, next_attempt_at,
-                    last_error, created_at, updated_at
-             from deliveries
-             where event_id = ?1
-             order by id",
-        )
-        .bind(id)
-        .fetch_all(&mut *connection)
-        .await?;
-        Ok(Some((event, deliveries)))
     }
 }

@@ -1,0 +1,161 @@
+//! sea-orm entities of the tables the operator queries read and write, one description for
+//! both backends.
+//!
+//! The columns are declared with the Rust types both backends decode into: uuids (Postgres
+//! `uuid`, SQLite 16-byte blobs), times (`timestamptz`, or the fixed-width UTC text of
+//! [`crate::stored_time`]), JSON (`jsonb`, or text). States are read as text and parsed
+//! through their one mapping in `shared::state` when a row becomes a public row type. Times
+//! *written* or *compared* go through [`crate::orm`], which renders them in each backend's
+//! stored form.
+
+/// `subscriptions`.
+pub mod subscriptions {
+    use sea_orm::entity::prelude::*;
+
+    /// A subscription row, secrets included: only the secret maintenance reads those.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "subscriptions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub url: String,
+        pub secret: String,
+        pub previous_secret: Option<String>,
+        pub previous_secret_expires_at: Option<DateTimeUtc>,
+        pub event_types: Json,
+        pub enabled: bool,
+        pub description: Option<String>,
+        pub headers: Json,
+        pub disabled_reason: Option<String>,
+        pub last_success_at: Option<DateTimeUtc>,
+        pub last_failure_at: Option<DateTimeUtc>,
+        pub consecutive_failures: i32,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        pub deleted_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `outbox_events`.
+pub mod events {
+    use sea_orm::entity::prelude::*;
+
+    /// An event as published.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub event_type: String,
+        pub payload: String,
+        pub idempotency_key: Option<String>,
+        pub idempotency_scope: Option<String>,
+        pub request_hash: String,
+        pub deliveries_created: i32,
+        pub traceparent: Option<String>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `deliveries`.
+pub mod deliveries {
+    use sea_orm::entity::prelude::*;
+
+    /// A delivery of one event to one target.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub event_id: Uuid,
+        pub target: String,
+        pub subscription_id: Option<Uuid>,
+        pub status: String,
+        pub attempts: i32,
+        pub next_attempt_at: DateTimeUtc,
+        pub lease_token: Option<Uuid>,
+        pub leased_by: Option<String>,
+        pub last_error: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `delivery_attempts`.
+pub mod attempts {
+    use sea_orm::entity::prelude::*;
+
+    /// One attempt of a delivery.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "delivery_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub delivery_id: Uuid,
+        pub event_id: Uuid,
+        pub attempt_number: i32,
+        pub started_at: DateTimeUtc,
+        pub duration_ms: i32,
+        pub response_status: Option<i32>,
+        pub response_body: Option<String>,
+        pub error: Option<String>,
+        pub worker_id: Option<String>,
+        pub external_id: Option<String>,
+        pub outcome: String,
+    }
+
+    // The attempt log has no foreign key to its delivery (see the migration): the relation
+    // is declared for joins only.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {
+        #[sea_orm(
+            belongs_to = "super::deliveries::Entity",
+            from = "Column::DeliveryId",
+            to = "super::deliveries::Column::Id"
+        )]
+        Delivery,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `dead_letters`.
+pub mod dead_letters {
+    use sea_orm::entity::prelude::*;
+
+    /// A delivery that gave up, until an operator replays it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "dead_letters")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub delivery_id: Uuid,
+        pub event_id: Uuid,
+        pub subscription_id: Option<Uuid>,
+        pub target: String,
+        pub reason: String,
+        pub created_at: DateTimeUtc,
+        pub replayed_at: Option<DateTimeUtc>,
+        pub replay_delivery_id: Option<Uuid>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

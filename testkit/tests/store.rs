@@ -1,0 +1,1024 @@
+//! The store's contract: every public function of `store`, run on Postgres and on SQLite from
+//! one test body with the same assertions. A backend that answers differently from the other
+//! fails here, before any end-to-end test.
+//!
+//! The last test checks that every `.sql` file of the store is included by a function this
+//! suite calls, so no hand-written statement goes unexecuted.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use chrono::{DateTime, Utc};
+use shared::{
+    config::SlackFanout,
+    crypto::SecretCipher,
+    state::{AttemptOutcome, DeliveryStatus, Target},
+};
+use store::{
+    self as db, AttemptRecord, BulkReplayFilter, Completion, Db, DeadLetterFilter, DeliveryFilter,
+    EventFilter, NewEvent, NewSubscription, NextState, Page, PublishOutcome, PublishedEvent,
+    ReplayOutcome, SubscriptionPatch,
+};
+use testkit::db::{Backend, TestDb};
+use uuid::Uuid;
+
+/// Declares each test once per backend.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(testkit::db::TestDb::on(testkit::db::Backend::Postgres).await)
+                        .await;
+                }
+
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(testkit::db::TestDb::on(testkit::db::Backend::Sqlite).await)
+                        .await;
+                }
+            }
+        )*
+    };
+}
+
+contract!(
+    subscriptions_are_created_read_listed_changed_and_deleted,
+    a_rotation_keeps_the_old_secret_for_its_grace,
+    secrets_are_resealed_under_the_current_key,
+    publish_stores_events_and_answers_a_retried_key,
+    events_are_listed_by_type_time_and_page,
+    a_lease_takes_due_rows_once_and_a_release_hands_them_back,
+    completions_write_states_attempts_and_dead_letters,
+    dead_letters_are_listed_and_replayed_once,
+    a_bulk_replay_takes_what_its_dry_run_counted,
+    the_console_numbers_and_the_queue_sample_count_due_work,
+    the_handle_pings_wakes_and_closes,
+);
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const KEY_1: &str = "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const KEY_2: &str = "k2:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+fn new_subscription(event_types: &[&str]) -> NewSubscription {
+    NewSubscription {
+        id: Uuid::now_v7(),
+        url: "http://127.0.0.1:9/hook".to_owned(),
+        secret: SECRET.to_owned(),
+        event_types: event_types.iter().map(|t| (*t).to_owned()).collect(),
+        enabled: true,
+        description: Some("orders".to_owned()),
+        headers: BTreeMap::from([("X-Team".to_owned(), "payments".to_owned())]),
+    }
+}
+
+async fn subscribe(db: &Db, event_types: &[&str]) -> Uuid {
+    db::insert_subscription(
+        db,
+        &SecretCipher::plaintext(),
+        &new_subscription(event_types),
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+fn event(event_type: &str, key: Option<&str>, hash: &str) -> NewEvent {
+    NewEvent {
+        id: Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        payload: r#"{"n":1}"#.to_owned(),
+        idempotency_key: key.map(str::to_owned),
+        request_hash: hash.to_owned(),
+        traceparent: None,
+    }
+}
+
+async fn publish(db: &Db, events: &[NewEvent]) -> Vec<PublishedEvent> {
+    match db::publish_events(db, "publisher", events, None)
+        .await
+        .unwrap()
+    {
+        PublishOutcome::Stored(stored) => stored,
+        PublishOutcome::KeyReused { index } => panic!("key reused at {index}"),
+    }
+}
+
+fn page(limit: i64) -> Page {
+    Page {
+        cursor: None,
+        limit,
+    }
+}
+
+fn attempt(number: i32, status: Option<i32>) -> AttemptRecord {
+    AttemptRecord {
+        attempt_number: number,
+        started_at: Utc::now(),
+        duration_ms: 12,
+        response_status: status,
+        response_body: Some("ok".to_owned()),
+        error: None,
+        external_id: None,
+    }
+}
+
+/// Leases everything due and makes each row's completion from what `next` says for its event
+/// type; a failure carries an error with NUL in it, which the store must make storable.
+async fn lease_for(db: &Db, next: impl Fn(&str) -> NextState) -> Vec<Completion> {
+    let leased = db::lease_deliveries(db, 100, "w1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    leased
+        .iter()
+        .map(|row| {
+            let next = next(&row.event_type);
+            let failed = next != NextState::Delivered;
+            Completion {
+                delivery_id: row.id,
+                lease_token: row.lease_token,
+                last_error: failed.then(|| "HTTP 500\0!".to_owned()),
+                attempt: Some(attempt(row.attempts, Some(if failed { 500 } else { 200 }))),
+                next,
+            }
+        })
+        .collect()
+}
+
+/// Leases everything due and completes it; returns how many completions were written.
+async fn lease_and_complete(db: &Db, next: impl Fn(&str) -> NextState) -> usize {
+    let completions = lease_for(db, next).await;
+    db::complete_deliveries(db, "w1", &completions)
+        .await
+        .unwrap()
+        .len()
+}
+
+fn dead(reason: &str) -> NextState {
+    NextState::Dead {
+        reason: reason.to_owned(),
+        disable_subscription: false,
+    }
+}
+
+async fn subscriptions_are_created_read_listed_changed_and_deleted(test: TestDb) {
+    let db = &test.pool;
+    let cipher = SecretCipher::plaintext();
+    let created = db::insert_subscription(db, &cipher, &new_subscription(&["order.created"]))
+        .await
+        .unwrap();
+    assert_eq!(created.url, "http://127.0.0.1:9/hook");
+    assert_eq!(created.event_types.0, ["order.created"]);
+    assert_eq!(created.headers.0["X-Team"], "payments");
+    assert_eq!(created.description.as_deref(), Some("orders"));
+    assert!(created.enabled);
+    assert_eq!(created.disabled_reason, None);
+    assert_eq!(created.consecutive_failures, 0);
+    assert!((Utc::now() - created.created_at).num_seconds().abs() < 60);
+
+    let read = db::get_subscription(db, created.id).await.unwrap().unwrap();
+    assert_eq!((read.id, read.created_at), (created.id, created.created_at));
+    assert!(
+        db::get_subscription(db, Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // three more, one disabled at creation; pages of two, oldest first
+    let mut ids = vec![created.id];
+    for enabled in [true, false, true] {
+        let mut subscription = new_subscription(&["*"]);
+        subscription.enabled = enabled;
+        ids.push(
+            db::insert_subscription(db, &cipher, &subscription)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let first = db::list_subscriptions(db, None, page(2)).await.unwrap();
+    let second = db::list_subscriptions(
+        db,
+        None,
+        Page {
+            cursor: Some(first[1].id),
+            limit: 2,
+        },
+    )
+    .await
+    .unwrap();
+    let listed: Vec<Uuid> = first.iter().chain(&second).map(|row| row.id).collect();
+    assert_eq!(listed, ids);
+    let disabled = db::list_subscriptions(db, Some(false), page(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        disabled.iter().map(|row| row.id).collect::<Vec<_>>(),
+        [ids[2]]
+    );
+    assert_eq!(
+        db::list_subscriptions(db, Some(true), page(10))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // a patch changes only what it names; a description can be cleared
+    let patch = SubscriptionPatch {
+        url: Some("http://127.0.0.1:9/other".to_owned()),
+        event_types: Some(vec!["a".to_owned(), "b".to_owned()]),
+        description: Some(None),
+        headers: Some(BTreeMap::new()),
+        enabled: None,
+    };
+    let changed = db::update_subscription(db, created.id, &patch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.url, "http://127.0.0.1:9/other");
+    assert_eq!(changed.event_types.0, ["a", "b"]);
+    assert_eq!(changed.description, None);
+    assert!(changed.headers.0.is_empty());
+    assert!(changed.enabled);
+    assert!(changed.updated_at >= created.updated_at);
+    let untouched = db::update_subscription(db, created.id, &SubscriptionPatch::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(untouched.url, changed.url);
+
+    // disabling by hand gives a reason; re-enabling clears it
+    let off = SubscriptionPatch {
+        enabled: Some(false),
+        ..SubscriptionPatch::default()
+    };
+    let on = SubscriptionPatch {
+        enabled: Some(true),
+        ..SubscriptionPatch::default()
+    };
+    let disabled = db::update_subscription(db, created.id, &off)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!disabled.enabled);
+    assert_eq!(
+        disabled.disabled_reason.as_deref(),
+        Some("disabled_by_operator")
+    );
+    let enabled = db::update_subscription(db, created.id, &on)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(enabled.enabled);
+    assert_eq!(enabled.disabled_reason, None);
+
+    // a soft delete hides it from every read and write, once
+    assert!(db::delete_subscription(db, created.id).await.unwrap());
+    assert!(!db::delete_subscription(db, created.id).await.unwrap());
+    assert!(
+        db::get_subscription(db, created.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        db::update_subscription(db, created.id, &on)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        db::rotate_subscription_secret(db, &cipher, created.id, OTHER_SECRET, 60.0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let left: Vec<Uuid> = db::list_subscriptions(db, None, page(10))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    assert_eq!(left, ids[1..]);
+    assert!(
+        db::update_subscription(db, Uuid::now_v7(), &on)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_rotation_keeps_the_old_secret_for_its_grace(test: TestDb) {
+    let db = &test.pool;
+    let cipher = SecretCipher::parse(KEY_1).unwrap();
+    let id = db::insert_subscription(db, &cipher, &new_subscription(&["*"]))
+        .await
+        .unwrap()
+        .id;
+    let rotated = db::rotate_subscription_secret(db, &cipher, id, OTHER_SECRET, 3600.0)
+        .await
+        .unwrap()
+        .unwrap();
+    let expires = rotated.previous_secret_expires_at.unwrap();
+    let grace = (expires - Utc::now()).num_seconds();
+    assert!((3500..=3600).contains(&grace), "grace of {grace} s");
+
+    let subscriptions = db::get_delivery_subscriptions(db, &cipher, &[id, Uuid::now_v7()])
+        .await
+        .unwrap();
+    assert_eq!(subscriptions.len(), 1, "an unknown id is left out");
+    let secrets = subscriptions[0].secrets.as_ref().unwrap();
+    assert_eq!(secrets.current, OTHER_SECRET);
+    assert_eq!(secrets.previous.as_deref(), Some(SECRET));
+    assert!(subscriptions[0].enabled && !subscriptions[0].deleted);
+
+    // after the grace the previous secret no longer signs
+    test.end_secret_grace(id).await;
+    let after = db::get_delivery_subscriptions(db, &cipher, &[id])
+        .await
+        .unwrap();
+    assert_eq!(after[0].secrets.as_ref().unwrap().previous, None);
+}
+
+async fn secrets_are_resealed_under_the_current_key(test: TestDb) {
+    let db = &test.pool;
+    let old = SecretCipher::parse(KEY_1).unwrap();
+    let both = SecretCipher::parse(&format!("{KEY_2},{KEY_1}")).unwrap();
+    let only_new = SecretCipher::parse(KEY_2).unwrap();
+    let first = db::insert_subscription(db, &old, &new_subscription(&["*"]))
+        .await
+        .unwrap()
+        .id;
+    db::insert_subscription(db, &old, &new_subscription(&["*"]))
+        .await
+        .unwrap();
+    db::rotate_subscription_secret(db, &old, first, OTHER_SECRET, 3600.0)
+        .await
+        .unwrap();
+    // two current secrets and one previous, all under k1
+    assert_eq!(
+        db::secrets_without_key(db, &only_new).await.unwrap(),
+        [("k1".to_owned(), 3)]
+    );
+    assert!(db::secrets_without_key(db, &old).await.unwrap().is_empty());
+
+    let report = db::reencrypt_secrets(db, &both, 1).await.unwrap();
+    assert_eq!((report.examined, report.reencrypted), (2, 2));
+    assert!(report.failed.is_empty());
+    assert!(
+        db::secrets_without_key(db, &only_new)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = db::reencrypt_secrets(db, &both, 10).await.unwrap();
+    assert_eq!(
+        (again.examined, again.reencrypted),
+        (2, 0),
+        "already current"
+    );
+    let (stored, previous) = test.stored_secrets(first).await;
+    assert!(stored.starts_with("enc.v1.k2."), "{stored}");
+    assert!(previous.unwrap().starts_with("enc.v1.k2."));
+    let opened = db::get_delivery_subscriptions(db, &only_new, &[first])
+        .await
+        .unwrap();
+    assert_eq!(opened[0].secrets.as_ref().unwrap().current, OTHER_SECRET);
+}
+
+async fn publish_stores_events_and_answers_a_retried_key(test: TestDb) {
+    let db = &test.pool;
+    subscribe(db, &["order.created"]).await;
+    subscribe(db, &["*"]).await;
+    let keyed = event("order.created", Some("key-1"), "h1");
+    let stored = publish(db, &[keyed.clone(), event("other", None, "h2")]).await;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].id, keyed.id);
+    assert_eq!(
+        stored
+            .iter()
+            .map(|e| e.deliveries_created)
+            .collect::<Vec<_>>(),
+        [2, 1],
+        "a matching subscription and the wildcard; the wildcard alone"
+    );
+
+    // the same key and request: the first answer, nothing new
+    let mut retry = keyed.clone();
+    retry.id = Uuid::now_v7();
+    assert_eq!(publish(db, std::slice::from_ref(&retry)).await, stored[..1]);
+    // the same key in another scope is another event
+    let other_scope = db::publish_events(db, "other", std::slice::from_ref(&retry), None)
+        .await
+        .unwrap();
+    assert!(matches!(other_scope, PublishOutcome::Stored(ref e) if e[0].id == retry.id));
+    // the same key with another request is refused, and nothing of the batch is written
+    let conflicting = event("order.created", Some("key-1"), "different");
+    let fresh = event("other", None, "h3");
+    let refused = db::publish_events(db, "publisher", &[fresh.clone(), conflicting], None)
+        .await
+        .unwrap();
+    assert!(matches!(refused, PublishOutcome::KeyReused { index: 1 }));
+    assert!(db::get_event(db, fresh.id).await.unwrap().is_none());
+
+    // the Slack connector adds a delivery for its event types
+    let slack = SlackFanout {
+        event_types: vec!["request_submitted".to_owned()],
+    };
+    let request = event("request_submitted", None, "h4");
+    let answer = db::publish_events(
+        db,
+        "publisher",
+        std::slice::from_ref(&request),
+        Some(&slack),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(answer, PublishOutcome::Stored(ref e) if e[0].deliveries_created == 2));
+    let (_, deliveries) = db::get_event(db, request.id).await.unwrap().unwrap();
+    let mut targets: Vec<Target> = deliveries.iter().map(|d| d.target).collect();
+    targets.sort();
+    assert_eq!(targets, [Target::Webhook, Target::Slack]);
+
+    let (read, deliveries) = db::get_event(db, keyed.id).await.unwrap().unwrap();
+    assert_eq!(read.payload, r#"{"n":1}"#);
+    assert_eq!(read.idempotency_key.as_deref(), Some("key-1"));
+    assert_eq!(read.deliveries_created, 2);
+    assert_eq!(deliveries.len(), 2);
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Pending
+                && d.event_id == keyed.id
+                && d.attempts == 0)
+    );
+}
+
+async fn events_are_listed_by_type_time_and_page(test: TestDb) {
+    let db = &test.pool;
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let stored = publish(
+        db,
+        &[
+            event("a", None, "1"),
+            event("b", None, "2"),
+            event("a", None, "3"),
+        ],
+    )
+    .await;
+    let after = Utc::now() + chrono::Duration::seconds(1);
+    let ids = |events: Vec<PublishedEvent>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+
+    let all = db::list_events(db, &EventFilter::default(), page(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(all),
+        [stored[2].id, stored[1].id, stored[0].id],
+        "newest first"
+    );
+    let of_a = EventFilter {
+        event_type: Some("a".to_owned()),
+        ..EventFilter::default()
+    };
+    let first = db::list_events(db, &of_a, page(1)).await.unwrap();
+    assert_eq!(first[0].event_type, "a");
+    let next = Page {
+        cursor: Some(first[0].id),
+        limit: 10,
+    };
+    assert_eq!(ids(first), [stored[2].id]);
+    assert_eq!(
+        ids(db::list_events(db, &of_a, next).await.unwrap()),
+        [stored[0].id]
+    );
+    let nobody = EventFilter {
+        event_type: Some("nobody".to_owned()),
+        ..EventFilter::default()
+    };
+    assert!(
+        db::list_events(db, &nobody, page(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let window = |since: DateTime<Utc>, until: DateTime<Utc>| EventFilter {
+        since: Some(since),
+        until: Some(until),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        db::list_events(db, &window(before, after), page(10))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(
+        db::list_events(
+            db,
+            &window(after, after + chrono::Duration::hours(1)),
+            page(10)
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert!(
+        db::list_events(
+            db,
+            &window(before - chrono::Duration::hours(1), before),
+            page(10)
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    // `since` is inclusive, `until` exclusive
+    let created = stored[1].created_at;
+    let at = db::list_events(db, &window(created, after), page(10))
+        .await
+        .unwrap();
+    assert!(at.iter().any(|e| e.id == stored[1].id));
+    let until = db::list_events(db, &window(before, created), page(10))
+        .await
+        .unwrap();
+    assert!(until.iter().all(|e| e.id != stored[1].id));
+}
+
+async fn a_lease_takes_due_rows_once_and_a_release_hands_them_back(test: TestDb) {
+    let db = &test.pool;
+    subscribe(db, &["*"]).await;
+    // two publishes, so the first is due strictly before the second
+    let mut stored = publish(db, &[event("a", None, "1")]).await;
+    stored.extend(publish(db, &[event("b", None, "2")]).await);
+    let leased = db::lease_deliveries(db, 1, "w1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1, "the limit holds");
+    assert_eq!(leased[0].event_id, stored[0].id, "oldest due first");
+    assert_eq!(leased[0].attempts, 1);
+    assert_eq!(leased[0].target, Target::Webhook);
+    assert_eq!(leased[0].payload, r#"{"n":1}"#);
+    let rest = db::lease_deliveries(db, 10, "w2", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0].id, leased[0].id, "a leased row is not leased again");
+    assert!(
+        db::lease_deliveries(db, 10, "w3", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let handed = (leased[0].id, leased[0].lease_token, Duration::ZERO);
+    let stale = (rest[0].id, Uuid::now_v7(), Duration::ZERO);
+    assert_eq!(
+        db::release_deliveries(db, &[handed, stale]).await.unwrap(),
+        [leased[0].id],
+        "a wrong lease token changes nothing"
+    );
+    assert!(
+        db::release_deliveries(db, &[handed])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = db::lease_deliveries(db, 10, "w1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, leased[0].id);
+    assert_eq!(
+        again[0].attempts, 1,
+        "the handed-back attempt was not counted"
+    );
+
+    // a released row due later is not leased before its time
+    db::release_deliveries(
+        db,
+        &[(again[0].id, again[0].lease_token, Duration::from_secs(600))],
+    )
+    .await
+    .unwrap();
+    assert!(
+        db::lease_deliveries(db, 10, "w1", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // an expired lease is taken again, with the attempt counted
+    let short = publish(db, &[event("c", None, "3")]).await;
+    let first = db::lease_deliveries(db, 10, "w1", Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(first[0].event_id, short[0].id);
+    assert!(
+        testkit::eventually(Duration::from_secs(5), || async {
+            let taken = db::lease_deliveries(db, 10, "w2", Duration::from_secs(30))
+                .await
+                .unwrap();
+            taken.len() == 1 && taken[0].id == first[0].id && taken[0].attempts == 2
+        })
+        .await
+    );
+}
+
+async fn completions_write_states_attempts_and_dead_letters(test: TestDb) {
+    let db = &test.pool;
+    let subscription = subscribe(db, &["*"]).await;
+    let stored = publish(
+        db,
+        &[
+            event("ok", None, "1"),
+            event("retry", None, "2"),
+            event("dead", None, "3"),
+            event("gone", None, "4"),
+        ],
+    )
+    .await;
+    let completions = lease_for(db, |event_type| match event_type {
+        "ok" => NextState::Delivered,
+        "retry" => NextState::Retry(Duration::from_secs(600)),
+        "dead" => dead("max_attempts_exceeded: http_500"),
+        _ => NextState::Dead {
+            reason: "endpoint_gone".to_owned(),
+            disable_subscription: true,
+        },
+    })
+    .await;
+    let ok = completions
+        .iter()
+        .find(|c| c.next == NextState::Delivered)
+        .unwrap();
+    let stale = Completion {
+        lease_token: Uuid::now_v7(),
+        ..ok.clone()
+    };
+    let written = db::complete_deliveries(db, "w1", &completions)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 4);
+    let delivered = written.iter().find(|w| w.id == ok.delivery_id).unwrap();
+    assert!(delivered.lag_seconds.unwrap() >= 0.0);
+    assert!(written.iter().filter(|w| w.lag_seconds.is_some()).count() == 1);
+    assert!(
+        db::complete_deliveries(db, "w1", &[stale])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a completion without the lease writes nothing"
+    );
+
+    let status_of = |event_id: Uuid| async move {
+        let (_, deliveries) = db::get_event(db, event_id).await.unwrap().unwrap();
+        deliveries[0].clone()
+    };
+    assert_eq!(
+        status_of(stored[0].id).await.status,
+        DeliveryStatus::Delivered
+    );
+    let retry = status_of(stored[1].id).await;
+    assert_eq!(retry.status, DeliveryStatus::Pending);
+    assert_eq!(
+        retry.last_error.as_deref(),
+        Some("HTTP 500\u{fffd}!"),
+        "NUL made storable"
+    );
+    assert!(retry.next_attempt_at > Utc::now() + chrono::Duration::seconds(500));
+    assert_eq!(status_of(stored[2].id).await.status, DeliveryStatus::Dead);
+
+    let attempts = db::list_event_attempts(db, stored[1].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, AttemptOutcome::RetryScheduled);
+    assert_eq!(attempts[0].target, Some(Target::Webhook));
+    assert_eq!(attempts[0].response_status, Some(500));
+    assert_eq!(attempts[0].worker_id.as_deref(), Some("w1"));
+    let ok = db::list_event_attempts(db, stored[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok[0].outcome, AttemptOutcome::Delivered);
+    assert!(
+        db::list_event_attempts(db, Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // 410 Gone disables the subscription with its reason
+    let gone = db::get_subscription(db, subscription)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!gone.enabled);
+    assert_eq!(gone.disabled_reason.as_deref(), Some("endpoint_gone"));
+
+    // listings by status, subscription and event, newest first, paged
+    let by_status = |status| DeliveryFilter {
+        status: Some(status),
+        ..DeliveryFilter::default()
+    };
+    let dead_rows = db::list_deliveries(db, &by_status(DeliveryStatus::Dead), page(10))
+        .await
+        .unwrap();
+    assert_eq!(dead_rows.len(), 2);
+    assert!(dead_rows[0].id > dead_rows[1].id);
+    let after_first = Page {
+        cursor: Some(dead_rows[0].id),
+        limit: 10,
+    };
+    let rest = db::list_deliveries(db, &by_status(DeliveryStatus::Dead), after_first)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [dead_rows[1].id]
+    );
+    let of_subscription = DeliveryFilter {
+        subscription_id: Some(subscription),
+        ..DeliveryFilter::default()
+    };
+    assert_eq!(
+        db::list_deliveries(db, &of_subscription, page(10))
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    let of_event = DeliveryFilter {
+        event_id: Some(stored[0].id),
+        ..DeliveryFilter::default()
+    };
+    let one = db::list_deliveries(db, &of_event, page(10)).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].subscription_id, Some(subscription));
+}
+
+async fn dead_letters_are_listed_and_replayed_once(test: TestDb) {
+    let db = &test.pool;
+    let kept = subscribe(db, &["kept"]).await;
+    let deleted = subscribe(db, &["deleted"]).await;
+    let stored = publish(db, &[event("kept", None, "1"), event("deleted", None, "2")]).await;
+    assert_eq!(
+        lease_and_complete(db, |_| dead("max_attempts_exceeded: timeout")).await,
+        2
+    );
+
+    let all = db::list_dead_letters(db, &DeadLetterFilter::default(), page(10))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].id > all[1].id, "newest first");
+    assert!(
+        all.iter()
+            .all(|letter| letter.reason == "max_attempts_exceeded: timeout"
+                && letter.target == Target::Webhook
+                && letter.replayed_at.is_none())
+    );
+    let of_kept = DeadLetterFilter {
+        subscription_id: Some(kept),
+        ..DeadLetterFilter::default()
+    };
+    let letters = db::list_dead_letters(db, &of_kept, page(10)).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.event_id, stored[0].id);
+
+    let new_delivery = Uuid::now_v7();
+    assert_eq!(
+        db::replay_dead_letter(db, letter.id, new_delivery)
+            .await
+            .unwrap(),
+        ReplayOutcome::Replayed {
+            delivery_id: new_delivery
+        }
+    );
+    assert_eq!(
+        db::replay_dead_letter(db, letter.id, Uuid::now_v7())
+            .await
+            .unwrap(),
+        ReplayOutcome::AlreadyReplayed
+    );
+    assert_eq!(
+        db::replay_dead_letter(db, Uuid::now_v7(), Uuid::now_v7())
+            .await
+            .unwrap(),
+        ReplayOutcome::NotFound
+    );
+    let (_, deliveries) = db::get_event(db, stored[0].id).await.unwrap().unwrap();
+    let replay = deliveries.iter().find(|d| d.id == new_delivery).unwrap();
+    assert_eq!(
+        (replay.status, replay.attempts),
+        (DeliveryStatus::Pending, 0)
+    );
+
+    let replayed = DeadLetterFilter {
+        replayed: Some(true),
+        ..DeadLetterFilter::default()
+    };
+    let marked = db::list_dead_letters(db, &replayed, page(10))
+        .await
+        .unwrap();
+    assert_eq!(marked.len(), 1);
+    assert_eq!(marked[0].replay_delivery_id, Some(new_delivery));
+    assert!(marked[0].replayed_at.is_some());
+    let waiting = DeadLetterFilter {
+        replayed: Some(false),
+        ..DeadLetterFilter::default()
+    };
+    let orphan = db::list_dead_letters(db, &waiting, page(10)).await.unwrap();
+    assert_eq!(orphan.len(), 1);
+    assert!(db::delete_subscription(db, deleted).await.unwrap());
+    assert_eq!(
+        db::replay_dead_letter(db, orphan[0].id, Uuid::now_v7())
+            .await
+            .unwrap(),
+        ReplayOutcome::SubscriptionDeleted
+    );
+}
+
+async fn a_bulk_replay_takes_what_its_dry_run_counted(test: TestDb) {
+    let db = &test.pool;
+    let first = subscribe(db, &["a"]).await;
+    let second = subscribe(db, &["b"]).await;
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let events: Vec<NewEvent> = (0..5)
+        .map(|n| event(if n < 3 { "a" } else { "b" }, None, &n.to_string()))
+        .collect();
+    publish(db, &events).await;
+    let died = lease_and_complete(db, |_| dead("max_attempts_exceeded: http_503")).await;
+    assert_eq!(died, 5);
+    let after = Utc::now() + chrono::Duration::seconds(1);
+
+    let count = |filter: BulkReplayFilter| async move {
+        db::count_replayable_dead_letters(db, &filter)
+            .await
+            .unwrap()
+    };
+    let replay = |filter: BulkReplayFilter| async move {
+        db::replay_dead_letters_batch(db, &filter, 2).await.unwrap()
+    };
+    let everything = BulkReplayFilter::default;
+    let of_first = || BulkReplayFilter {
+        subscription_id: Some(first),
+        ..BulkReplayFilter::default()
+    };
+    let in_window = |since, until| BulkReplayFilter {
+        since: Some(since),
+        until: Some(until),
+        ..BulkReplayFilter::default()
+    };
+    assert_eq!(count(everything()).await, 5);
+    assert_eq!(count(of_first()).await, 3);
+    assert_eq!(count(in_window(before, after)).await, 5);
+    let later = in_window(after, after + chrono::Duration::hours(1));
+    assert_eq!(count(later).await, 0);
+    // a deleted subscription's dead letters have nowhere to go
+    assert!(db::delete_subscription(db, second).await.unwrap());
+    assert_eq!(count(everything()).await, 3);
+
+    // batches of two until one comes back short, as the API loops
+    assert_eq!(replay(of_first()).await, 2);
+    assert_eq!(count(of_first()).await, 1);
+    assert_eq!(replay(of_first()).await, 1);
+    assert_eq!(replay(everything()).await, 0);
+    let queued = DeliveryFilter {
+        status: Some(DeliveryStatus::Pending),
+        subscription_id: Some(first),
+        ..DeliveryFilter::default()
+    };
+    let pending = db::list_deliveries(db, &queued, page(10)).await.unwrap();
+    assert_eq!(
+        pending.len(),
+        3,
+        "one new delivery per replayed dead letter"
+    );
+    assert!(pending.iter().all(|d| d.attempts == 0));
+}
+
+async fn the_console_numbers_and_the_queue_sample_count_due_work(test: TestDb) {
+    let db = &test.pool;
+    subscribe(db, &["*"]).await;
+    let empty = db::console_stats(db, 300.0).await.unwrap();
+    assert_eq!(
+        (empty.due, empty.delivered, empty.failed, empty.dead_letters),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(empty.oldest_due_age_seconds, None);
+    let sample = db::sample_queue(db).await.unwrap();
+    assert!(sample.leader);
+    assert_eq!(sample.depth, Some(0));
+
+    publish(
+        db,
+        &[
+            event("ok", None, "1"),
+            event("dead", None, "2"),
+            event("retry", None, "3"),
+        ],
+    )
+    .await;
+    let sample = db::sample_queue(db).await.unwrap();
+    assert_eq!(sample.depth, Some(3));
+    assert!(sample.oldest_due_age_seconds.unwrap() >= 0.0);
+    lease_and_complete(db, |event_type| match event_type {
+        "ok" => NextState::Delivered,
+        "dead" => dead("max_attempts_exceeded: http_500"),
+        _ => NextState::Retry(Duration::ZERO),
+    })
+    .await;
+    publish(db, &[event("later", None, "4")]).await;
+    let stats = db::console_stats(db, 300.0).await.unwrap();
+    assert_eq!(stats.due, 2, "the retry due now and the new event");
+    assert_eq!(
+        (stats.delivered, stats.failed, stats.dead_letters),
+        (1, 2, 1)
+    );
+    assert!(stats.oldest_due_age_seconds.unwrap() >= 0.0);
+    assert_eq!(db::sample_queue(db).await.unwrap().depth, Some(2));
+}
+
+async fn the_handle_pings_wakes_and_closes(test: TestDb) {
+    let db = &test.pool;
+    db::ping(db).await.unwrap();
+    let listen_url = shared::config::DatabaseUrl::new(test.url.clone());
+    let mut wakeups = db::wake::Wakeups::start(db, listen_url);
+    // the first wake-up is the catch-up after (re)connecting
+    tokio::time::timeout(Duration::from_secs(10), wakeups.next())
+        .await
+        .expect("catch-up wake-up");
+    // on Postgres the LISTEN may still be starting: notify until one arrives
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut woken = false;
+    while !woken && tokio::time::Instant::now() < deadline {
+        db::notify_workers(db).await.unwrap();
+        woken = tokio::time::timeout(Duration::from_millis(200), wakeups.next())
+            .await
+            .is_ok();
+    }
+    assert!(woken, "a notification wakes the listener");
+    if test.backend() == Backend::Sqlite {
+        db::wake::wake_local(db);
+        tokio::time::timeout(Duration::from_secs(1), wakeups.next())
+            .await
+            .expect("a local wake-up");
+    }
+    wakeups.stop().await;
+
+    let (open, idle) = db.pool_usage();
+    assert!(open >= 1 && idle <= open as usize);
+    db.close().await;
+    assert!(db::ping(db).await.unwrap_err().is_unavailable());
+}
+
+/// Every `.sql` file of the store is included by a function this suite calls by name.
+#[test]
+fn every_sql_file_is_executed_by_this_suite() {
+    let store = Path::new(env!("CARGO_MANIFEST_DIR")).join("../store/src");
+    let suite = include_str!("store.rs");
+    let mut sources = String::new();
+    for entry in std::fs::read_dir(&store).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            sources.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    let mut checked = 0;
+    for entry in std::fs::read_dir(store.join("sql")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let include = format!("include_str!(\"sql/{name}\")");
+        let at = sources
+            .find(&include)
+            .unwrap_or_else(|| panic!("{name} is included by no store function"));
+        // the public function around the include
+        let function = sources[..at]
+            .rsplit("pub async fn ")
+            .next()
+            .and_then(|rest| rest.split('(').next())
+            .unwrap();
+        assert!(
+            suite.contains(&format!("db::{function}(")),
+            "{name} runs in `{function}`, which this suite never calls"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} files found");
+}
