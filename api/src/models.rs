@@ -130,6 +130,30 @@ documented_state! {
     }
 }
 
+documented_state! {
+    /// Why a delivery died; `reason` says it with its detail.
+    DeadReasonKind mirrors state::DeadReasonKind {
+        /// The receiver answered 410 Gone; the subscription was disabled.
+        EndpointGone,
+        /// The subscription was disabled.
+        SubscriptionDisabled,
+        /// A Slack delivery with the connector not configured.
+        ConnectorNotConfigured,
+        /// Its workers stopped before finishing it too often.
+        LeaseExpired,
+        /// Every attempt failed.
+        MaxAttemptsExceeded,
+        /// Slack refused the message, or no message could be built from the payload.
+        SlackRejected,
+        /// Slack's answer could not be read: the message may have been posted.
+        SlackUnconfirmed,
+        /// The database refused to store the attempt's outcome.
+        OutcomeUnstorable,
+        /// A reason this version does not know (written by another version): `reason` says it.
+        Unrecognized,
+    }
+}
+
 /// A delivery of an event to one target.
 #[derive(Object, Debug)]
 pub struct Delivery {
@@ -441,8 +465,10 @@ pub struct DeadLetter {
     pub subscription_id: Option<Uuid>,
     /// Where it was going.
     pub target: Target,
-    /// Why it died.
+    /// Why it died, with the detail (`max_attempts_exceeded: http_500`).
     pub reason: String,
+    /// The kind of reason, for filtering and alerting.
+    pub reason_code: DeadReasonKind,
     /// When it died.
     pub created_at: DateTime<Utc>,
     /// When it was replayed.
@@ -459,7 +485,8 @@ impl From<db::DeadLetterRow> for DeadLetter {
             event_id: row.event_id,
             subscription_id: row.subscription_id,
             target: row.target.into(),
-            reason: row.reason,
+            reason_code: row.reason.kind().into(),
+            reason: row.reason.to_string(),
             created_at: row.created_at,
             replayed_at: row.replayed_at,
             replay_delivery_id: row.replay_delivery_id,
@@ -562,6 +589,9 @@ mod tests {
         }
         for state in state::AttemptOutcome::ALL {
             assert_eq!(written(&AttemptOutcome::from(*state)), state.as_str());
+        }
+        for state in state::DeadReasonKind::ALL {
+            assert_eq!(written(&DeadReasonKind::from(*state)), state.as_str());
         }
     }
 }

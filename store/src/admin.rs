@@ -12,7 +12,7 @@ use crate::{
     entity::{attempts, dead_letters, deliveries, events, subscriptions},
     orm::{newest_first, parse_state},
 };
-use shared::state::{AttemptOutcome, DeliveryStatus, Target};
+use shared::state::{AttemptOutcome, DeadReason, DeliveryStatus, Target};
 
 /// One recorded attempt.
 #[derive(Clone, Debug)]
@@ -177,7 +177,7 @@ pub struct DeadLetterRow {
     /// Where it was going.
     pub target: Target,
     /// Why it died.
-    pub reason: String,
+    pub reason: DeadReason,
     /// When it died.
     pub created_at: DateTime<Utc>,
     /// When it was replayed.
@@ -196,7 +196,7 @@ impl TryFrom<dead_letters::Model> for DeadLetterRow {
             event_id: row.event_id,
             subscription_id: row.subscription_id,
             target: parse_state(&row.target)?,
-            reason: row.reason,
+            reason: DeadReason::from_stored(&row.reason),
             created_at: row.created_at,
             replayed_at: row.replayed_at,
             replay_delivery_id: row.replay_delivery_id,

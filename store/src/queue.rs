@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::{Db, DbError};
 use shared::{
     crypto::{CryptoError, SecretCipher},
-    state::{AttemptOutcome, DeliveryStatus, Target},
+    state::{AttemptOutcome, DeadReason, DeliveryStatus, Target},
 };
 
 /// A leased delivery with everything its send needs.
@@ -159,13 +159,8 @@ pub enum NextState {
     Delivered,
     /// Try again after this delay.
     Retry(Duration),
-    /// Dead-lettered with this reason.
-    Dead {
-        /// Why.
-        reason: String,
-        /// Also disable the subscription (410 Gone).
-        disable_subscription: bool,
-    },
+    /// Dead-lettered with this reason (410 Gone also disables the subscription).
+    Dead(DeadReason),
     /// The subscription was deleted; no request was made.
     Cancelled,
 }
@@ -184,7 +179,7 @@ impl NextState {
                 *delay,
                 AttemptOutcome::RetryScheduled,
             ),
-            Self::Dead { .. } => (
+            Self::Dead(_) => (
                 DeliveryStatus::Dead,
                 Duration::ZERO,
                 AttemptOutcome::DeadLettered,
@@ -214,23 +209,17 @@ impl NextState {
         }
     }
 
-    /// The dead letter's reason, when the delivery dies.
-    pub(crate) fn dead_reason(&self) -> Option<&str> {
+    /// The dead letter's reason as stored, when the delivery dies.
+    pub(crate) fn dead_reason(&self) -> Option<String> {
         match self {
-            Self::Dead { reason, .. } => Some(reason),
+            Self::Dead(reason) => Some(reason.to_string()),
             _ => None,
         }
     }
 
     /// Whether the subscription is disabled with it (410 Gone).
     pub(crate) fn disables_subscription(&self) -> bool {
-        matches!(
-            self,
-            Self::Dead {
-                disable_subscription: true,
-                ..
-            }
-        )
+        matches!(self, Self::Dead(reason) if reason.disables_subscription())
     }
 }
 
@@ -280,14 +269,15 @@ pub struct Completion {
 impl Completion {
     /// Whether a text a receiver can shape holds NUL (see [`storable`](Self::storable)).
     fn holds_nul(&self) -> bool {
+        // rendered only for a death, which is rare
         let reason = match &self.next {
-            NextState::Dead { reason, .. } => Some(reason.as_str()),
+            NextState::Dead(reason) => Some(reason.to_string()),
             _ => None,
         };
         let attempt = self.attempt.as_ref();
         [
             self.last_error.as_deref(),
-            reason,
+            reason.as_deref(),
             attempt.and_then(|a| a.response_body.as_deref()),
             attempt.and_then(|a| a.error.as_deref()),
             attempt.and_then(|a| a.external_id.as_deref()),
@@ -302,14 +292,14 @@ impl Completion {
     /// value cannot hold NUL, and one refused value would fail the whole flush.
     fn storable(&self) -> Self {
         let mut completion = self.clone();
-        storable_in_place(&mut completion.last_error);
-        if let NextState::Dead { reason, .. } = &mut completion.next {
-            *reason = storable_text(reason).into_owned();
+        storable_in_place(completion.last_error.as_mut());
+        if let NextState::Dead(reason) = &mut completion.next {
+            storable_in_place(reason.detail_mut());
         }
         if let Some(attempt) = &mut completion.attempt {
-            storable_in_place(&mut attempt.response_body);
-            storable_in_place(&mut attempt.error);
-            storable_in_place(&mut attempt.external_id);
+            storable_in_place(attempt.response_body.as_mut());
+            storable_in_place(attempt.error.as_mut());
+            storable_in_place(attempt.external_id.as_mut());
         }
         completion
     }
@@ -325,7 +315,7 @@ pub fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn storable_in_place(text: &mut Option<String>) {
+fn storable_in_place(text: Option<&mut String>) {
     if let Some(value) = text
         && let std::borrow::Cow::Owned(scrubbed) = storable_text(value)
     {

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use shared::{
     config::SlackFanout,
     crypto::SecretCipher,
-    state::{AttemptOutcome, DeliveryStatus, Target},
+    state::{AttemptOutcome, DeadReason, DeliveryStatus, Target},
 };
 use store::{
     self as db, AttemptRecord, BulkReplayFilter, Completion, Db, DeadLetterFilter, DeliveryFilter,
@@ -162,11 +162,9 @@ async fn lease_and_complete(db: &Db, next: impl Fn(&str) -> NextState) -> usize 
         .len()
 }
 
-fn dead(reason: &str) -> NextState {
-    NextState::Dead {
-        reason: reason.to_owned(),
-        disable_subscription: false,
-    }
+/// Dead after the last attempt failed with `class`.
+fn dead(class: &str) -> NextState {
+    NextState::Dead(DeadReason::MaxAttemptsExceeded(class.to_owned()))
 }
 
 async fn subscriptions_are_created_read_listed_changed_and_deleted(test: TestDb) {
@@ -653,11 +651,8 @@ async fn completions_write_states_attempts_and_dead_letters(test: TestDb) {
     let completions = lease_for(db, |event_type| match event_type {
         "ok" => NextState::Delivered,
         "retry" => NextState::Retry(Duration::from_secs(600)),
-        "dead" => dead("max_attempts_exceeded: http_500"),
-        _ => NextState::Dead {
-            reason: "endpoint_gone".to_owned(),
-            disable_subscription: true,
-        },
+        "dead" => dead("http_500\0"),
+        _ => NextState::Dead(DeadReason::EndpointGone),
     })
     .await;
     let ok = completions
@@ -722,6 +717,20 @@ async fn completions_write_states_attempts_and_dead_letters(test: TestDb) {
             .is_none()
     );
 
+    // each dead letter says why, with a receiver-shaped detail made storable
+    let mut reasons: Vec<String> =
+        db::list_dead_letters(db, &DeadLetterFilter::default(), page(10))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|letter| letter.reason.to_string())
+            .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        ["endpoint_gone", "max_attempts_exceeded: http_500\u{fffd}"]
+    );
+
     // 410 Gone disables the subscription with its reason
     let gone = db::get_subscription(db, subscription)
         .await
@@ -776,22 +785,17 @@ async fn dead_letters_are_listed_and_replayed_once(test: TestDb) {
     let kept = subscribe(db, &["kept"]).await;
     let deleted = subscribe(db, &["deleted"]).await;
     let stored = publish(db, &[event("kept", None, "1"), event("deleted", None, "2")]).await;
-    assert_eq!(
-        lease_and_complete(db, |_| dead("max_attempts_exceeded: timeout")).await,
-        2
-    );
+    assert_eq!(lease_and_complete(db, |_| dead("timeout")).await, 2);
 
     let all = db::list_dead_letters(db, &DeadLetterFilter::default(), page(10))
         .await
         .unwrap();
     assert_eq!(all.len(), 2);
     assert!(all[0].id > all[1].id, "newest first");
-    assert!(
-        all.iter()
-            .all(|letter| letter.reason == "max_attempts_exceeded: timeout"
-                && letter.target == Target::Webhook
-                && letter.replayed_at.is_none())
-    );
+    assert!(all.iter().all(|letter| letter.reason
+        == DeadReason::MaxAttemptsExceeded("timeout".to_owned())
+        && letter.target == Target::Webhook
+        && letter.replayed_at.is_none()));
     let of_kept = DeadLetterFilter {
         subscription_id: Some(kept),
         ..DeadLetterFilter::default()
@@ -863,7 +867,7 @@ async fn a_bulk_replay_takes_what_its_dry_run_counted(test: TestDb) {
         .map(|n| event(if n < 3 { "a" } else { "b" }, None, &n.to_string()))
         .collect();
     publish(db, &events).await;
-    let died = lease_and_complete(db, |_| dead("max_attempts_exceeded: http_503")).await;
+    let died = lease_and_complete(db, |_| dead("http_503")).await;
     assert_eq!(died, 5);
     let after = Utc::now() + chrono::Duration::seconds(1);
 
@@ -940,7 +944,7 @@ async fn the_console_numbers_and_the_queue_sample_count_due_work(test: TestDb) {
     assert!(sample.oldest_due_age_seconds.unwrap() >= 0.0);
     lease_and_complete(db, |event_type| match event_type {
         "ok" => NextState::Delivered,
-        "dead" => dead("max_attempts_exceeded: http_500"),
+        "dead" => dead("http_500"),
         _ => NextState::Retry(Duration::ZERO),
     })
     .await;

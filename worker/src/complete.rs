@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use shared::{
     retry::{RetryPolicy, jitter},
-    state::Target,
+    // what an attempt whose record the database refused is stored as
+    state::{DeadReason, OUTCOME_UNSTORABLE as UNSTORABLE, Target},
 };
 use store::{self as db, AttemptRecord, Completion, Db, NextState};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -66,22 +67,15 @@ pub async fn run(
     }
 }
 
-/// What an attempt whose record the database refused is stored as.
-pub const UNSTORABLE: &str = "outcome_unstorable: the database refused this attempt's record";
-
 /// `completion` as a failed attempt without any text the receiver shaped: what is written when
 /// the database refuses the original alone.
 fn unstorable(completion: &Completion, retry: &RetryPolicy) -> Completion {
     let Some(attempt) = &completion.attempt else {
         // no request was made: keep the decision, drop its texts
         let next = match &completion.next {
-            NextState::Dead {
-                disable_subscription,
-                ..
-            } => NextState::Dead {
-                reason: UNSTORABLE.to_owned(),
-                disable_subscription: *disable_subscription,
-            },
+            // such deaths (a disabled subscription, a Slack message that cannot be built)
+            // never disable the subscription, so nothing is lost with the reason's detail
+            NextState::Dead(_) => NextState::Dead(DeadReason::OutcomeUnstorable),
             other => other.clone(),
         };
         return Completion {
@@ -91,12 +85,7 @@ fn unstorable(completion: &Completion, retry: &RetryPolicy) -> Completion {
         };
     };
     let number = u32::try_from(attempt.attempt_number).unwrap_or(u32::MAX);
-    let next = after_failure(
-        retry,
-        number,
-        format!("max_attempts_exceeded: {UNSTORABLE}"),
-        None,
-    );
+    let next = after_failure(retry, number, UNSTORABLE.to_owned(), None);
     Completion {
         next,
         last_error: Some(UNSTORABLE.to_owned()),

@@ -98,10 +98,10 @@ impl DeliveryContext {
     pub fn after_failure(
         &self,
         attempt: u32,
-        dead_reason: String,
+        failure: String,
         retry_after: Option<Duration>,
     ) -> NextState {
-        crate::outcome::after_failure(&self.retry, attempt, dead_reason, retry_after)
+        crate::outcome::after_failure(&self.retry, attempt, failure, retry_after)
     }
 }
 

@@ -7,7 +7,7 @@ use shared::{
     domain::redact_url,
     retry::{Verdict, classify_status},
     signing,
-    state::Target,
+    state::{DeadReason, Target},
 };
 use store::{AttemptRecord, DeliverySubscription, LeasedDelivery, NextState};
 
@@ -41,11 +41,19 @@ pub fn precheck(
             ),
             external_id: None,
         };
-        return Some(Outcome::dead(delivery, "lease_expired", Some(record)));
+        return Some(Outcome::dead(
+            delivery,
+            DeadReason::LeaseExpired,
+            Some(record),
+        ));
     }
     if delivery.target == Target::Slack {
         if context.slack.is_none() {
-            return Some(Outcome::dead(delivery, "connector_not_configured", None));
+            return Some(Outcome::dead(
+                delivery,
+                DeadReason::ConnectorNotConfigured,
+                None,
+            ));
         }
         return None;
     }
@@ -53,9 +61,11 @@ pub fn precheck(
         // a deleted subscription's row stays (soft delete); a missing one is treated the same
         None => Some(Outcome::cancelled(delivery)),
         Some(subscription) if subscription.deleted => Some(Outcome::cancelled(delivery)),
-        Some(subscription) if !subscription.enabled => {
-            Some(Outcome::dead(delivery, "subscription_disabled", None))
-        }
+        Some(subscription) if !subscription.enabled => Some(Outcome::dead(
+            delivery,
+            DeadReason::SubscriptionDisabled,
+            None,
+        )),
         Some(_) => None,
     }
 }
@@ -227,22 +237,20 @@ pub fn outcome_of(
     };
     let next = match verdict {
         Verdict::Delivered => NextState::Delivered,
-        Verdict::Gone => NextState::Dead {
-            reason: "endpoint_gone".to_owned(),
-            disable_subscription: true,
-        },
+        Verdict::Gone => NextState::Dead(DeadReason::EndpointGone),
         Verdict::Retry {
             reason,
             retry_after,
-        } => context.after_failure(attempt, dead_reason(&reason), retry_after),
+        } => context.after_failure(attempt, failure_class(&reason), retry_after),
     };
     Outcome::attempted(delivery, next, error, record)
 }
 
 /// The short class of a failure, e.g. `http_500` or `timeout`, for dead letters.
-fn dead_reason(reason: &str) -> String {
-    let class = reason.split([':', ' ']).next().unwrap_or(reason);
-    format!("max_attempts_exceeded: {class}")
+/// The class of a failure (`http_500`, `timeout`, `connection_error`), without the detail
+/// after it: what a dead letter after the last attempt says.
+fn failure_class(reason: &str) -> String {
+    reason.split([':', ' ']).next().unwrap_or(reason).to_owned()
 }
 
 #[cfg(test)]
@@ -320,10 +328,7 @@ mod tests {
         assert_eq!(run(1, answered(204, None)), NextState::Delivered);
         assert_eq!(
             run(1, answered(410, None)),
-            NextState::Dead {
-                reason: "endpoint_gone".into(),
-                disable_subscription: true
-            }
+            NextState::Dead(DeadReason::EndpointGone)
         );
         assert_eq!(
             run(2, answered(429, Some("120"))),
@@ -351,10 +356,7 @@ mod tests {
         ));
         assert_eq!(
             run(5, answered(500, None)),
-            NextState::Dead {
-                reason: "max_attempts_exceeded: http_500".into(),
-                disable_subscription: false
-            }
+            NextState::Dead(DeadReason::MaxAttemptsExceeded("http_500".into()))
         );
         assert_eq!(
             run(
@@ -363,10 +365,7 @@ mod tests {
                     error: "connection_error: refused".into()
                 }
             ),
-            NextState::Dead {
-                reason: "max_attempts_exceeded: connection_error".into(),
-                disable_subscription: false
-            }
+            NextState::Dead(DeadReason::MaxAttemptsExceeded("connection_error".into()))
         );
     }
 
@@ -376,13 +375,7 @@ mod tests {
         let subscription = None;
         match precheck(&context, &delivery(4), subscription) {
             Some(Outcome::Complete(completion)) => {
-                assert_eq!(
-                    completion.next,
-                    NextState::Dead {
-                        reason: "lease_expired".into(),
-                        disable_subscription: false
-                    }
-                );
+                assert_eq!(completion.next, NextState::Dead(DeadReason::LeaseExpired));
             }
             other => panic!("{other:?}"),
         }

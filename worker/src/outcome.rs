@@ -3,23 +3,21 @@
 
 use std::time::Duration;
 
-use shared::retry::RetryPolicy;
+use shared::{retry::RetryPolicy, state::DeadReason};
 use store::{AttemptRecord, Completion, LeasedDelivery, NextState};
 use uuid::Uuid;
 
-/// The next state after failed attempt `attempt`: dead with `dead_reason` after the last
-/// attempt, else a retry after `retry_after` or the jittered backoff.
+/// The next state after failed attempt `attempt`: dead after the last attempt, with the
+/// failure's class (`http_500`, `timeout`, …) as the reason's detail; else a retry after
+/// `retry_after` or the jittered backoff.
 pub fn after_failure(
     retry: &RetryPolicy,
     attempt: u32,
-    dead_reason: String,
+    failure: String,
     retry_after: Option<Duration>,
 ) -> NextState {
     if retry.is_last(attempt) {
-        NextState::Dead {
-            reason: dead_reason,
-            disable_subscription: false,
-        }
+        NextState::Dead(DeadReason::MaxAttemptsExceeded(failure))
     } else {
         NextState::Retry(retry_after.unwrap_or_else(|| retry.next_delay(attempt)))
     }
@@ -55,18 +53,14 @@ impl Outcome {
     /// made (or stands for one).
     pub fn dead(
         delivery: &LeasedDelivery,
-        reason: impl Into<String>,
+        reason: DeadReason,
         attempt: Option<AttemptRecord>,
     ) -> Self {
-        let reason = reason.into();
         Self::Complete(Completion {
             delivery_id: delivery.id,
             lease_token: delivery.lease_token,
-            next: NextState::Dead {
-                reason: reason.clone(),
-                disable_subscription: false,
-            },
-            last_error: Some(reason),
+            last_error: Some(reason.to_string()),
+            next: NextState::Dead(reason),
             attempt,
         })
     }

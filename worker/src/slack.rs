@@ -8,7 +8,7 @@ use chrono::Utc;
 use shared::{
     config::SlackConnector,
     slack::{self, MessageError, SlackVerdict},
-    state::Target,
+    state::{DeadReason, Target},
 };
 use store::{AttemptRecord, LeasedDelivery, NextState};
 
@@ -36,14 +36,14 @@ pub async fn deliver_slack(
         Err(error) => {
             let reason = match error {
                 MessageError::NoChannel => {
-                    "slack_no_channel: set IH_SLACK_DEFAULT_CHANNEL or the payload's slack_channel"
+                    "no_channel: set IH_SLACK_DEFAULT_CHANNEL or the payload's slack_channel"
                 }
                 MessageError::ChannelNotAllowed => {
-                    "slack_channel_not_allowed: the payload's slack_channel is not in IH_SLACK_ALLOWED_CHANNELS"
+                    "channel_not_allowed: the payload's slack_channel is not in IH_SLACK_ALLOWED_CHANNELS"
                 }
-                MessageError::PayloadNotAnObject => "slack_payload_not_an_object",
+                MessageError::PayloadNotAnObject => "payload_not_an_object",
             };
-            return Outcome::dead(delivery, reason, None);
+            return Outcome::dead(delivery, DeadReason::SlackRejected(reason.to_owned()), None);
         }
     };
     let channel = message["channel"].as_str().unwrap_or_default().to_owned();
@@ -111,13 +111,11 @@ pub async fn deliver_slack(
             record.external_id = ts;
             (NextState::Delivered, None)
         }
-        SlackVerdict::Permanent(error) => (
-            NextState::Dead {
-                reason: format!("slack_{error}"),
-                disable_subscription: false,
-            },
-            Some(format!("slack_{error}")),
-        ),
+        SlackVerdict::Permanent(error) => {
+            let reason = DeadReason::SlackRejected(error);
+            let text = reason.to_string();
+            (NextState::Dead(reason), Some(text))
+        }
         SlackVerdict::RateLimited(retry_after) => retry_or_die(
             context,
             attempt_number,
@@ -126,10 +124,7 @@ pub async fn deliver_slack(
         ),
         SlackVerdict::Transient(error) => retry_or_die(context, attempt_number, error, None),
         SlackVerdict::Unconfirmed(error) => (
-            NextState::Dead {
-                reason: format!("{error} (may have been posted; replay to post again)"),
-                disable_subscription: false,
-            },
+            NextState::Dead(DeadReason::SlackUnconfirmed(error.clone())),
             Some(error),
         ),
     };
@@ -153,10 +148,6 @@ fn retry_or_die(
     error: String,
     retry_after: Option<Duration>,
 ) -> (NextState, Option<String>) {
-    let next = context.after_failure(
-        attempt,
-        format!("max_attempts_exceeded: {error}"),
-        retry_after,
-    );
+    let next = context.after_failure(attempt, error.clone(), retry_after);
     (next, Some(error))
 }

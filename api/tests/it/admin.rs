@@ -72,6 +72,8 @@ async fn a_dead_letter_is_replayed_once() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listed["data"][0]["id"], dead_letter_id.to_string());
     assert_eq!(listed["data"][0]["reason"], "http_500");
+    // a text no version of the worker writes is listed as stored, not refused
+    assert_eq!(listed["data"][0]["reason_code"], "unrecognized");
     assert_eq!(
         listed["data"][0]["subscription_id"],
         subscription_id.to_string()

@@ -189,7 +189,10 @@ async fn a_receiver_that_always_fails_dead_letters_and_replay_delivers() {
     );
     assert_eq!(receiver.count(), 3);
     let letters = dead_letters(&db).await;
-    assert_eq!(letters[0].reason, "max_attempts_exceeded: http_500");
+    assert_eq!(
+        letters[0].reason.to_string(),
+        "max_attempts_exceeded: http_500"
+    );
     assert_eq!(letters[0].event_id, event_id);
 
     receiver.reply_with(|_, _| Reply::status(200));

@@ -110,7 +110,7 @@ async fn permanent_slack_errors_dead_letter_at_once_and_replay() {
     assert_eq!(slack.count(), 1, "no retry of a permanent error");
     let letters = dead_letters(&db).await;
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].reason, "slack_channel_not_found");
+    assert_eq!(letters[0].reason.to_string(), "slack_channel_not_found");
     assert_eq!(letters[0].target, Target::Slack);
     assert_eq!(letters[0].event_id, event_id);
 
@@ -334,7 +334,10 @@ async fn an_unreadable_answer_after_a_2xx_is_recorded_and_never_reposted() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id, event_id);
     assert!(
-        letters[0].reason.starts_with("slack_unreadable_answer"),
+        letters[0]
+            .reason
+            .to_string()
+            .starts_with("slack_unreadable_answer"),
         "{}",
         letters[0].reason
     );
