@@ -30,6 +30,9 @@ pub struct Scenario {
     pub batch: usize,
     /// Subscriptions per event.
     pub endpoints: usize,
+    /// Subscriptions to event types the run never publishes: they must cost the publish
+    /// nothing.
+    pub other_subscriptions: usize,
     /// Steady rate in events per second; 0 means a burst.
     pub rate: f64,
     /// Steady duration in seconds.
@@ -239,6 +242,18 @@ pub async fn run(target: Target, scenario: Scenario) -> anyhow::Result<Report> {
             .post(
                 "/api/v1/subscriptions",
                 json!({"url": format!("http://{sink_address}/e{endpoint}"), "events": [event_type]}),
+            )
+            .await?;
+        subscriptions.push(created["id"].as_str().unwrap_or_default().to_owned());
+    }
+    for other in 0..scenario.other_subscriptions {
+        let created = client
+            .post(
+                "/api/v1/subscriptions",
+                json!({
+                    "url": format!("http://{sink_address}/other{other}"),
+                    "events": [format!("{event_type}_other_{other}")],
+                }),
             )
             .await?;
         subscriptions.push(created["id"].as_str().unwrap_or_default().to_owned());

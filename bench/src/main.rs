@@ -61,6 +61,9 @@ struct RunArgs {
     /// Subscriptions per event (fan-out).
     #[arg(long, default_value_t = 1)]
     endpoints: usize,
+    /// Subscriptions to other event types, created before the run.
+    #[arg(long, default_value_t = 0)]
+    other_subscriptions: usize,
     /// Steady publish rate in events per second (0 = burst).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -89,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency: args.concurrency,
                 batch: args.batch,
                 endpoints: args.endpoints,
+                other_subscriptions: args.other_subscriptions,
                 rate: args.rate,
                 duration_seconds: args.duration,
                 fail_rate: args.fail_rate,

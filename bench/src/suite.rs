@@ -63,6 +63,7 @@ fn scenario(label: &str) -> Scenario {
         concurrency: 32,
         batch: 1,
         endpoints: 1,
+        other_subscriptions: 0,
         rate: 0.0,
         duration_seconds: 0.0,
         fail_rate: 0.0,
@@ -83,6 +84,15 @@ fn plans() -> Vec<Plan> {
             Scenario {
                 events: 20_000,
                 ..scenario("burst 20k single, c32")
+            },
+            1,
+            128,
+        ),
+        plan(
+            Scenario {
+                events: 20_000,
+                other_subscriptions: 1_000,
+                ..scenario("burst 20k single, c32, 1,000 other subscriptions")
             },
             1,
             128,

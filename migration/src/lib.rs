@@ -24,6 +24,7 @@ use sqlx::{
 };
 
 mod m20261128_000001_initial;
+mod m20261129_000002_subscription_routes;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -31,7 +32,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261128_000001_initial::Migration)]
+        vec![
+            Box::new(m20261128_000001_initial::Migration),
+            Box::new(m20261129_000002_subscription_routes::Migration),
+        ]
     }
 }
 
@@ -42,6 +46,10 @@ pub const SCHEMA_FINGERPRINT_SOURCE: &str = concat!(
     include_str!("sql/m20261128_000001_initial.down.sql"),
     include_str!("sql/m20261128_000001_initial.sqlite.up.sql"),
     include_str!("sql/m20261128_000001_initial.sqlite.down.sql"),
+    include_str!("sql/m20261129_000002_subscription_routes.up.sql"),
+    include_str!("sql/m20261129_000002_subscription_routes.down.sql"),
+    include_str!("sql/m20261129_000002_subscription_routes.sqlite.up.sql"),
+    include_str!("sql/m20261129_000002_subscription_routes.sqlite.down.sql"),
 );
 
 /// Key of the session advisory lock that serialises concurrent `ih-migrate` runs.

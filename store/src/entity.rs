@@ -41,6 +41,26 @@ pub mod subscriptions {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// `subscription_routes`: which subscriptions an event type reaches (`*` for all).
+pub mod routes {
+    use sea_orm::entity::prelude::*;
+
+    /// One event type of one subscription.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "subscription_routes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_type: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub subscription_id: Uuid,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// `outbox_events`.
 pub mod events {
     use sea_orm::entity::prelude::*;

@@ -1,7 +1,10 @@
 //! Subscription storage. Secrets are sealed here before they are written (see
 //! [`shared::crypto`]) and never read back by these queries: no listing or lookup returns them.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -15,7 +18,10 @@ use uuid::Uuid;
 
 use crate::{
     Db, DbError, Page,
-    entity::subscriptions::{self, Column},
+    entity::{
+        routes,
+        subscriptions::{self, Column},
+    },
 };
 use shared::crypto::{CryptoError, SecretCipher};
 
@@ -96,6 +102,32 @@ async fn read_row(
         .await?)
 }
 
+/// Makes the routes of subscription `id` the event types `event_types` (none: a deleted
+/// subscription), on `connection`: the transaction that changes the subscription, so the
+/// publish fan-out never sees one without the other.
+async fn route(
+    connection: &impl ConnectionTrait,
+    id: Uuid,
+    event_types: &[String],
+) -> Result<(), DbError> {
+    routes::Entity::delete_many()
+        .filter(routes::Column::SubscriptionId.eq(id))
+        .exec(connection)
+        .await?;
+    let distinct: BTreeSet<&String> = event_types.iter().collect();
+    if distinct.is_empty() {
+        return Ok(());
+    }
+    let rows = distinct.into_iter().map(|event_type| routes::ActiveModel {
+        event_type: Set(event_type.clone()),
+        subscription_id: Set(id),
+    });
+    routes::Entity::insert_many(rows)
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
 fn json(value: impl Serialize) -> Result<serde_json::Value, DbError> {
     serde_json::to_value(value)
         .map_err(|error| DbError::Orm(sea_orm::DbErr::Json(error.to_string())))
@@ -147,6 +179,7 @@ pub async fn insert_subscription(
     subscriptions::Entity::insert(row)
         .exec_without_returning(&transaction)
         .await?;
+    route(&transaction, subscription.id, &subscription.event_types).await?;
     let stored = read_row(&transaction, subscription.id).await?;
     transaction.commit().await?;
     stored.ok_or_else(|| DbError::Other(sqlx::Error::RowNotFound))
@@ -248,6 +281,9 @@ pub async fn update_subscription(
     if update.exec(&transaction).await?.rows_affected == 0 {
         return Ok(None);
     }
+    if let Some(event_types) = &patch.event_types {
+        route(&transaction, id, event_types).await?;
+    }
     let row = read_row(&transaction, id).await?;
     transaction.commit().await?;
     Ok(row)
@@ -259,15 +295,21 @@ pub async fn update_subscription(
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn delete_subscription(db: &Db, id: Uuid) -> Result<bool, DbError> {
+    let transaction = db.orm_writer().begin().await?;
     let deleted = subscriptions::Entity::update_many()
         .col_expr(Column::DeletedAt, db.now())
         .col_expr(Column::Enabled, Expr::value(false))
         .col_expr(Column::UpdatedAt, db.now())
         .filter(Column::Id.eq(id))
         .filter(Column::DeletedAt.is_null())
-        .exec(&db.orm_writer())
+        .exec(&transaction)
         .await?;
-    Ok(deleted.rows_affected == 1)
+    if deleted.rows_affected == 0 {
+        return Ok(false);
+    }
+    route(&transaction, id, &[]).await?;
+    transaction.commit().await?;
+    Ok(true)
 }
 
 /// Replaces the secret; the old one keeps signing for `grace_seconds`.

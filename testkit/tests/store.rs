@@ -61,6 +61,8 @@ contract!(
     a_bulk_replay_takes_what_its_dry_run_counted,
     the_console_numbers_and_the_queue_sample_count_due_work,
     the_handle_pings_wakes_and_closes,
+    publish_reaches_the_subscriptions_routed_to_its_event_type,
+    the_migration_routes_the_subscriptions_there_are,
 );
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -990,6 +992,170 @@ async fn the_handle_pings_wakes_and_closes(test: TestDb) {
     assert!(open >= 1 && idle <= open as usize);
     db.close().await;
     assert!(db::ping(db).await.unwrap_err().is_unavailable());
+}
+
+/// The webhook subscriptions an event's deliveries went to, sorted.
+async fn fanned_out_to(db: &Db, event_id: Uuid) -> Vec<Uuid> {
+    let (_, deliveries) = db::get_event(db, event_id).await.unwrap().unwrap();
+    let mut subscriptions: Vec<Uuid> = deliveries
+        .iter()
+        .filter_map(|delivery| delivery.subscription_id)
+        .collect();
+    subscriptions.sort();
+    subscriptions
+}
+
+/// Publishes one event of each type and returns, per type, the subscriptions it reached; the
+/// count answered at publish must be the rows inserted.
+async fn reached(db: &Db, event_types: &[&str]) -> Vec<Vec<Uuid>> {
+    let events: Vec<NewEvent> = event_types
+        .iter()
+        .map(|event_type| event(event_type, None, event_type))
+        .collect();
+    let mut reached = Vec::new();
+    for stored in publish(db, &events).await {
+        let subscriptions = fanned_out_to(db, stored.id).await;
+        assert_eq!(
+            usize::try_from(stored.deliveries_created).unwrap(),
+            subscriptions.len()
+        );
+        reached.push(subscriptions);
+    }
+    reached
+}
+
+fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+    ids.sort();
+    ids
+}
+
+async fn publish_reaches_the_subscriptions_routed_to_its_event_type(test: TestDb) {
+    let db = &test.pool;
+    let only_a = subscribe(db, &["a"]).await;
+    let all = subscribe(db, &["*"]).await;
+    let a_and_all = subscribe(db, &["a", "*", "a"]).await;
+    let only_b = subscribe(db, &["b"]).await;
+    // subscriptions to other types reach nothing here
+    for n in 0..50 {
+        subscribe(db, &[&format!("other.{n}")]).await;
+    }
+    assert_eq!(
+        reached(db, &["a", "b", "c"]).await,
+        [
+            sorted(vec![only_a, all, a_and_all]),
+            sorted(vec![all, a_and_all, only_b]),
+            sorted(vec![all, a_and_all]),
+        ],
+        "a subscription naming the type and `*` gets one delivery"
+    );
+
+    // the routes follow changes of event types, disabling and deletion
+    let to_a = SubscriptionPatch {
+        event_types: Some(vec!["a".to_owned()]),
+        ..SubscriptionPatch::default()
+    };
+    db::update_subscription(db, only_b, &to_a).await.unwrap();
+    let off = SubscriptionPatch {
+        enabled: Some(false),
+        ..SubscriptionPatch::default()
+    };
+    db::update_subscription(db, all, &off).await.unwrap();
+    assert!(db::delete_subscription(db, only_a).await.unwrap());
+    assert_eq!(
+        reached(db, &["a", "b"]).await,
+        [sorted(vec![a_and_all, only_b]), vec![a_and_all]]
+    );
+    let on = SubscriptionPatch {
+        enabled: Some(true),
+        ..SubscriptionPatch::default()
+    };
+    db::update_subscription(db, all, &on).await.unwrap();
+    assert_eq!(reached(db, &["b"]).await, [sorted(vec![all, a_and_all])]);
+}
+
+async fn the_migration_routes_the_subscriptions_there_are(test: TestDb) {
+    let db = &test.pool;
+    let kept = subscribe(db, &["a", "b"]).await;
+    let wildcard = subscribe(db, &["*"]).await;
+    let deleted = subscribe(db, &["a"]).await;
+    assert!(db::delete_subscription(db, deleted).await.unwrap());
+    // back to the schema before routes, then forward again: the routes are made from the
+    // subscriptions as they are
+    let applied = migration::run(&test.url, migration::Command::Down)
+        .await
+        .unwrap();
+    assert!(applied.iter().any(|m| !m.applied));
+    migration::run(&test.url, migration::Command::Up)
+        .await
+        .unwrap();
+    assert_eq!(
+        reached(db, &["a", "b", "c"]).await,
+        [
+            sorted(vec![kept, wildcard]),
+            sorted(vec![kept, wildcard]),
+            vec![wildcard],
+        ]
+    );
+}
+
+/// On a database with many subscriptions to other types, the fan-out's plan reads the routes
+/// of the event's type by key and never scans the subscriptions: whether the planner has
+/// statistics yet (subscriptions just created) or not, with a custom plan or the generic one
+/// a prepared statement settles on.
+#[tokio::test]
+async fn the_fan_out_reads_only_the_routes_of_the_event_type() {
+    let test = TestDb::on(Backend::Postgres).await;
+    let db = &test.pool;
+    subscribe(db, &["a"]).await;
+    let seed = "insert into subscriptions (id, url, secret, event_types)
+         select ih_uuid_v7(), 'http://127.0.0.1:9/hook', 'whsec_x', jsonb_build_array('other.' || n)
+         from generate_series(1, 2000) n;
+         insert into subscription_routes (event_type, subscription_id)
+         select event_types ->> 0, id from subscriptions where event_types ->> 0 like 'other.%'";
+    sqlx::raw_sql(seed).execute(test.pg()).await.unwrap();
+    let statement = include_str!("../../store/src/sql/publish_events.sql");
+    let prepare = format!(
+        "prepare publish (uuid[], text[], text[], text[], text[], text, text[], boolean, text[])
+         as {statement}"
+    );
+    for analyzed in [false, true] {
+        if analyzed {
+            sqlx::raw_sql("analyze subscriptions; analyze subscription_routes")
+                .execute(test.pg())
+                .await
+                .unwrap();
+        }
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            let mut connection = test.pg().acquire().await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "set plan_cache_mode = {mode}; {prepare}"
+            )))
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+            let plan: Vec<String> = sqlx::query_scalar(
+                "explain execute publish (array[ih_uuid_v7()], array['a'], array['{}'],
+                                          array[null::text], array['h'], 'p',
+                                          array[null::text], false, array[]::text[])",
+            )
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
+            sqlx::raw_sql("deallocate publish; reset plan_cache_mode")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            let plan = plan.join("\n");
+            let context = format!("analyzed: {analyzed}, {mode}\n{plan}");
+            assert!(!plan.contains("Seq Scan on subscriptions"), "{context}");
+            assert!(
+                !plan.contains("Seq Scan on subscription_routes"),
+                "{context}"
+            );
+            assert!(plan.contains("subscription_routes_pkey"), "{context}");
+        }
+    }
+    assert_eq!(reached(db, &["a"]).await[0].len(), 1);
 }
 
 /// Every `.sql` file of the store is included by a function this suite calls by name.

@@ -345,7 +345,7 @@ async fn both_backends_get_the_same_schema() {
         .await;
     postgres_columns.sort();
     sqlite_columns.sort();
-    assert_eq!(postgres_columns.len(), 58);
+    assert_eq!(postgres_columns.len(), 60);
     assert_eq!(postgres_columns, sqlite_columns);
 
     // named indexes; the primary and unique keys are constraints on both
@@ -364,7 +364,7 @@ async fn both_backends_get_the_same_schema() {
         .await;
     postgres_indexes.sort();
     sqlite_indexes.sort();
-    assert_eq!(postgres_indexes.len(), 5);
+    assert_eq!(postgres_indexes.len(), 6);
     assert_eq!(postgres_indexes, sqlite_indexes);
 }
 

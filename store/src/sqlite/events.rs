@@ -1,7 +1,8 @@
 //! The publish path and event queries on SQLite.
 
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
-use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, now};
@@ -9,8 +10,8 @@ use crate::{DbError, NewEvent, PublishOutcome, PublishedEvent, events::Idempoten
 use shared::{config::SlackFanout, state::Target};
 
 impl SqliteDb {
-    /// One immediate transaction: the live subscriptions read at its start cannot change before
-    /// its inserts, and a racing publish of the same key waits for it, then finds its row.
+    /// One immediate transaction: the live subscriptions it reads cannot change before its
+    /// inserts, and a racing publish of the same key waits for it, then finds its row.
     pub(crate) async fn publish_events(
         &self,
         scope: &str,
@@ -18,22 +19,33 @@ impl SqliteDb {
         slack: Option<&SlackFanout>,
     ) -> Result<PublishOutcome, DbError> {
         let mut transaction = self.write().await?;
-        let subscriptions: Vec<(Uuid, Json<Vec<String>>)> = sqlx::query_as(
-            "select id, event_types from subscriptions where enabled and deleted_at is null",
-        )
-        .fetch_all(&mut *transaction)
-        .await?;
+        // the live subscriptions of each event type of the request, through the routes'
+        // primary key; all read in the write transaction, so counts and rows agree
+        let mut routed: HashMap<&str, Vec<Uuid>> = HashMap::new();
+        for event in events {
+            if routed.contains_key(event.event_type.as_str()) {
+                continue;
+            }
+            let subscriptions: Vec<Uuid> = sqlx::query_scalar(
+                "select distinct s.id
+                 from subscription_routes r
+                 join subscriptions s on s.id = r.subscription_id
+                 where r.event_type in (?1, '*') and s.enabled and s.deleted_at is null
+                 order by s.id",
+            )
+            .bind(&event.event_type)
+            .fetch_all(&mut *transaction)
+            .await?;
+            routed.insert(&event.event_type, subscriptions);
+        }
         let mut answers = Vec::with_capacity(events.len());
         let mut deliveries = Vec::new();
         for (index, event) in events.iter().enumerate() {
-            let mut targets: Vec<(Target, Option<Uuid>)> = subscriptions
-                .iter()
-                .filter(|(_, types)| {
-                    types
-                        .iter()
-                        .any(|wanted| wanted == "*" || *wanted == event.event_type)
-                })
-                .map(|(id, _)| (Target::Webhook, Some(*id)))
+            let mut targets: Vec<(Target, Option<Uuid>)> = routed
+                .get(event.event_type.as_str())
+                .into_iter()
+                .flatten()
+                .map(|id| (Target::Webhook, Some(*id)))
                 .collect();
             if slack.is_some_and(|fanout| fanout.event_types.contains(&event.event_type)) {
                 targets.push((Target::Slack, None));
