@@ -29,7 +29,7 @@ struct Cli {
     #[arg(long)]
     #[serde(rename = "worker_batch_size", skip_serializing_if = "Option::is_none")]
     batch_size: Option<usize>,
-    /// Lease length in seconds; at least 2 × (delivery timeout + 0.1 s) (IH_WORKER_LEASE_SECONDS).
+    /// Lease length in seconds; at least 2 × (delivery timeout + the 25 ms completion flush) (IH_WORKER_LEASE_SECONDS).
     #[arg(long)]
     #[serde(
         rename = "worker_lease_seconds",
