@@ -102,9 +102,9 @@ async fn read_row(
         .await?)
 }
 
-/// Makes the routes of subscription `id` the event types `event_types` (none: a deleted
-/// subscription), on `connection`: the transaction that changes the subscription, so the
-/// publish fan-out never sees one without the other.
+/// Makes the routes of subscription `id` the event types `event_types` (none: a disabled or
+/// deleted subscription, which is routed nothing), on `connection`: the transaction that
+/// changes the subscription, so the publish fan-out never sees one without the other.
 async fn route(
     connection: &impl ConnectionTrait,
     id: Uuid,
@@ -179,7 +179,12 @@ pub async fn insert_subscription(
     subscriptions::Entity::insert(row)
         .exec_without_returning(&transaction)
         .await?;
-    route(&transaction, subscription.id, &subscription.event_types).await?;
+    let routed: &[String] = if subscription.enabled {
+        &subscription.event_types
+    } else {
+        &[]
+    };
+    route(&transaction, subscription.id, routed).await?;
     let stored = read_row(&transaction, subscription.id).await?;
     transaction.commit().await?;
     stored.ok_or_else(|| DbError::Other(sqlx::Error::RowNotFound))
@@ -281,10 +286,12 @@ pub async fn update_subscription(
     if update.exec(&transaction).await?.rows_affected == 0 {
         return Ok(None);
     }
-    if let Some(event_types) = &patch.event_types {
-        route(&transaction, id, event_types).await?;
-    }
     let row = read_row(&transaction, id).await?;
+    // the routes follow the subscription as it now is: its types, if it is enabled
+    if let Some(row) = &row {
+        let routed: &[String] = if row.enabled { &row.event_types.0 } else { &[] };
+        route(&transaction, id, routed).await?;
+    }
     transaction.commit().await?;
     Ok(row)
 }

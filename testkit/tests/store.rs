@@ -740,7 +740,6 @@ async fn completions_write_states_attempts_and_dead_letters(test: TestDb) {
         .unwrap();
     assert!(!gone.enabled);
     assert_eq!(gone.disabled_reason.as_deref(), Some("endpoint_gone"));
-
     // listings by status, subscription and event, newest first, paged
     let by_status = |status| DeliveryFilter {
         status: Some(status),
@@ -780,6 +779,17 @@ async fn completions_write_states_attempts_and_dead_letters(test: TestDb) {
     let one = db::list_deliveries(db, &of_event, page(10)).await.unwrap();
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].subscription_id, Some(subscription));
+
+    // the subscription 410 Gone disabled is routed nothing until it is enabled again
+    assert_eq!(reached(db, &["later"]).await, [Vec::<Uuid>::new()]);
+    let on = SubscriptionPatch {
+        enabled: Some(true),
+        ..SubscriptionPatch::default()
+    };
+    db::update_subscription(db, subscription, &on)
+        .await
+        .unwrap();
+    assert_eq!(reached(db, &["later"]).await, [vec![subscription]]);
 }
 
 async fn dead_letters_are_listed_and_replayed_once(test: TestDb) {
@@ -1079,6 +1089,12 @@ async fn the_migration_routes_the_subscriptions_there_are(test: TestDb) {
     let wildcard = subscribe(db, &["*"]).await;
     let deleted = subscribe(db, &["a"]).await;
     assert!(db::delete_subscription(db, deleted).await.unwrap());
+    let disabled = subscribe(db, &["a"]).await;
+    let off = SubscriptionPatch {
+        enabled: Some(false),
+        ..SubscriptionPatch::default()
+    };
+    db::update_subscription(db, disabled, &off).await.unwrap();
     // back to the schema before routes, then forward again: the routes are made from the
     // subscriptions as they are
     let applied = migration::run(&test.url, migration::Command::Down)
@@ -1098,10 +1114,11 @@ async fn the_migration_routes_the_subscriptions_there_are(test: TestDb) {
     );
 }
 
-/// On a database with many subscriptions to other types, the fan-out's plan reads the routes
-/// of the event's type by key and never scans the subscriptions: whether the planner has
-/// statistics yet (subscriptions just created) or not, with a custom plan or the generic one
-/// a prepared statement settles on.
+/// On a database with many subscriptions to other types, the fan-out never reads the
+/// subscriptions table, with or without statistics, custom plan or generic; it reads the
+/// routes of the event's type by key, except in a generic plan made before the routes were
+/// ever analyzed (subscriptions created a moment ago), which may scan the routes until
+/// autovacuum's analyze.
 #[tokio::test]
 async fn the_fan_out_reads_only_the_routes_of_the_event_type() {
     let test = TestDb::on(Backend::Postgres).await;
@@ -1147,12 +1164,14 @@ async fn the_fan_out_reads_only_the_routes_of_the_event_type() {
                 .unwrap();
             let plan = plan.join("\n");
             let context = format!("analyzed: {analyzed}, {mode}\n{plan}");
-            assert!(!plan.contains("Seq Scan on subscriptions"), "{context}");
-            assert!(
-                !plan.contains("Seq Scan on subscription_routes"),
-                "{context}"
-            );
-            assert!(plan.contains("subscription_routes_pkey"), "{context}");
+            assert!(!plan.contains(" on subscriptions "), "{context}");
+            if analyzed || mode == "force_custom_plan" {
+                assert!(
+                    !plan.contains("Seq Scan on subscription_routes"),
+                    "{context}"
+                );
+                assert!(plan.contains("subscription_routes_pkey"), "{context}");
+            }
         }
     }
     assert_eq!(reached(db, &["a"]).await[0].len(), 1);

@@ -9,4 +9,4 @@ create index subscription_routes_subscription_idx on subscription_routes (subscr
 insert into subscription_routes (event_type, subscription_id)
 select distinct types.value, s.id
 from subscriptions s, json_each(s.event_types) as types
-where s.deleted_at is null;
+where s.enabled and s.deleted_at is null;

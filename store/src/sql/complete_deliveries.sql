@@ -67,6 +67,12 @@ subscription_updates as (
       updated_at = case when x.disable then now() else s.updated_at end
   from subscription_changes x
   where s.id = x.id
+),
+-- a disabled subscription is routed no more events
+disabled_routes as (
+  delete from subscription_routes r
+  using subscription_changes x
+  where r.subscription_id = x.id and x.disable
 )
 -- publish → delivered lag, from database timestamps only (no worker clock involved)
 select done.id,

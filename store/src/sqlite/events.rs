@@ -19,7 +19,7 @@ impl SqliteDb {
         slack: Option<&SlackFanout>,
     ) -> Result<PublishOutcome, DbError> {
         let mut transaction = self.write().await?;
-        // the live subscriptions of each event type of the request, through the routes'
+        // the enabled subscriptions of each event type of the request, through the routes'
         // primary key; all read in the write transaction, so counts and rows agree
         let mut routed: HashMap<&str, Vec<Uuid>> = HashMap::new();
         for event in events {
@@ -27,11 +27,10 @@ impl SqliteDb {
                 continue;
             }
             let subscriptions: Vec<Uuid> = sqlx::query_scalar(
-                "select distinct s.id
-                 from subscription_routes r
-                 join subscriptions s on s.id = r.subscription_id
-                 where r.event_type in (?1, '*') and s.enabled and s.deleted_at is null
-                 order by s.id",
+                "select distinct subscription_id
+                 from subscription_routes
+                 where event_type in (?1, '*')
+                 order by subscription_id",
             )
             .bind(&event.event_type)
             .fetch_all(&mut *transaction)

@@ -255,6 +255,13 @@ impl SqliteDb {
             .bind(change.disable)
             .execute(&mut *transaction)
             .await?;
+            if change.disable {
+                // a disabled subscription is routed no more events
+                sqlx::query("delete from subscription_routes where subscription_id = ?1")
+                    .bind(id)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
         }
         transaction.commit().await?;
         Ok(written)
