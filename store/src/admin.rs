@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, FromQueryResult, JoinType, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, RelationTrait, sea_query::Query,
+    ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, sea_query::Query,
 };
 use uuid::Uuid;
 
@@ -45,35 +45,18 @@ pub struct AttemptRow {
     pub outcome: AttemptOutcome,
 }
 
-/// An attempt with its delivery's target, as the join reads it.
-#[derive(FromQueryResult)]
-struct AttemptWithTarget {
-    id: Uuid,
-    delivery_id: Uuid,
-    event_id: Uuid,
-    target: Option<String>,
-    attempt_number: i32,
-    started_at: DateTime<Utc>,
-    duration_ms: i32,
-    response_status: Option<i32>,
-    response_body: Option<String>,
-    error: Option<String>,
-    worker_id: Option<String>,
-    external_id: Option<String>,
-    outcome: String,
-}
-
-impl TryFrom<AttemptWithTarget> for AttemptRow {
-    type Error = DbError;
-
-    fn try_from(attempt: AttemptWithTarget) -> Result<Self, DbError> {
+impl AttemptRow {
+    /// The attempt with its delivery's target (absent when the delivery is gone).
+    fn read(
+        attempt: attempts::Model,
+        delivery: Option<deliveries::Model>,
+    ) -> Result<Self, DbError> {
         Ok(Self {
             id: attempt.id,
             delivery_id: attempt.delivery_id,
             event_id: attempt.event_id,
-            target: attempt
-                .target
-                .map(|target| parse_state(&target))
+            target: delivery
+                .map(|delivery| parse_state(&delivery.target))
                 .transpose()?,
             attempt_number: attempt.attempt_number,
             started_at: attempt.started_at,
@@ -109,18 +92,16 @@ pub async fn list_event_attempts(
     // served by delivery_attempts_event_idx; the join shows each attempt's target (absent
     // when its delivery is gone)
     let attempts = attempts::Entity::find()
-        .column_as(deliveries::Column::Target, "target")
-        .join(JoinType::LeftJoin, attempts::Relation::Delivery.def())
+        .find_also_related(deliveries::Entity)
         .filter(attempts::Column::EventId.eq(event_id))
         .order_by_asc(attempts::Column::StartedAt)
         .order_by_asc(attempts::Column::AttemptNumber)
         .order_by_asc(attempts::Column::Id)
-        .into_model::<AttemptWithTarget>()
         .all(&connection)
         .await?;
     attempts
         .into_iter()
-        .map(AttemptRow::try_from)
+        .map(|(attempt, delivery)| AttemptRow::read(attempt, delivery))
         .collect::<Result<_, _>>()
         .map(Some)
 }

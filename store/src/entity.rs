@@ -151,6 +151,12 @@ pub mod attempts {
         Delivery,
     }
 
+    impl Related<super::deliveries::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::Delivery.def()
+        }
+    }
+
     impl ActiveModelBehavior for ActiveModel {}
 }
 

@@ -288,7 +288,8 @@ pub async fn update_subscription(
     }
     let row = read_row(&transaction, id).await?;
     // the routes follow the subscription as it now is: its types, if it is enabled
-    if let Some(row) = &row {
+    let reroute = patch.event_types.is_some() || patch.enabled.is_some();
+    if let Some(row) = row.as_ref().filter(|_| reroute) {
         let routed: &[String] = if row.enabled { &row.event_types.0 } else { &[] };
         route(&transaction, id, routed).await?;
     }

@@ -1,6 +1,6 @@
 -- Marks one dead letter replayed and queues a fresh delivery (attempts 0) in one statement.
 -- No row comes back when it is unknown, already replayed, or its subscription was deleted;
--- the caller asks dead_letter_replay_state.sql which.
+-- the caller then reads which (`store::admin::dead_letter_replay_state`).
 with replayed as (
   update dead_letters dl
   set replayed_at = now(), replay_delivery_id = $2
