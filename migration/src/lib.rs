@@ -23,34 +23,81 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
 };
 
-mod m20261128_000001_initial;
-mod m20261129_000002_subscription_routes;
+/// Declares the migrations, oldest first, from their SQL files alone: migration `<name>` runs
+/// `src/sql/<name>.up.sql` (`.down.sql` to roll back) on Postgres and the `.sqlite.` twins on
+/// SQLite. It makes one module per migration, [`Migrator`]'s list and
+/// [`SCHEMA_FINGERPRINT_SOURCE`], so a new migration is its four files and one line here.
+macro_rules! migrations {
+    ($( $(#[$doc:meta])* $name:ident, )+) => {
+        $(
+            $(#[$doc])*
+            mod $name {
+                use sea_orm_migration::prelude::*;
 
-/// Every migration, oldest first.
-pub struct Migrator;
+                use crate::{BackendSql, execute_sql};
 
-#[async_trait::async_trait]
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(m20261128_000001_initial::Migration),
-            Box::new(m20261129_000002_subscription_routes::Migration),
-        ]
-    }
+                pub struct Migration;
+
+                // by hand: the derive names a migration after its file, and every one made
+                // here is in this file
+                impl MigrationName for Migration {
+                    fn name(&self) -> &str {
+                        stringify!($name)
+                    }
+                }
+
+                #[expect(
+                    elided_lifetimes_in_paths,
+                    reason = "the trait's async_trait signature elides the manager's lifetime"
+                )]
+                #[async_trait::async_trait]
+                impl MigrationTrait for Migration {
+                    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                        let sql = BackendSql {
+                            postgres: include_str!(concat!("sql/", stringify!($name), ".up.sql")),
+                            sqlite: include_str!(concat!("sql/", stringify!($name), ".sqlite.up.sql")),
+                        };
+                        execute_sql(manager, sql).await
+                    }
+
+                    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                        let sql = BackendSql {
+                            postgres: include_str!(concat!("sql/", stringify!($name), ".down.sql")),
+                            sqlite: include_str!(concat!("sql/", stringify!($name), ".sqlite.down.sql")),
+                        };
+                        execute_sql(manager, sql).await
+                    }
+                }
+            }
+        )+
+
+        /// Every migration, oldest first.
+        pub struct Migrator;
+
+        #[async_trait::async_trait]
+        impl MigratorTrait for Migrator {
+            fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+                vec![$(Box::new($name::Migration)),+]
+            }
+        }
+
+        /// The SQL of every migration, concatenated; test support derives its template name
+        /// from it so a changed migration never reuses a stale template database.
+        pub const SCHEMA_FINGERPRINT_SOURCE: &str = concat!($(
+            include_str!(concat!("sql/", stringify!($name), ".up.sql")),
+            include_str!(concat!("sql/", stringify!($name), ".down.sql")),
+            include_str!(concat!("sql/", stringify!($name), ".sqlite.up.sql")),
+            include_str!(concat!("sql/", stringify!($name), ".sqlite.down.sql")),
+        )+);
+    };
 }
 
-/// The SQL of every migration, concatenated; test support derives its template name from it so
-/// a changed migration never reuses a stale template database.
-pub const SCHEMA_FINGERPRINT_SOURCE: &str = concat!(
-    include_str!("sql/m20261128_000001_initial.up.sql"),
-    include_str!("sql/m20261128_000001_initial.down.sql"),
-    include_str!("sql/m20261128_000001_initial.sqlite.up.sql"),
-    include_str!("sql/m20261128_000001_initial.sqlite.down.sql"),
-    include_str!("sql/m20261129_000002_subscription_routes.up.sql"),
-    include_str!("sql/m20261129_000002_subscription_routes.down.sql"),
-    include_str!("sql/m20261129_000002_subscription_routes.sqlite.up.sql"),
-    include_str!("sql/m20261129_000002_subscription_routes.sqlite.down.sql"),
-);
+migrations! {
+    /// Subscriptions, the outbox (events and deliveries), attempts and dead letters.
+    m20261128_000001_initial,
+    /// Routing by event type: `subscription_routes`, filled from the subscriptions there are.
+    m20261129_000002_subscription_routes,
+}
 
 /// Key of the session advisory lock that serialises concurrent `ih-migrate` runs.
 const MIGRATION_LOCK_KEY: i64 = 0x4948_4d49_4752_4154; // "IHMIGRAT"

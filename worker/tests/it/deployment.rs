@@ -309,15 +309,14 @@ fn migration_count() -> i64 {
         .output()
         .unwrap();
     assert!(output.status.success());
-    // one `m…` module per migration under migration/src
-    std::fs::read_dir(format!("{ROOT}/migration/src"))
+    // one Postgres `.up.sql` file per migration under migration/src/sql
+    std::fs::read_dir(format!("{ROOT}/migration/src/sql"))
         .unwrap()
         .filter_map(Result::ok)
         .filter(|entry| {
-            entry.file_name().to_string_lossy().starts_with('m')
-                && entry.file_name().to_string_lossy().ends_with(".rs")
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.ends_with(".up.sql") && !name.ends_with(".sqlite.up.sql")
         })
-        .filter(|entry| entry.file_name() != "main.rs")
         .count() as i64
 }
 
