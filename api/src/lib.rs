@@ -297,6 +297,9 @@ pub fn announce(config: &ApiConfig) {
     }
 }
 
+/// How often the API makes sure the partitions of the days ahead exist.
+const PARTITIONS_AHEAD_INTERVAL: Duration = Duration::from_secs(3_600);
+
 /// Serves the API on `listener` until `shutdown` completes (rendering `/metrics` from
 /// `metrics` when a recorder is installed), then lets in-flight requests
 /// finish for up to [`SHUTDOWN_GRACE`].
@@ -311,6 +314,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let background = CancellationToken::new();
+    // The days ahead get their partitions from here too, so publishing never depends on a
+    // worker having run lately.
+    {
+        let pool = pool.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = store::retention::create_partitions_ahead(&pool).await {
+                    tracing::warn!(error.message = %error, "could not create the partitions ahead; trying again later");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(PARTITIONS_AHEAD_INTERVAL) => {}
+                }
+            }
+        });
+    }
     if let Some(handle) = metrics.clone() {
         let pool = pool.clone();
         let max_connections = config.database.max_connections;

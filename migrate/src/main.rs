@@ -32,6 +32,13 @@ enum CommandArg {
     /// (after adding a new key in front; then the old key can be removed). Safe to interrupt
     /// and run again.
     Reencrypt,
+    /// Remove the finished work past `IH_RETENTION` (and the dead letters past
+    /// `IH_DEAD_LETTER_RETENTION`), as the workers do; with `--dry-run`, only report it.
+    Prune {
+        /// Report the days that would be removed and kept, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Rows read per statement by `reencrypt`.
@@ -56,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         CommandArg::Down => migration::Command::Down,
         CommandArg::Status => migration::Command::Status,
         CommandArg::Reencrypt => return reencrypt(&database_url).await,
+        CommandArg::Prune { dry_run } => return prune(&database_url, dry_run).await,
     };
     let states = migration::run(&database_url, command)
         .await
@@ -67,19 +75,64 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn prune(database_url: &str, dry_run: bool) -> anyhow::Result<()> {
+    let settings = shared::config::load(None, &std::collections::BTreeMap::<String, String>::new())
+        .context("reading the IH_ variables")?
+        .settings;
+    let retention = shared::config::Retention::from_settings(&settings)?;
+    let pool = store::connect(&database(database_url), "ih-migrate").context("IH_DATABASE_URL")?;
+    let report = store::retention::prune(&pool, retention, dry_run)
+        .await
+        .context("retention stopped; run it again to finish")?;
+    anyhow::ensure!(
+        report.ran,
+        "another process is running retention; run this again later"
+    );
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for day in &report.days {
+        match day.kept {
+            None => tracing::info!(
+                day = %day.day,
+                events = day.rows.events,
+                deliveries = day.rows.deliveries,
+                attempts = day.rows.attempts,
+                dead_letters = day.rows.dead_letters,
+                "{verb}"
+            ),
+            Some(reason) => tracing::info!(day = %day.day, reason = ?reason, "kept"),
+        }
+    }
+    let removed = report.removed();
+    tracing::info!(
+        dry_run,
+        days = report.days.iter().filter(|day| day.kept.is_none()).count(),
+        events = removed.events,
+        deliveries = removed.deliveries,
+        attempts = removed.attempts,
+        dead_letters = removed.dead_letters,
+        retention_seconds = retention.finished.as_secs(),
+        dead_letter_retention_seconds = retention.dead_letters.as_secs(),
+        "retention finished"
+    );
+    Ok(())
+}
+
+fn database(database_url: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        url: DatabaseUrl::new(database_url),
+        listen_url: DatabaseUrl::new(database_url),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+    }
+}
+
 async fn reencrypt(database_url: &str) -> anyhow::Result<()> {
     let keys = std::env::var("IH_ENCRYPTION_KEYS")
         .ok()
         .filter(|keys| !keys.trim().is_empty())
         .context("IH_ENCRYPTION_KEYS is not set: there is no key to encrypt with")?;
     let cipher = SecretCipher::parse(&keys).context("IH_ENCRYPTION_KEYS")?;
-    let database = DatabaseConfig {
-        url: DatabaseUrl::new(database_url),
-        listen_url: DatabaseUrl::new(database_url),
-        max_connections: 2,
-        acquire_timeout: Duration::from_secs(10),
-    };
-    let pool = store::connect(&database, "ih-migrate").context("IH_DATABASE_URL")?;
+    let pool = store::connect(&database(database_url), "ih-migrate").context("IH_DATABASE_URL")?;
     let report = store::reencrypt_secrets(&pool, &cipher, REENCRYPT_BATCH)
         .await
         .context("re-encryption stopped; run it again to finish")?;

@@ -97,6 +97,10 @@ migrations! {
     m20261128_000001_initial,
     /// Routing by event type: `subscription_routes`, filled from the subscriptions there are.
     m20261129_000002_subscription_routes,
+    /// The live queue apart from the history: finished deliveries in `delivery_history`;
+    /// events, history, attempts and dead letters in day partitions (Postgres); idempotency
+    /// keys in their own table.
+    m20261129_000003_history,
 }
 
 /// Key of the session advisory lock that serialises concurrent `ih-migrate` runs.

@@ -59,6 +59,9 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_API_MAX_IN_FLIGHT",
     "IH_API_BODY_READ_TIMEOUT_SECONDS",
     "IH_METRICS_MAX_EVENT_TYPES",
+    "IH_RETENTION",
+    "IH_RETENTION_DAYS",
+    "IH_DEAD_LETTER_RETENTION",
 ];
 
 /// A string that must never be printed: `Debug` shows `***`.
@@ -260,6 +263,15 @@ pub struct Settings {
     /// types are counted under `other` (publishers choose the types, so they must not choose
     /// the size of `/metrics`).
     pub metrics_max_event_types: usize,
+    /// `IH_RETENTION`: how long finished work is kept, a duration like `30d`, `12h`, `2m`.
+    #[serde(deserialize_with = "lenient_optional_string")]
+    pub retention: Option<String>,
+    /// `IH_RETENTION_DAYS`: the same in days, read when `IH_RETENTION` is unset.
+    pub retention_days: Option<f64>,
+    /// `IH_DEAD_LETTER_RETENTION`: how long a dead letter not yet replayed (and its event) is
+    /// kept.
+    #[serde(deserialize_with = "lenient_string")]
+    pub dead_letter_retention: String,
 }
 
 /// The default database of `make run` and of a fresh checkout.
@@ -306,6 +318,9 @@ impl Default for Settings {
             api_max_in_flight: 256,
             api_body_read_timeout_seconds: 10.0,
             metrics_max_event_types: 100,
+            retention: None,
+            retention_days: None,
+            dead_letter_retention: "90d".to_owned(),
         }
     }
 }
@@ -505,6 +520,88 @@ pub struct WorkerConfig {
     pub tracing: Option<crate::telemetry::TracingConfig>,
     /// Opens the stored subscription secrets.
     pub secrets: crate::crypto::SecretCipher,
+    /// What retention keeps, and for how long.
+    pub retention: Retention,
+}
+
+/// How long finished work is kept (`IH_RETENTION`, `IH_DEAD_LETTER_RETENTION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Events and everything finished about them.
+    pub finished: Duration,
+    /// Dead letters not yet replayed, and so their events.
+    pub dead_letters: Duration,
+}
+
+/// `IH_RETENTION` when neither it nor `IH_RETENTION_DAYS` is set.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
+impl Retention {
+    /// Validates the retention settings (read by the worker and by `ih-migrate prune`).
+    ///
+    /// # Errors
+    /// Returns every problem found.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let mut problems = Problems::default();
+        let retention = retention(&mut problems, settings);
+        problems.finish(retention)
+    }
+}
+
+/// Parses a duration written as a whole number and a unit: `s`, `m`, `h` or `d` (`30d`,
+/// `90m`); a bare number is seconds.
+#[must_use]
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let unit_seconds = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    number
+        .checked_mul(unit_seconds)
+        .filter(|seconds| *seconds > 0)
+        .map(Duration::from_secs)
+}
+
+fn retention(problems: &mut Problems, settings: &Settings) -> Retention {
+    let finished = match (settings.retention.as_deref(), settings.retention_days) {
+        (Some(text), _) => parse_duration(text).unwrap_or_else(|| {
+            problems.push(format!(
+                "IH_RETENTION: `{text}` is not a positive duration like 30d, 12h or 90m"
+            ));
+            DEFAULT_RETENTION
+        }),
+        (None, Some(days)) => {
+            if days.is_finite() && days > 0.0 && days < 100_000.0 {
+                Duration::from_secs_f64(days * 86_400.0)
+            } else {
+                problems.push(format!(
+                    "IH_RETENTION_DAYS: must be a positive number of days, got {days}"
+                ));
+                DEFAULT_RETENTION
+            }
+        }
+        (None, None) => DEFAULT_RETENTION,
+    };
+    let dead_letters = parse_duration(&settings.dead_letter_retention).unwrap_or_else(|| {
+        problems.push(format!(
+            "IH_DEAD_LETTER_RETENTION: `{}` is not a positive duration like 90d",
+            settings.dead_letter_retention
+        ));
+        DEFAULT_RETENTION
+    });
+    Retention {
+        finished,
+        dead_letters,
+    }
 }
 
 /// The Slack connector's settings, for the worker.
@@ -877,6 +974,7 @@ impl WorkerConfig {
         }
         let tracing = tracing_config(&mut problems, settings);
         let secrets = secret_cipher(&mut problems, settings);
+        let retention = retention(&mut problems, settings);
         let worker_id = settings
             .worker_id
             .clone()
@@ -901,6 +999,7 @@ impl WorkerConfig {
             slack,
             tracing,
             secrets,
+            retention,
         })
     }
 }
@@ -932,6 +1031,50 @@ mod tests {
 
         let config = ApiConfig::from_settings(&settings_with(|s| s.auth_disabled = true)).unwrap();
         assert!(matches!(config.auth, AuthConfig::Disabled));
+    }
+
+    #[test]
+    fn retention_is_a_duration_with_the_days_setting_accepted_as_before() {
+        assert_eq!(
+            parse_duration("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 12h "), Some(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        for bad in ["", "0d", "d", "1.5d", "-1d", "3w", "99999999999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        let retention =
+            |change: fn(&mut Settings)| Retention::from_settings(&settings_with(change));
+        assert_eq!(
+            retention(|_| {}).unwrap(),
+            Retention {
+                finished: DEFAULT_RETENTION,
+                dead_letters: Duration::from_secs(90 * 86_400),
+            }
+        );
+        let days = retention(|s| s.retention_days = Some(7.0)).unwrap();
+        assert_eq!(days.finished, Duration::from_secs(7 * 86_400));
+        // IH_RETENTION wins over IH_RETENTION_DAYS
+        let both = retention(|s| {
+            s.retention = Some("2m".to_owned());
+            s.retention_days = Some(7.0);
+        })
+        .unwrap();
+        assert_eq!(both.finished, Duration::from_secs(120));
+        let error = retention(|s| {
+            s.retention = Some("soon".to_owned());
+            s.dead_letter_retention = "never".to_owned();
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("IH_RETENTION: `soon`"), "{error}");
+        assert!(
+            error.contains("IH_DEAD_LETTER_RETENTION: `never`"),
+            "{error}"
+        );
+        assert!(retention(|s| s.retention_days = Some(0.0)).is_err());
     }
 
     #[test]

@@ -117,8 +117,9 @@ pub struct DeliveryFilter {
     pub event_id: Option<Uuid>,
 }
 
-/// Lists deliveries, newest first. `status = dead` is served by deliveries_dead_idx; the
-/// other filters walk the primary key.
+/// Lists deliveries, live and finished, newest first. Each filter has an index on the history
+/// (status, subscription and event, each with the id for the order); the live table is the
+/// size of the backlog.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.

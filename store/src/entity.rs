@@ -87,13 +87,14 @@ pub mod events {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// `deliveries`.
+/// `all_deliveries`: the live queue and the history as one view, for reading only (the queue
+/// is written by the hot-path statements).
 pub mod deliveries {
     use sea_orm::entity::prelude::*;
 
     /// A delivery of one event to one target.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "deliveries")]
+    #[sea_orm(table_name = "all_deliveries")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,

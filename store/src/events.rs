@@ -1,5 +1,6 @@
 //! The publish path and event queries.
 
+use crate::retention::uuid_floor;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -108,14 +109,42 @@ pub async fn publish_events(
     loop {
         tries += 1;
         match publish_once(pool, scope, events, slack).await {
+            Ok(Attempt::Done(outcome)) => return Ok(outcome),
+            Ok(Attempt::StaleKeys(keys)) if tries < PUBLISH_TRIES => {
+                free_stale_keys(pool, scope, &keys).await?;
+            }
+            Ok(Attempt::StaleKeys(_)) => return Err(DbError::Other(sqlx::Error::RowNotFound)),
             Err(DbError::Contention(error)) if tries < PUBLISH_TRIES => {
                 tracing::debug!(error.message = %error, tries, "publish lost a race, running it again");
                 let pause = shared::retry::jitter(CONTENTION_PAUSE * tries, 0.5);
                 tokio::time::sleep(pause).await;
             }
-            result => return result,
+            Err(error) => return Err(error),
         }
     }
+}
+
+/// What one run of a publish came to.
+enum Attempt {
+    Done(PublishOutcome),
+    /// Keys held by events that are gone (their day was removed by retention, and the keys
+    /// not yet): freed, then the publish runs again.
+    StaleKeys(Vec<String>),
+}
+
+/// Deletes the keys of `keys` whose event is gone. The key and its event are written by one
+/// statement, so a key whose event is not visible is one whose event was removed.
+async fn free_stale_keys(pool: &sqlx::PgPool, scope: &str, keys: &[String]) -> Result<(), DbError> {
+    sqlx::query(
+        "delete from idempotency_keys k
+         where k.scope = $1 and k.key = any($2::text[])
+           and not exists (select 1 from outbox_events e where e.id = k.event_id)",
+    )
+    .bind(scope)
+    .bind(keys)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// How many times a publish transaction is run when it keeps losing races.
@@ -128,7 +157,7 @@ async fn publish_once(
     scope: &str,
     events: &[NewEvent],
     slack: Option<&SlackFanout>,
-) -> Result<PublishOutcome, DbError> {
+) -> Result<Attempt, DbError> {
     // The fan-out is one statement, atomic on its own. Only a batch that may be refused after
     // part of it was inserted (a reused key) needs an explicit transaction; everything else
     // commits in a single round trip.
@@ -140,13 +169,13 @@ async fn publish_once(
     }
     let mut transaction = pool.begin().await?;
     match publish_on(&mut transaction, scope, events, slack).await? {
-        PublishOutcome::Stored(answers) => {
+        stored @ Attempt::Done(PublishOutcome::Stored(_)) => {
             transaction.commit().await?;
-            Ok(PublishOutcome::Stored(answers))
+            Ok(stored)
         }
-        reused @ PublishOutcome::KeyReused { .. } => {
+        refused => {
             transaction.rollback().await?;
-            Ok(reused)
+            Ok(refused)
         }
     }
 }
@@ -156,7 +185,7 @@ async fn publish_on(
     scope: &str,
     events: &[NewEvent],
     slack: Option<&SlackFanout>,
-) -> Result<PublishOutcome, DbError> {
+) -> Result<Attempt, DbError> {
     let traceparents: Vec<Option<&str>> = events
         .iter()
         .map(|event| event.traceparent.as_deref())
@@ -215,6 +244,14 @@ async fn publish_on(
             .collect()
     };
 
+    let stale: Vec<String> = skipped_keys
+        .iter()
+        .filter(|key| !winners.contains_key(**key))
+        .map(|key| (*key).to_owned())
+        .collect();
+    if !stale.is_empty() {
+        return Ok(Attempt::StaleKeys(stale));
+    }
     let mut answers = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         if let Some(stored) = inserted.remove(&event.id) {
@@ -229,13 +266,13 @@ async fn publish_on(
             Some(winner) if winner.request_hash == event.request_hash => {
                 answers.push(winner.answer());
             }
-            Some(_) => return Ok(PublishOutcome::KeyReused { index }),
-            // Not inserted and no winner: cannot happen while the unique constraint holds,
-            // so treat it as a failed statement rather than answer without a stored row.
+            Some(_) => return Ok(Attempt::Done(PublishOutcome::KeyReused { index })),
+            // Not inserted and no winner: every skipped key has a winner (checked above), so
+            // treat it as a failed statement rather than answer without a stored row.
             None => return Err(DbError::Other(sqlx::Error::RowNotFound)),
         }
     }
-    Ok(PublishOutcome::Stored(answers))
+    Ok(Attempt::Done(PublishOutcome::Stored(answers)))
 }
 
 /// Filters of the event listing.
@@ -249,8 +286,9 @@ pub struct EventFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// Lists events, newest first (uuid v7 ids sort by time). The filters are applied while
-/// walking the primary key.
+/// Lists events, newest first (uuid v7 ids sort by time). A time window is a range of the
+/// primary key (the smallest v7 id of each bound), so it reads only the days it covers; a type
+/// is read through `(event_type, id)`.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
@@ -271,10 +309,10 @@ pub async fn list_events(
             q.filter(Column::EventType.eq(event_type))
         })
         .apply_if(filter.since, |q, since| {
-            q.filter(Column::CreatedAt.gte(db.time(since)))
+            q.filter(Column::Id.gte(uuid_floor(since)))
         })
         .apply_if(filter.until, |q, until| {
-            q.filter(Column::CreatedAt.lt(db.time(until)))
+            q.filter(Column::Id.lt(uuid_floor(until)))
         });
     Ok(newest_first(query, Column::Id, page)
         .into_model::<PublishedEvent>()

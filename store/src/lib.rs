@@ -32,6 +32,7 @@ mod error;
 mod events;
 mod orm;
 mod queue;
+pub mod retention;
 mod sqlite;
 mod stored_time;
 mod subscriptions;

@@ -33,6 +33,7 @@ use shared::config::DatabaseConfig;
 mod admin;
 mod events;
 mod queue;
+mod retention;
 
 /// How long a write waits for another process holding the file's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

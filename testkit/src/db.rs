@@ -259,6 +259,11 @@ impl TestDb {
             .connect(&url)
             .await
             .unwrap();
+        // the template may have been made days ago: today's partitions are made here, as the
+        // services make them at start
+        store::retention::create_partitions_ahead(&Db::Postgres(pool.clone()))
+            .await
+            .unwrap();
         Self {
             url,
             name,
@@ -268,6 +273,13 @@ impl TestDb {
                 server: Box::new(server),
             },
         }
+    }
+
+    /// Runs a statement with one id bound as `$1`; returns the rows it changed.
+    pub async fn execute_bound(&self, sql: &'static str, id: Uuid) -> u64 {
+        on_raw!(&self.raw, pool => {
+            sqlx::query(sql).bind(id).execute(pool).await.unwrap().rows_affected()
+        })
     }
 
     /// Runs a query returning one integer (counts for assertions).
@@ -283,7 +295,7 @@ impl TestDb {
     /// Counts the delivery rows of an event, by status.
     pub async fn count_deliveries(&self, event_id: Uuid, status: &str) -> i64 {
         on_raw!(&self.raw, pool => {
-            sqlx::query_scalar("select count(*) from deliveries where event_id = $1 and status = $2")
+            sqlx::query_scalar("select count(*) from all_deliveries where event_id = $1 and status = $2")
                 .bind(event_id)
                 .bind(status)
                 .fetch_one(pool)
@@ -298,10 +310,13 @@ impl TestDb {
         let dead_letter_id = Uuid::now_v7();
         sqlx::query(
             "with dead as (
-               update deliveries set status = 'dead', attempts = attempts + 1, last_error = $2,
-                                     updated_at = now()
-               where id = $1
-               returning id, event_id, subscription_id, target, attempts
+               delete from deliveries where id = $1
+               returning id, event_id, subscription_id, target, attempts + 1 as attempts, created_at
+             ), history as (
+               insert into delivery_history (id, event_id, target, subscription_id, status,
+                                             attempts, last_error, created_at, updated_at)
+               select id, event_id, target, subscription_id, 'dead', attempts, $2, created_at, now()
+               from dead
              ), attempt as (
                insert into delivery_attempts (id, delivery_id, event_id, attempt_number, started_at,
                                               duration_ms, response_status, error, outcome)
@@ -322,7 +337,7 @@ impl TestDb {
     /// The ids of an event's deliveries, oldest first.
     pub async fn delivery_ids(&self, event_id: Uuid) -> Vec<Uuid> {
         on_raw!(&self.raw, pool => {
-            sqlx::query_scalar("select id from deliveries where event_id = $1 order by id")
+            sqlx::query_scalar("select id from all_deliveries where event_id = $1 order by id")
                 .bind(event_id)
                 .fetch_all(pool)
                 .await

@@ -63,6 +63,10 @@ contract!(
     the_handle_pings_wakes_and_closes,
     publish_reaches_the_subscriptions_routed_to_its_event_type,
     the_migration_routes_the_subscriptions_there_are,
+    a_finished_delivery_leaves_the_live_table_for_the_history,
+    retention_removes_the_days_past_it_and_keeps_live_work_and_dead_letters,
+    a_key_whose_event_is_gone_is_free_again,
+    the_history_migration_keeps_every_row_and_resends_nothing,
 );
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -1097,10 +1101,10 @@ async fn the_migration_routes_the_subscriptions_there_are(test: TestDb) {
     db::update_subscription(db, disabled, &off).await.unwrap();
     // back to the schema before routes, then forward again: the routes are made from the
     // subscriptions as they are
-    let applied = migration::run(&test.url, migration::Command::Down)
+    roll_back_to(&test, "m20261129_000002_subscription_routes").await;
+    migration::run(&test.url, migration::Command::Down)
         .await
         .unwrap();
-    assert!(applied.iter().any(|m| !m.applied));
     migration::run(&test.url, migration::Command::Up)
         .await
         .unwrap();
@@ -1210,4 +1214,367 @@ fn every_sql_file_is_executed_by_this_suite() {
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} files found");
+}
+
+/// Rolls migrations back until `name` is the newest applied one.
+async fn roll_back_to(test: &TestDb, name: &str) {
+    loop {
+        let states = migration::run(&test.url, migration::Command::Status)
+            .await
+            .unwrap();
+        let newest = states.iter().rev().find(|m| m.applied).unwrap();
+        if newest.name == name {
+            return;
+        }
+        migration::run(&test.url, migration::Command::Down)
+            .await
+            .unwrap();
+    }
+}
+
+async fn a_finished_delivery_leaves_the_live_table_for_the_history(test: TestDb) {
+    let db = &test.pool;
+    subscribe(db, &["*"]).await;
+    let stored = publish(
+        db,
+        &[
+            event("ok", None, "1"),
+            event("retry", None, "2"),
+            event("dead", None, "3"),
+        ],
+    )
+    .await;
+    assert_eq!(test.fetch_i64("select count(*) from deliveries").await, 3);
+    let written = lease_and_complete(db, |event_type| match event_type {
+        "ok" => NextState::Delivered,
+        "retry" => NextState::Retry(Duration::from_secs(600)),
+        _ => dead("http_500"),
+    })
+    .await;
+    assert_eq!(written, 3);
+    // the live table holds the retry alone; the other two are history
+    assert_eq!(
+        test.fetch_strings("select status from deliveries").await,
+        ["pending"]
+    );
+    let mut finished = test
+        .fetch_strings("select status from delivery_history")
+        .await;
+    finished.sort();
+    assert_eq!(finished, ["dead", "delivered"]);
+    // and every listing still shows all three
+    let all = db::list_deliveries(db, &DeliveryFilter::default(), page(10))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    let delivered = db::list_deliveries(
+        db,
+        &DeliveryFilter {
+            status: Some(DeliveryStatus::Delivered),
+            ..DeliveryFilter::default()
+        },
+        page(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].event_id, stored[0].id);
+    assert_eq!(delivered[0].attempts, 1);
+    let (_, of_dead) = db::get_event(db, stored[2].id).await.unwrap().unwrap();
+    assert_eq!(of_dead[0].status, DeliveryStatus::Dead);
+    assert_eq!(of_dead[0].last_error.as_deref(), Some("HTTP 500\u{fffd}!"));
+}
+
+/// A UUID v7 of `day` at `h:m:s.ms` UTC.
+fn id_at(day: chrono::NaiveDate, h: u32, m: u32, s: u32, ms: u32) -> Uuid {
+    let at = day.and_hms_milli_opt(h, m, s, ms).unwrap().and_utc();
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.timestamp()).unwrap(),
+        at.timestamp_subsec_nanos(),
+    ))
+}
+
+async fn publish_at(db: &Db, id: Uuid, event_type: &str, key: Option<&str>) -> Uuid {
+    let stored = publish(
+        db,
+        &[NewEvent {
+            id,
+            ..event(event_type, key, event_type)
+        }],
+    )
+    .await;
+    assert_eq!(stored[0].id, id);
+    id
+}
+
+const THIRTY_DAYS: Duration = Duration::from_secs(30 * 86_400);
+const NINETY_DAYS: Duration = Duration::from_secs(90 * 86_400);
+
+async fn retention_removes_the_days_past_it_and_keeps_live_work_and_dead_letters(test: TestDb) {
+    use chrono::Days;
+    use db::retention::{self, KeptBecause};
+    use shared::config::Retention;
+
+    let db = &test.pool;
+    let today = Utc::now().date_naive();
+    let ago = |days: u64| today - Days::new(days);
+    retention::create_partitions(db, ago(45), today)
+        .await
+        .unwrap();
+    subscribe(db, &["*"]).await;
+    let finished = publish_at(db, id_at(ago(40), 12, 0, 0, 0), "finished", Some("k-old")).await;
+    let live = publish_at(db, id_at(ago(39), 12, 0, 0, 0), "live", None).await;
+    let dead_letter = publish_at(db, id_at(ago(38), 12, 0, 0, 0), "dead", None).await;
+    let replayed = publish_at(db, id_at(ago(37), 12, 0, 0, 0), "replayed", None).await;
+    // the two sides of the boundary: the last millisecond of the newest day past 30 days, the
+    // first of the day after it
+    let last_out = publish_at(db, id_at(ago(31), 23, 59, 59, 999), "edge", None).await;
+    let first_in = publish_at(db, id_at(ago(30), 0, 0, 0, 0), "edge", None).await;
+    let recent = publish_at(db, id_at(ago(2), 12, 0, 0, 0), "finished", None).await;
+
+    lease_and_complete(db, |event_type| match event_type {
+        "live" => NextState::Retry(Duration::from_secs(600)),
+        "dead" | "replayed" => dead("http_500"),
+        _ => NextState::Delivered,
+    })
+    .await;
+    let letters = db::list_dead_letters(db, &DeadLetterFilter::default(), page(10))
+        .await
+        .unwrap();
+    let to_replay = letters.iter().find(|l| l.event_id == replayed).unwrap();
+    assert!(matches!(
+        db::replay_dead_letter(db, to_replay.id, Uuid::now_v7())
+            .await
+            .unwrap(),
+        ReplayOutcome::Replayed { .. }
+    ));
+    assert_eq!(lease_and_complete(db, |_| NextState::Delivered).await, 1);
+
+    let policy = Retention {
+        finished: THIRTY_DAYS,
+        dead_letters: NINETY_DAYS,
+    };
+    let expected = vec![
+        (ago(40), None),
+        (ago(39), Some(KeptBecause::LiveDelivery)),
+        (ago(38), Some(KeptBecause::UnreplayedDeadLetter)),
+        (ago(37), None),
+        (ago(31), None),
+    ];
+    let outcome = |report: &retention::PruneReport| {
+        report
+            .days
+            .iter()
+            .map(|day| (day.day, day.kept))
+            .collect::<Vec<_>>()
+    };
+    let exists = |id: Uuid| async move { db::get_event(db, id).await.unwrap().is_some() };
+
+    // a dry run reports and removes nothing
+    let dry = retention::prune(db, policy, true).await.unwrap();
+    assert!(dry.ran);
+    assert_eq!(outcome(&dry), expected);
+    assert!(exists(finished).await && exists(last_out).await);
+
+    let report = retention::prune(db, policy, false).await.unwrap();
+    assert_eq!(outcome(&report), expected);
+    assert_eq!(
+        report.days, dry.days,
+        "the dry run counted what was removed"
+    );
+    let day = |date| report.days.iter().find(|d| d.day == date).unwrap().rows;
+    assert_eq!(
+        day(ago(40)),
+        retention::DayRows {
+            events: 1,
+            deliveries: 1,
+            attempts: 1,
+            dead_letters: 0
+        }
+    );
+    assert_eq!(
+        day(ago(37)),
+        retention::DayRows {
+            events: 1,
+            deliveries: 2,
+            attempts: 2,
+            dead_letters: 1
+        }
+    );
+    assert_eq!(report.removed().events, 3);
+    for (id, kept) in [
+        (finished, false),
+        (live, true),
+        (dead_letter, true),
+        (replayed, false),
+        (last_out, false),
+        (first_in, true),
+        (recent, true),
+    ] {
+        assert_eq!(exists(id).await, kept, "event {id}");
+    }
+    assert!(
+        db::list_event_attempts(db, finished)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        db::list_dead_letters(db, &DeadLetterFilter::default(), page(10))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the replayed dead letter went with its day"
+    );
+    // the live work of a kept day is still leased and sent
+    let (_, of_live) = db::get_event(db, live).await.unwrap().unwrap();
+    assert_eq!(of_live[0].status, DeliveryStatus::Pending);
+
+    // a removed day's idempotency key is free again
+    let again = publish(db, &[event("finished", Some("k-old"), "other request")]).await;
+    assert_ne!(again[0].id, finished);
+
+    // past the dead-letter retention, the unreplayed dead letter no longer keeps its day
+    let short = Retention {
+        finished: THIRTY_DAYS,
+        dead_letters: Duration::from_nanos(1),
+    };
+    let report = retention::prune(db, short, false).await.unwrap();
+    assert_eq!(
+        outcome(&report),
+        [(ago(39), Some(KeptBecause::LiveDelivery)), (ago(38), None)]
+    );
+    assert!(!exists(dead_letter).await);
+    assert!(exists(live).await);
+}
+
+async fn a_key_whose_event_is_gone_is_free_again(test: TestDb) {
+    let db = &test.pool;
+    subscribe(db, &["a"]).await;
+    let first = publish(db, &[event("a", Some("k"), "1")]).await;
+    // the key outlives its event, as for a moment after retention drops a day
+    let deleted = test
+        .execute_bound("delete from outbox_events where id = $1", first[0].id)
+        .await;
+    assert_eq!(deleted, 1);
+    let second = publish(db, &[event("a", Some("k"), "2")]).await;
+    assert_ne!(second[0].id, first[0].id);
+    assert_eq!(second[0].deliveries_created, 1);
+    // and the key is held again
+    let third = publish(db, &[event("a", Some("k"), "2")]).await;
+    assert_eq!(third[0].id, second[0].id);
+}
+
+async fn the_history_migration_keeps_every_row_and_resends_nothing(test: TestDb) {
+    let db = &test.pool;
+    let subscription = subscribe(db, &["*"]).await;
+    let keyed = publish(db, &[event("delivered", Some("key-1"), "h1")]).await;
+    publish(
+        db,
+        &[event("dead", None, "h2"), event("replayed", None, "h3")],
+    )
+    .await;
+    lease_and_complete(db, |event_type| match event_type {
+        "delivered" => NextState::Delivered,
+        _ => dead("http_500"),
+    })
+    .await;
+    let letters = db::list_dead_letters(db, &DeadLetterFilter::default(), page(10))
+        .await
+        .unwrap();
+    let replayed_event = letters.iter().map(|l| l.event_id).max().unwrap();
+    let letter = letters
+        .iter()
+        .find(|l| l.event_id == replayed_event)
+        .unwrap();
+    db::replay_dead_letter(db, letter.id, Uuid::now_v7())
+        .await
+        .unwrap();
+    // a leased row, whose worker is still sending it
+    let to_lease = publish(db, &[event("leased", None, "h4")]).await;
+    let leased = db::lease_deliveries(db, 1, "w1", Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    // and one pending
+    let pending = publish(db, &[event("pending", None, "h5")]).await;
+
+    let snapshot = || async {
+        let deliveries = db::list_deliveries(db, &DeliveryFilter::default(), page(100))
+            .await
+            .unwrap();
+        let letters = db::list_dead_letters(db, &DeadLetterFilter::default(), page(100))
+            .await
+            .unwrap();
+        let events = db::list_events(db, &EventFilter::default(), page(100))
+            .await
+            .unwrap();
+        let mut attempts = Vec::new();
+        for event in &events {
+            for attempt in db::list_event_attempts(db, event.id)
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                attempts.push((attempt.id, attempt.outcome, attempt.delivery_id));
+            }
+        }
+        (
+            deliveries
+                .iter()
+                .map(|d| (d.id, d.event_id, d.status, d.attempts, d.subscription_id))
+                .collect::<Vec<_>>(),
+            letters
+                .iter()
+                .map(|l| (l.id, l.replayed_at.is_some(), l.replay_delivery_id))
+                .collect::<Vec<_>>(),
+            events
+                .iter()
+                .map(|e| (e.id, e.event_type.clone(), e.deliveries_created))
+                .collect::<Vec<_>>(),
+            attempts,
+        )
+    };
+    let before = snapshot().await;
+    assert_eq!(before.0.len(), 6);
+
+    // back to the schema before the history, then forward: every row is where it was
+    roll_back_to(&test, "m20261129_000002_subscription_routes").await;
+    assert_eq!(
+        test.fetch_i64("select count(*) from deliveries").await,
+        6,
+        "the old layout holds every delivery in one table"
+    );
+    migration::run(&test.url, migration::Command::Up)
+        .await
+        .unwrap();
+    assert_eq!(snapshot().await, before);
+    assert_eq!(test.fetch_i64("select count(*) from deliveries").await, 3);
+
+    // nothing is sent again: what is due now is the live work except the row still leased
+    // (its lease runs), and nothing finished
+    let due = db::lease_deliveries(db, 100, "w2", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut due: Vec<Uuid> = due.iter().map(|d| d.event_id).collect();
+    due.sort();
+    let mut expected: Vec<Uuid> = [pending[0].id, replayed_event, to_lease[0].id]
+        .into_iter()
+        .filter(|id| *id != leased[0].event_id)
+        .collect();
+    expected.sort();
+    assert_eq!(due, expected);
+    // the idempotency key still answers with its event
+    let retried = publish(db, &[event("delivered", Some("key-1"), "h1")]).await;
+    assert_eq!(retried[0].id, keyed[0].id);
+    assert_eq!(
+        db::get_subscription(db, subscription)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        subscription
+    );
 }

@@ -12,6 +12,7 @@
 //! - [`pacer`]: per-channel pacing of Slack messages.
 //! - [`http`]: the delivery client and its SSRF-guarded resolver.
 //! - [`complete`]: the completion buffer.
+//! - [`maintenance`]: partitions ahead and retention.
 //! - wake-ups come from `store::wake` (LISTEN/NOTIFY, or the publish path of the same
 //!   process on SQLite).
 //! - [`slack`]: the Slack connector.
@@ -41,6 +42,7 @@ pub mod complete;
 pub mod context;
 pub mod deliver;
 pub mod http;
+pub mod maintenance;
 pub mod outcome;
 pub mod pacer;
 pub mod slack;
@@ -145,6 +147,7 @@ pub async fn run(
         config.database.max_connections,
         samplers_stop.clone(),
     );
+    maintenance::spawn(pool.clone(), config.retention, samplers_stop.clone());
     register_metrics();
 
     let abort_sends = CancellationToken::new();

@@ -175,7 +175,7 @@ async fn bulk_replay_counts_in_a_dry_run_then_replays_each_dead_letter_once() {
     assert_eq!(counted, json!({"dry_run": true, "count": 3}));
     assert_eq!(
         app.db
-            .fetch_i64("select count(*) from deliveries where status = 'pending'")
+            .fetch_i64("select count(*) from all_deliveries where status = 'pending'")
             .await,
         0
     );
@@ -191,7 +191,7 @@ async fn bulk_replay_counts_in_a_dry_run_then_replays_each_dead_letter_once() {
     assert_eq!(done["count"], 3);
     assert_eq!(
         app.db
-            .fetch_i64("select count(*) from deliveries where status = 'pending'")
+            .fetch_i64("select count(*) from all_deliveries where status = 'pending'")
             .await,
         3
     );

@@ -1,7 +1,7 @@
 -- Applies a flush of outcomes in one statement, fenced by the lease token: a row whose lease
 -- was lost (expired and taken by another worker) does not match and nothing is written for
 -- it. The attempt rows, dead letters and subscription changes (stats, disable on 410) all
--- select from the rows actually updated. Inputs are sorted by id so concurrent flushes take
+-- select from the rows that matched. Inputs are sorted by id so concurrent flushes take
 -- row locks in the same order.
 with input as (
   select *
@@ -12,12 +12,13 @@ with input as (
          attempt_number, started_at, duration_ms, response_status, response_body,
          attempt_error, attempt_outcome, dead_reason, disable_subscription, external_id)
 ),
-done as (
+-- A retry stays in the live table, pending again; a finished delivery (delivered, dead,
+-- cancelled) leaves it here and is written to the history below, so the live table holds only
+-- live work.
+retried as (
   update deliveries d
-  set status = c.status,
-      next_attempt_at = case when c.status = 'pending'
-                             then now() + make_interval(secs => c.delay_seconds)
-                             else now() end,
+  set status = 'pending',
+      next_attempt_at = now() + make_interval(secs => c.delay_seconds),
       lease_token = null,
       leased_by = null,
       last_error = c.last_error,
@@ -26,7 +27,30 @@ done as (
   where d.id = c.id
     and d.lease_token = c.token
     and d.status = 'leased'
+    and c.status = 'pending'
   returning d.id, d.event_id, d.subscription_id, d.target
+),
+finished as (
+  delete from deliveries d
+  using input c
+  where d.id = c.id
+    and d.lease_token = c.token
+    and d.status = 'leased'
+    and c.status <> 'pending'
+  returning d.id, d.event_id, d.subscription_id, d.target, d.attempts, d.created_at
+),
+history as (
+  insert into delivery_history
+    (id, event_id, target, subscription_id, status, attempts, last_error, created_at, updated_at)
+  select f.id, f.event_id, f.target, f.subscription_id, c.status, f.attempts, c.last_error,
+         f.created_at, now()
+  from finished f
+  join input c on c.id = f.id
+),
+done as (
+  select id, event_id, subscription_id, target from retried
+  union all
+  select id, event_id, subscription_id, target from finished
 ),
 attempts as (
   insert into delivery_attempts

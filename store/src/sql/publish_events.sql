@@ -35,18 +35,30 @@ counted as (
   left join (select event_type, count(*) as subscriptions from targets group by event_type) per_type
     on per_type.event_type = i.event_type
 ),
+-- An idempotency key is claimed in its own table (the events table is partitioned by time, so
+-- it cannot hold a unique key of its own); an event is written when it has no key or won its
+-- key. Keys go in one canonical order (the scope is the same for every row): two requests
+-- holding the same keys in another order then wait for each other instead of deadlocking.
+claimed as (
+  insert into idempotency_keys (scope, key, event_id)
+  select $6::text, idempotency_key, id
+  from counted
+  where idempotency_key is not null
+  order by idempotency_key, position
+  on conflict (scope, key) do nothing
+  returning event_id
+),
 inserted as (
   insert into outbox_events
     (id, event_type, payload, idempotency_key, idempotency_scope, request_hash,
      deliveries_created, traceparent, created_at)
   select id, event_type, payload, idempotency_key,
          case when idempotency_key is null then null else $6::text end,
-         request_hash, deliveries, traceparent, now()
+         -- the id's own time, so a time window over ids and over created_at agree
+         request_hash, deliveries, traceparent, ih_uuid_time(id)
   from counted
-  -- keys in one canonical order (the scope is the same for every row): two requests holding
-  -- the same keys in another order then wait for each other instead of deadlocking
-  order by idempotency_key, position
-  on conflict (idempotency_scope, idempotency_key) do nothing
+  where idempotency_key is null or id in (select event_id from claimed)
+  order by position
   returning id, event_type, created_at, deliveries_created
 ),
 fanned_out as (

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{SqliteDb, blob_hex, now};
-use crate::{DbError, NewEvent, PublishOutcome, PublishedEvent, events::IdempotentRow};
+use super::{SqliteDb, blob_hex, now, time};
+use crate::{
+    DbError, NewEvent, PublishOutcome, PublishedEvent, events::IdempotentRow, retention::uuid_time,
+};
 use shared::{config::SlackFanout, state::Target};
 
 impl SqliteDb {
@@ -50,26 +52,49 @@ impl SqliteDb {
                 targets.push((Target::Slack, None));
             }
             let count = i32::try_from(targets.len()).unwrap_or(i32::MAX);
-            let inserted: Option<PublishedEvent> = sqlx::query_as(concat!(
-                "insert into outbox_events
-                   (id, event_type, payload, idempotency_key, idempotency_scope, request_hash,
-                    deliveries_created, traceparent, created_at)
-                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ",
-                now!(),
-                ")
-                 on conflict (idempotency_scope, idempotency_key) do nothing
-                 returning id, event_type, created_at, deliveries_created"
-            ))
-            .bind(event.id)
-            .bind(&event.event_type)
-            .bind(&event.payload)
-            .bind(event.idempotency_key.as_deref())
-            .bind(event.idempotency_key.as_ref().map(|_| scope))
-            .bind(&event.request_hash)
-            .bind(count)
-            .bind(event.traceparent.as_deref())
-            .fetch_optional(&mut *transaction)
-            .await?;
+            // the key first, in its own table (as on Postgres): taken when free, or when the
+            // event holding it is gone (removed by retention)
+            let claimed = match event.idempotency_key.as_deref() {
+                None => true,
+                Some(key) => sqlx::query_scalar::<_, Uuid>(
+                    "insert into idempotency_keys (scope, key, event_id) values (?1, ?2, ?3)
+                     on conflict (scope, key) do update set event_id = excluded.event_id
+                       where not exists (select 1 from outbox_events e
+                                         where e.id = idempotency_keys.event_id)
+                     returning event_id",
+                )
+                .bind(scope)
+                .bind(key)
+                .bind(event.id)
+                .fetch_optional(&mut *transaction)
+                .await?
+                .is_some(),
+            };
+            let inserted: Option<PublishedEvent> = if claimed {
+                Some(
+                    sqlx::query_as(
+                        "insert into outbox_events
+                           (id, event_type, payload, idempotency_key, idempotency_scope,
+                            request_hash, deliveries_created, traceparent, created_at)
+                         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         returning id, event_type, created_at, deliveries_created"
+                    )
+                    .bind(event.id)
+                    .bind(&event.event_type)
+                    .bind(&event.payload)
+                    .bind(event.idempotency_key.as_deref())
+                    .bind(event.idempotency_key.as_ref().map(|_| scope))
+                    .bind(&event.request_hash)
+                    .bind(count)
+                    .bind(event.traceparent.as_deref())
+                    // the id's own time, so a time window over ids and over created_at agree
+                    .bind(time(uuid_time(event.id)))
+                    .fetch_one(&mut *transaction)
+                    .await?,
+                )
+            } else {
+                None
+            };
             if let Some(inserted) = inserted {
                 deliveries.extend(targets.into_iter().map(|(target, subscription_id)| {
                     json!({
@@ -83,10 +108,11 @@ impl SqliteDb {
                 continue;
             }
             let winner: Option<IdempotentRow> = sqlx::query_as(
-                "select id, event_type, created_at, deliveries_created, idempotency_key,
-                        request_hash
-                 from outbox_events
-                 where idempotency_scope = ?1 and idempotency_key = ?2",
+                "select e.id, e.event_type, e.created_at, e.deliveries_created,
+                        k.key as idempotency_key, e.request_hash
+                 from idempotency_keys k
+                 join outbox_events e on e.id = k.event_id
+                 where k.scope = ?1 and k.key = ?2",
             )
             .bind(scope)
             .bind(event.idempotency_key.as_deref())
@@ -100,7 +126,7 @@ impl SqliteDb {
                     transaction.rollback().await?;
                     return Ok(PublishOutcome::KeyReused { index });
                 }
-                // Not inserted and no winner: only the unique constraint skips an insert.
+                // Not inserted and no winner: only a key held by a stored event skips an insert.
                 None => return Err(DbError::Other(sqlx::Error::RowNotFound)),
             }
         }

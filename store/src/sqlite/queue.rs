@@ -106,9 +106,10 @@ impl SqliteDb {
     }
 
     /// The whole flush in one immediate transaction of a few statements, each taking its rows
-    /// as a JSON array: the deliveries' updates, fenced by the lease token as on Postgres (a
-    /// row whose lease was lost does not match and nothing is written for it); then the
-    /// attempts and dead letters of the rows that matched, and the subscriptions' changes.
+    /// as a JSON array: the retries' updates and the finished deliveries' move to the history,
+    /// fenced by the lease token as on Postgres (a row whose lease was lost does not match and
+    /// nothing is written for it); then the attempts and dead letters of the rows that
+    /// matched, and the subscriptions' changes.
     pub(crate) async fn complete_deliveries(
         &self,
         worker_id: &str,
@@ -127,10 +128,12 @@ impl SqliteDb {
                 })
             })
             .collect();
+        let states = Value::Array(states).to_string();
         let mut transaction = self.write().await?;
-        let done: Vec<CompletedRow> = sqlx::query_as(concat!(
+        // a retry stays live, pending again
+        let mut done: Vec<CompletedRow> = sqlx::query_as(concat!(
             "update deliveries
-             set status = c.value ->> 'status',
+             set status = 'pending',
                  next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', c.value ->> 'delay'),
                  lease_token = null,
                  leased_by = null,
@@ -142,17 +145,52 @@ impl SqliteDb {
              where deliveries.id = unhex(c.value ->> 'id')
                and deliveries.lease_token = unhex(c.value ->> 'token')
                and deliveries.status = 'leased'
+               and c.value ->> 'status' = 'pending'
+             returning id, event_id, subscription_id, target, null as lag_seconds"
+        ))
+        .bind(&states)
+        .fetch_all(&mut *transaction)
+        .await?;
+        // a finished delivery moves to the history, so the live table holds live work only
+        let finished: Vec<CompletedRow> = sqlx::query_as(concat!(
+            "insert into delivery_history
+               (id, event_id, target, subscription_id, status, attempts, last_error, created_at,
+                updated_at)
+             select d.id, d.event_id, d.target, d.subscription_id, c.value ->> 'status',
+                    d.attempts, c.value ->> 'last_error', d.created_at, ",
+            now!(),
+            "
+             from deliveries d
+             join json_each(?1) as c on d.id = unhex(c.value ->> 'id')
+             where d.lease_token = unhex(c.value ->> 'token')
+               and d.status = 'leased'
+               and c.value ->> 'status' <> 'pending'
              returning id, event_id, subscription_id, target,
                        -- publish → delivered lag, from database timestamps only
                        case when status = 'delivered'
                             then (julianday('now') - julianday(
                                     (select created_at from outbox_events e
-                                      where e.id = deliveries.event_id))) * 86400.0
+                                      where e.id = delivery_history.event_id))) * 86400.0
                        end as lag_seconds"
         ))
-        .bind(Value::Array(states).to_string())
+        .bind(&states)
         .fetch_all(&mut *transaction)
         .await?;
+        if !finished.is_empty() {
+            sqlx::query(
+                "delete from deliveries
+                 where rowid in (select d.rowid
+                                 from deliveries d
+                                 join json_each(?1) as c on d.id = unhex(c.value ->> 'id')
+                                 where d.lease_token = unhex(c.value ->> 'token')
+                                   and d.status = 'leased'
+                                   and c.value ->> 'status' <> 'pending')",
+            )
+            .bind(&states)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        done.extend(finished);
         let done: HashMap<Uuid, CompletedRow> = done.into_iter().map(|row| (row.id, row)).collect();
 
         let mut written = Vec::with_capacity(done.len());

@@ -384,7 +384,7 @@ async fn an_operator_subscribes_watches_a_delivery_and_replays_a_dead_letter_in_
             receiver.count() >= 4
                 && count(
                     &db,
-                    "select count(*) from deliveries where status = 'delivered'",
+                    "select count(*) from all_deliveries where status = 'delivered'",
                 )
                 .await
                     == 2

@@ -17,11 +17,13 @@ fn payloads(n: usize) -> Vec<String> {
 }
 
 async fn leased_by(db: &TestDb, worker: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from deliveries where status = 'leased' and leased_by = $1")
-        .bind(worker)
-        .fetch_one(db.pg())
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "select count(*) from all_deliveries where status = 'leased' and leased_by = $1",
+    )
+    .bind(worker)
+    .fetch_one(db.pg())
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -59,14 +61,18 @@ async fn a_killed_workers_leases_are_delivered_by_another_after_they_expire() {
     assert_eq!(
         count(
             &db,
-            "select count(*) from deliveries where status <> 'delivered'"
+            "select count(*) from all_deliveries where status <> 'delivered'"
         )
         .await,
         0,
         "none lost, none left leased"
     );
     assert_eq!(
-        count(&db, "select count(*) from deliveries where attempts = 2").await,
+        count(
+            &db,
+            "select count(*) from all_deliveries where attempts = 2"
+        )
+        .await,
         held,
         "the dead lease used one attempt"
     );
@@ -127,7 +133,7 @@ async fn a_paused_worker_past_its_lease_changes_nothing_when_it_resumes() {
     assert_eq!(
         count(
             &db,
-            "select count(*) from deliveries where status <> 'delivered'"
+            "select count(*) from all_deliveries where status <> 'delivered'"
         )
         .await,
         0
@@ -227,7 +233,7 @@ async fn terminated_worker_connections_are_survived() {
             eventually(Duration::from_secs(30), || async {
                 count(
                     &db,
-                    "select count(*) from deliveries where status = 'delivered'",
+                    "select count(*) from all_deliveries where status = 'delivered'",
                 )
                 .await
                     >= round * 100
@@ -254,7 +260,7 @@ async fn terminated_worker_connections_are_survived() {
     assert_eq!(
         count(
             &db,
-            "select count(*) from deliveries where status <> 'delivered'"
+            "select count(*) from all_deliveries where status <> 'delivered'"
         )
         .await,
         0
@@ -286,7 +292,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     assert_eq!(
         count(
             &db,
-            "select count(*) from deliveries where status = 'delivered' and attempts = 1"
+            "select count(*) from all_deliveries where status = 'delivered' and attempts = 1"
         )
         .await,
         10
@@ -320,7 +326,7 @@ async fn sigterm_hands_back_unfinished_leases_long_before_they_expire() {
     assert_eq!(
         count(
             &db,
-            "select count(*) from deliveries where status = 'pending' and attempts = 0"
+            "select count(*) from all_deliveries where status = 'pending' and attempts = 0"
         )
         .await,
         10,

@@ -151,7 +151,7 @@ async fn a_receiver_failing_four_times_gets_the_event_on_attempt_five() {
     assert_eq!(numbers, [1, 2, 3, 4, 5]);
     assert_eq!(attempts[0].response_status, Some(500));
     assert_eq!(
-        count(&db, "select attempts::bigint from deliveries").await,
+        count(&db, "select attempts::bigint from all_deliveries").await,
         5
     );
     let ids: Vec<String> = receiver
@@ -184,7 +184,11 @@ async fn a_receiver_that_always_fails_dead_letters_and_replay_delivers() {
     .await;
     assert!(dead, "dead-lettered after the last attempt");
     assert_eq!(
-        count(&db, "select count(*) from deliveries where status = 'dead'").await,
+        count(
+            &db,
+            "select count(*) from all_deliveries where status = 'dead'"
+        )
+        .await,
         1
     );
     assert_eq!(receiver.count(), 3);
@@ -260,7 +264,7 @@ async fn queued_work_follows_the_subscription_as_it_is_when_sent() {
         eventually(Duration::from_secs(10), || async {
             count(
                 &db,
-                "select count(*) from deliveries where status in ('cancelled', 'dead')",
+                "select count(*) from all_deliveries where status in ('cancelled', 'dead')",
             )
             .await
                 == 2
@@ -270,7 +274,7 @@ async fn queued_work_follows_the_subscription_as_it_is_when_sent() {
     assert_eq!(
         count(
             &db,
-            "select count(*) from deliveries where status = 'cancelled'"
+            "select count(*) from all_deliveries where status = 'cancelled'"
         )
         .await,
         1
@@ -538,7 +542,7 @@ async fn a_panic_inside_one_delivery_is_a_failed_attempt_and_the_worker_goes_on(
                 >= 1
                 && count(
                     &db,
-                    "select count(*) from deliveries where status = 'delivered'",
+                    "select count(*) from all_deliveries where status = 'delivered'",
                 )
                 .await
                     == 1

@@ -210,7 +210,7 @@ async fn a_worker_process_stays_small_under_hostile_receivers() {
         eventually(Duration::from_secs(90), || async {
             count(
                 &db,
-                "select count(*) from deliveries where attempts >= 1 and status <> 'leased'",
+                "select count(*) from all_deliveries where attempts >= 1 and status <> 'leased'",
             )
             .await
                 >= 400
@@ -223,7 +223,7 @@ async fn a_worker_process_stays_small_under_hostile_receivers() {
     assert_eq!(
         count(
             &db,
-            "select count(*) from deliveries where status = 'delivered'"
+            "select count(*) from all_deliveries where status = 'delivered'"
         )
         .await,
         100,

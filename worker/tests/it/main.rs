@@ -16,6 +16,7 @@ mod flood;
 mod hostile;
 mod observability;
 mod outage;
+mod retention;
 mod secrets;
 mod slack;
 mod support;

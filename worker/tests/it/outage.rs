@@ -262,10 +262,12 @@ async fn every_acknowledged_event_is_delivered_across_fast_and_immediate_restart
     let stored: HashSet<Uuid> = stored.into_iter().collect();
     assert!(expected.is_subset(&stored));
     let settled = eventually(Duration::from_secs(30), || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from deliveries where status <> 'delivered'")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from all_deliveries where status <> 'delivered'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
             == 0
     })
     .await;

@@ -49,7 +49,7 @@ fn assert_sealed(stored: &str, key_id: &str, secrets: &[&str]) {
 async fn delivered_count(db: &TestDb) -> i64 {
     count(
         db,
-        "select count(*) from deliveries where status = 'delivered'",
+        "select count(*) from all_deliveries where status = 'delivered'",
     )
     .await
 }

@@ -39,7 +39,7 @@ async fn settled(db: &TestDb) -> bool {
     eventually(Duration::from_secs(20), || async {
         count(
             db,
-            "select count(*) from deliveries where status in ('delivered', 'dead')",
+            "select count(*) from all_deliveries where status in ('delivered', 'dead')",
         )
         .await
             == 1
@@ -124,7 +124,7 @@ async fn permanent_slack_errors_dead_letter_at_once_and_replay() {
         eventually(Duration::from_secs(10), || async {
             count(
                 &db,
-                "select count(*) from deliveries where status = 'delivered' and target = 'slack'",
+                "select count(*) from all_deliveries where status = 'delivered' and target = 'slack'",
             )
             .await
                 == 1

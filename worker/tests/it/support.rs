@@ -210,7 +210,7 @@ pub async fn delivered_within(db: &TestDb, expected: i64, deadline: Duration) ->
     eventually(deadline, || async {
         count(
             db,
-            "select count(*) from deliveries where status = 'delivered'",
+            "select count(*) from all_deliveries where status = 'delivered'",
         )
         .await
             == expected

@@ -1,0 +1,463 @@
+//! Retention: how finished work leaves the database.
+//!
+//! Every row of an event (the event, its finished deliveries, attempts and dead letters) is
+//! filed under the UTC day of the event's UUID v7. A day is removed whole once it ended more
+//! than the retention ago, unless one of its events still has a live delivery (pending or
+//! leased) or a dead letter not yet replayed that is younger than the dead-letter retention:
+//! such a day is kept, and looked at again on the next run. On Postgres a day is a partition
+//! of each history table and leaves with `drop table` (no delete, nothing to vacuum); on
+//! SQLite its rows are deleted in short batches.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use sqlx::{Connection, PgPool};
+use uuid::Uuid;
+
+use crate::{Db, DbError};
+use shared::config::Retention;
+
+/// Why a day past its retention was kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeptBecause {
+    /// One of its events has a pending or leased delivery.
+    LiveDelivery,
+    /// One of its events has a dead letter not yet replayed, within the dead-letter retention.
+    UnreplayedDeadLetter,
+    /// Postgres only: its tables were busy past the lock timeout; the next run tries again.
+    Busy,
+}
+
+/// The rows of one day, by table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DayRows {
+    /// Events.
+    pub events: u64,
+    /// Finished deliveries.
+    pub deliveries: u64,
+    /// Attempts.
+    pub attempts: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+}
+
+impl DayRows {
+    /// The rows of every table, with the table's name.
+    #[must_use]
+    pub fn by_table(&self) -> [(&'static str, u64); 4] {
+        [
+            ("events", self.events),
+            ("deliveries", self.deliveries),
+            ("attempts", self.attempts),
+            ("dead_letters", self.dead_letters),
+        ]
+    }
+}
+
+/// One day past its retention, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunedDay {
+    /// The UTC day of the events.
+    pub day: NaiveDate,
+    /// Its rows (removed, or that would be by a dry run). On Postgres the counts come from the
+    /// planner's statistics when the partition has them, else from a count.
+    pub rows: DayRows,
+    /// `None` when it was removed (or would be), else why it was kept.
+    pub kept: Option<KeptBecause>,
+}
+
+/// What a retention run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// False when another process was running retention; nothing was looked at.
+    pub ran: bool,
+    /// The days past their retention, oldest first.
+    pub days: Vec<PrunedDay>,
+}
+
+impl PruneReport {
+    /// The rows removed (or that a dry run would remove), by table.
+    #[must_use]
+    pub fn removed(&self) -> DayRows {
+        let mut total = DayRows::default();
+        for day in self.days.iter().filter(|day| day.kept.is_none()) {
+            total.events += day.rows.events;
+            total.deliveries += day.rows.deliveries;
+            total.attempts += day.rows.attempts;
+            total.dead_letters += day.rows.dead_letters;
+        }
+        total
+    }
+}
+
+/// Days of partitions kept ready ahead of today.
+pub const PARTITION_DAYS_AHEAD: u64 = 7;
+
+/// Key of the advisory lock that lets one process at a time run retention.
+const RETENTION_LOCK_KEY: i64 = 0x4948_5245_5445_4e54; // "IHRETENT"
+
+/// The smallest UUID v7 made at or after `at`: the lower bound of a time window as a key range.
+#[must_use]
+pub fn uuid_floor(at: DateTime<Utc>) -> Uuid {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    Uuid::from_u128(u128::from(millis) << 80)
+}
+
+/// The instant a UUID v7 was made (millisecond precision).
+#[must_use]
+pub fn uuid_time(id: Uuid) -> DateTime<Utc> {
+    let millis = i64::try_from(id.as_u128() >> 80).unwrap_or(0);
+    DateTime::<Utc>::from_timestamp_millis(millis).unwrap_or_default()
+}
+
+/// The UTC day a UUID v7 was made.
+#[must_use]
+pub fn uuid_day(id: Uuid) -> NaiveDate {
+    uuid_time(id).date_naive()
+}
+
+/// The key range `[low, high)` of the events of `day`.
+#[must_use]
+pub fn day_range(day: NaiveDate) -> (Uuid, Uuid) {
+    let start = day.and_time(chrono::NaiveTime::MIN).and_utc();
+    (uuid_floor(start), uuid_floor(start + TimeDelta::days(1)))
+}
+
+/// Creates the partitions of the days from `first` to `last` that are missing (Postgres;
+/// SQLite has none) and returns how many tables it created.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn create_partitions(db: &Db, first: NaiveDate, last: NaiveDate) -> Result<i32, DbError> {
+    match db {
+        Db::Postgres(pool) => Ok(
+            sqlx::query_scalar("select ih_create_day_partitions($1, $2)")
+                .bind(first)
+                .bind(last)
+                .fetch_one(pool)
+                .await?,
+        ),
+        Db::Sqlite(_) => Ok(0),
+    }
+}
+
+/// Keeps the partitions from yesterday to [`PARTITION_DAYS_AHEAD`] days ahead: run by
+/// `ih-api` at start and by the workers' maintenance, so a publish always finds its day.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn create_partitions_ahead(db: &Db) -> Result<i32, DbError> {
+    let today = Utc::now().date_naive();
+    create_partitions(
+        db,
+        today - Days::new(1),
+        today + Days::new(PARTITION_DAYS_AHEAD),
+    )
+    .await
+}
+
+/// Removes the days past `policy` (or, with `dry_run`, only reports them), one process at a
+/// time across the fleet.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn prune(db: &Db, policy: Retention, dry_run: bool) -> Result<PruneReport, DbError> {
+    let now = Utc::now();
+    let cutoff = now - delta(policy.finished);
+    let dead_letter_cutoff = now - delta(policy.dead_letters);
+    match db {
+        Db::Postgres(pool) => prune_postgres(pool, cutoff, dead_letter_cutoff, dry_run).await,
+        Db::Sqlite(sqlite) => sqlite.prune(cutoff, dead_letter_cutoff, dry_run).await,
+    }
+}
+
+fn delta(duration: Duration) -> TimeDelta {
+    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
+
+/// A day is past its retention when it ended at or before `cutoff`.
+pub(crate) fn is_past(day: NaiveDate, cutoff: DateTime<Utc>) -> bool {
+    day.and_time(chrono::NaiveTime::MIN).and_utc() + TimeDelta::days(1) <= cutoff
+}
+
+/// The history tables, each partitioned by the event's day.
+const PARTITIONED: [&str; 4] = [
+    "outbox_events",
+    "delivery_history",
+    "delivery_attempts",
+    "dead_letters",
+];
+
+async fn prune_postgres(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    dead_letter_cutoff: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<PruneReport, DbError> {
+    // A session lock on a connection of its own, held for the whole run.
+    let mut lock = pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        .bind(RETENTION_LOCK_KEY)
+        .fetch_one(&mut *lock)
+        .await?;
+    if !locked {
+        return Ok(PruneReport::default());
+    }
+    let result = prune_days(pool, cutoff, dead_letter_cutoff, dry_run).await;
+    let unlocked = sqlx::query("select pg_advisory_unlock($1)")
+        .bind(RETENTION_LOCK_KEY)
+        .execute(&mut *lock)
+        .await;
+    if unlocked.is_err() {
+        // a session whose unlock failed is closed, which releases its locks
+        lock.detach().close().await.ok();
+    }
+    result
+}
+
+async fn prune_days(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    dead_letter_cutoff: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<PruneReport, DbError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "select c.relname::text
+         from pg_inherits i
+         join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = 'outbox_events'::regclass
+         order by 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut report = PruneReport {
+        ran: true,
+        days: Vec::new(),
+    };
+    for name in names {
+        let Some(day) = name
+            .strip_prefix("outbox_events_p")
+            .and_then(|day| NaiveDate::parse_from_str(day, "%Y%m%d").ok())
+        else {
+            continue;
+        };
+        if !is_past(day, cutoff) {
+            continue;
+        }
+        let rows = partition_rows(pool, day).await?;
+        let kept = if dry_run {
+            held(pool, day, dead_letter_cutoff).await?
+        } else {
+            drop_day(pool, day, dead_letter_cutoff).await?
+        };
+        // an empty day (a partition made ahead that never got an event) goes unreported, as
+        // on SQLite, where it has no rows to find
+        if kept.is_some() || rows != DayRows::default() {
+            report.days.push(PrunedDay { day, rows, kept });
+        }
+    }
+    Ok(report)
+}
+
+fn partition(table: &str, day: NaiveDate) -> String {
+    format!("{table}_p{}", day.format("%Y%m%d"))
+}
+
+/// The rows of a day's partitions: the planner's estimate when the partition was analyzed (a
+/// count would read the whole day), else a count (a partition never analyzed is small or new).
+async fn partition_rows(pool: &PgPool, day: NaiveDate) -> Result<DayRows, DbError> {
+    let mut counts = [0_u64; 4];
+    for (count, table) in counts.iter_mut().zip(PARTITIONED) {
+        let name = partition(table, day);
+        let estimate: Option<f32> =
+            sqlx::query_scalar("select reltuples from pg_class where oid = to_regclass($1)")
+                .bind(&name)
+                .fetch_optional(pool)
+                .await?;
+        *count = match estimate {
+            Some(estimate) if estimate >= 0.0 => float_count(estimate),
+            Some(_) => {
+                let counted: i64 =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {name}")))
+                        .fetch_one(pool)
+                        .await?;
+                u64::try_from(counted).unwrap_or(0)
+            }
+            None => 0,
+        };
+    }
+    Ok(DayRows {
+        events: counts[0],
+        deliveries: counts[1],
+        attempts: counts[2],
+        dead_letters: counts[3],
+    })
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a row estimate, non-negative and far below u64::MAX"
+)]
+fn float_count(estimate: f32) -> u64 {
+    estimate.round() as u64
+}
+
+/// Why a day must be kept, if it must: read with one statement, so both checks see one
+/// snapshot.
+async fn held<'c, E>(
+    executor: E,
+    day: NaiveDate,
+    dead_letter_cutoff: DateTime<Utc>,
+) -> Result<Option<KeptBecause>, DbError>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    let (low, high) = day_range(day);
+    let (live, dead): (bool, bool) = sqlx::query_as(
+        "select exists (select 1 from deliveries where event_id >= $1 and event_id < $2),
+                exists (select 1 from dead_letters
+                        where event_id >= $1 and event_id < $2
+                          and replayed_at is null and created_at > $3)",
+    )
+    .bind(low)
+    .bind(high)
+    .bind(dead_letter_cutoff)
+    .fetch_one(executor)
+    .await?;
+    Ok(if live {
+        Some(KeptBecause::LiveDelivery)
+    } else if dead {
+        Some(KeptBecause::UnreplayedDeadLetter)
+    } else {
+        None
+    })
+}
+
+/// How long the drop waits for its locks. While it waits, statements that need the same
+/// tables queue behind it, so the wait is short; a busy day is tried again next run.
+const DROP_LOCK_TIMEOUT: &str = "1s";
+
+/// Drops a day's partitions unless it must be kept. The partitions are locked first, so no
+/// replay can queue a delivery of the day between the check and the drop. The day's
+/// idempotency keys are deleted afterwards, in batches: a key whose event is gone is free
+/// again (the publish takes it over), so a key left behind for a moment does no harm.
+async fn drop_day(
+    pool: &PgPool,
+    day: NaiveDate,
+    dead_letter_cutoff: DateTime<Utc>,
+) -> Result<Option<KeptBecause>, DbError> {
+    let tables: Vec<String> = PARTITIONED
+        .iter()
+        .map(|table| partition(table, day))
+        .collect();
+    let list = tables.join(", ");
+    let mut transaction = pool.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "set local lock_timeout = '{DROP_LOCK_TIMEOUT}'"
+    )))
+    .execute(&mut *transaction)
+    .await?;
+    let locked = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "lock table {list} in access exclusive mode"
+    )))
+    .execute(&mut *transaction)
+    .await;
+    match locked {
+        Ok(_) => {}
+        // 55P03: lock_not_available
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => {
+            transaction.rollback().await?;
+            return Ok(Some(KeptBecause::Busy));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    if let Some(kept) = held(&mut *transaction, day, dead_letter_cutoff).await? {
+        transaction.rollback().await?;
+        return Ok(Some(kept));
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop table {list}")))
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+
+    let (low, high) = day_range(day);
+    loop {
+        let deleted = sqlx::query(
+            "delete from idempotency_keys
+             where ctid = any (array(select ctid from idempotency_keys
+                                     where event_id >= $1 and event_id < $2
+                                     limit 5000))",
+        )
+        .bind(low)
+        .bind(high)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if deleted == 0 {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// The longest a batch of SQLite deletes may hold the write lock.
+pub(crate) const SQLITE_BATCH_BUDGET: Duration = Duration::from_millis(50);
+
+/// Sizes SQLite's delete batches so that each stays well inside [`SQLITE_BATCH_BUDGET`]:
+/// halves after a batch that took more than half of it, doubles after one under a tenth.
+#[derive(Debug)]
+pub(crate) struct BatchSize(u32);
+
+impl BatchSize {
+    pub(crate) const fn new() -> Self {
+        Self(500)
+    }
+
+    pub(crate) const fn get(&self) -> u32 {
+        self.0
+    }
+
+    pub(crate) fn adapt(&mut self, started: Instant) {
+        let took = started.elapsed();
+        if took > SQLITE_BATCH_BUDGET / 2 {
+            self.0 = (self.0 / 2).max(10);
+        } else if took < SQLITE_BATCH_BUDGET / 10 {
+            self.0 = (self.0 * 2).min(20_000);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_day_is_a_range_of_v7_ids() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 29).unwrap();
+        let (low, high) = day_range(day);
+        let noon = day.and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(noon.timestamp()).unwrap(),
+            0,
+        ));
+        assert!(low <= id && id < high);
+        assert_eq!(uuid_day(id), day);
+        assert_eq!(uuid_day(low), day);
+        assert_eq!(uuid_day(high), day + Days::new(1));
+        assert_eq!(day_range(day + Days::new(1)).0, high);
+    }
+
+    #[test]
+    fn a_day_is_past_once_it_ended_before_the_cutoff() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let end = NaiveDate::from_ymd_opt(2026, 11, 2)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert!(is_past(day, end));
+        assert!(!is_past(day, end - TimeDelta::milliseconds(1)));
+    }
+}
