@@ -88,20 +88,7 @@ async fn prune(database_url: &str, dry_run: bool) -> anyhow::Result<()> {
         report.ran,
         "another process is running retention; run this again later"
     );
-    let verb = if dry_run { "would remove" } else { "removed" };
-    for day in &report.days {
-        match day.kept {
-            None => tracing::info!(
-                day = %day.day,
-                events = day.rows.events,
-                deliveries = day.rows.deliveries,
-                attempts = day.rows.attempts,
-                dead_letters = day.rows.dead_letters,
-                "{verb}"
-            ),
-            Some(reason) => tracing::info!(day = %day.day, reason = ?reason, "kept"),
-        }
-    }
+    report.log(dry_run);
     let removed = report.removed();
     tracing::info!(
         dry_run,

@@ -28,6 +28,19 @@ pub enum KeptBecause {
     Busy,
 }
 
+impl KeptBecause {
+    /// The reason from the two checks of a day: a live delivery, an unreplayed dead letter.
+    pub(crate) const fn from_checks(live: bool, dead_letter: bool) -> Option<Self> {
+        if live {
+            Some(Self::LiveDelivery)
+        } else if dead_letter {
+            Some(Self::UnreplayedDeadLetter)
+        } else {
+            None
+        }
+    }
+}
+
 /// The rows of one day, by table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DayRows {
@@ -76,6 +89,28 @@ pub struct PruneReport {
 }
 
 impl PruneReport {
+    /// Logs each day: removed (or that a dry run would remove) with its rows, or kept and why.
+    pub fn log(&self, dry_run: bool) {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for day in &self.days {
+            match day.kept {
+                None => tracing::info!(
+                    day = %day.day,
+                    events = day.rows.events,
+                    deliveries = day.rows.deliveries,
+                    attempts = day.rows.attempts,
+                    dead_letters = day.rows.dead_letters,
+                    "retention {verb} a day"
+                ),
+                Some(reason) => tracing::info!(
+                    day = %day.day,
+                    reason = ?reason,
+                    "retention kept a day past its retention"
+                ),
+            }
+        }
+    }
+
     /// The rows removed (or that a dry run would remove), by table.
     #[must_use]
     pub fn removed(&self) -> DayRows {
@@ -325,13 +360,7 @@ where
     .bind(dead_letter_cutoff)
     .fetch_one(executor)
     .await?;
-    Ok(if live {
-        Some(KeptBecause::LiveDelivery)
-    } else if dead {
-        Some(KeptBecause::UnreplayedDeadLetter)
-    } else {
-        None
-    })
+    Ok(KeptBecause::from_checks(live, dead))
 }
 
 /// How long the drop waits for its locks. While it waits, statements that need the same

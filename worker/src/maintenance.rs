@@ -56,21 +56,5 @@ fn record(report: &PruneReport) {
     for (table, rows) in report.removed().by_table() {
         metrics::counter!("ih_retention_removed_total", "table" => table).increment(rows);
     }
-    for day in &report.days {
-        match day.kept {
-            None => tracing::info!(
-                day = %day.day,
-                events = day.rows.events,
-                deliveries = day.rows.deliveries,
-                attempts = day.rows.attempts,
-                dead_letters = day.rows.dead_letters,
-                "retention removed a day"
-            ),
-            Some(reason) => tracing::info!(
-                day = %day.day,
-                reason = ?reason,
-                "retention kept a day past its retention"
-            ),
-        }
-    }
+    report.log(false);
 }

@@ -154,11 +154,5 @@ async fn held(
     .bind(time(dead_letter_cutoff))
     .fetch_one(&mut *connection)
     .await?;
-    Ok(if live {
-        Some(KeptBecause::LiveDelivery)
-    } else if dead {
-        Some(KeptBecause::UnreplayedDeadLetter)
-    } else {
-        None
-    })
+    Ok(KeptBecause::from_checks(live, dead))
 }

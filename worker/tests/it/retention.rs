@@ -58,8 +58,8 @@ fn removed(metrics: &str, table: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-#[tokio::test]
-async fn a_worker_removes_a_finished_day_past_the_retention_and_counts_it() {
+/// A database with a subscription to a receiver and the partitions of the last days.
+async fn setup() -> (TestDb, Receiver, NaiveDate) {
     let db = TestDb::new().await;
     let receiver = Receiver::start().await;
     subscribe(&db, &receiver.url("/hook"), SECRET, &["order.created"]).await;
@@ -67,6 +67,12 @@ async fn a_worker_removes_a_finished_day_past_the_retention_and_counts_it() {
     db::retention::create_partitions(&db.pool, today - Days::new(5), today)
         .await
         .unwrap();
+    (db, receiver, today)
+}
+
+#[tokio::test]
+async fn a_worker_removes_a_finished_day_past_the_retention_and_counts_it() {
+    let (db, receiver, today) = setup().await;
     let old = publish_on(&db, today - Days::new(3)).await;
     let fresh = publish_on(&db, today).await;
 
@@ -139,13 +145,7 @@ fn prune(database_url: &str, variables: &[(&str, &str)], dry_run: bool) -> std::
 
 #[tokio::test]
 async fn ih_migrate_prune_reports_with_dry_run_then_removes() {
-    let db = TestDb::new().await;
-    let receiver = Receiver::start().await;
-    subscribe(&db, &receiver.url("/hook"), SECRET, &["order.created"]).await;
-    let today = Utc::now().date_naive();
-    db::retention::create_partitions(&db.pool, today - Days::new(5), today)
-        .await
-        .unwrap();
+    let (db, _receiver, today) = setup().await;
     let old = publish_on(&db, today - Days::new(3)).await;
     let recent = publish_on(&db, today - Days::new(1)).await;
 
