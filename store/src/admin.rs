@@ -1,9 +1,11 @@
 //! Operator queries: attempts, deliveries, dead letters and their replay.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, sea_query::Query,
+    QueryTrait, Select, sea_query::Query,
 };
 use uuid::Uuid;
 
@@ -47,17 +49,12 @@ pub struct AttemptRow {
 
 impl AttemptRow {
     /// The attempt with its delivery's target (absent when the delivery is gone).
-    fn read(
-        attempt: attempts::Model,
-        delivery: Option<deliveries::Model>,
-    ) -> Result<Self, DbError> {
+    fn read(attempt: attempts::Model, target: Option<&String>) -> Result<Self, DbError> {
         Ok(Self {
             id: attempt.id,
             delivery_id: attempt.delivery_id,
             event_id: attempt.event_id,
-            target: delivery
-                .map(|delivery| parse_state(&delivery.target))
-                .transpose()?,
+            target: target.map(|target| parse_state(target)).transpose()?,
             attempt_number: attempt.attempt_number,
             started_at: attempt.started_at,
             duration_ms: attempt.duration_ms,
@@ -89,21 +86,37 @@ pub async fn list_event_attempts(
     if exists.is_none() {
         return Ok(None);
     }
-    // served by delivery_attempts_event_idx; the join shows each attempt's target (absent
-    // when its delivery is gone)
-    let attempts = attempts::Entity::find()
-        .find_also_related(deliveries::Entity)
+    let attempts = attempts_listing(event_id).all(&connection).await?;
+    // each attempt's target, from the event's deliveries (read by event as the event detail
+    // reads them): two indexed reads, where a join to the live-and-history view would make
+    // SQLite read the whole view
+    let targets: HashMap<Uuid, String> = deliveries::Entity::find()
+        .select_only()
+        .columns([deliveries::Column::Id, deliveries::Column::Target])
+        .filter(deliveries::Column::EventId.eq(event_id))
+        .into_tuple::<(Uuid, String)>()
+        .all(&connection)
+        .await?
+        .into_iter()
+        .collect();
+    attempts
+        .into_iter()
+        .map(|attempt| {
+            let target = targets.get(&attempt.delivery_id);
+            AttemptRow::read(attempt, target)
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// The attempt log's query: served by delivery_attempts_event_idx (in the event's day alone on
+/// Postgres).
+pub(crate) fn attempts_listing(event_id: Uuid) -> Select<attempts::Entity> {
+    attempts::Entity::find()
         .filter(attempts::Column::EventId.eq(event_id))
         .order_by_asc(attempts::Column::StartedAt)
         .order_by_asc(attempts::Column::AttemptNumber)
         .order_by_asc(attempts::Column::Id)
-        .all(&connection)
-        .await?;
-    attempts
-        .into_iter()
-        .map(|(attempt, delivery)| AttemptRow::read(attempt, delivery))
-        .collect::<Result<_, _>>()
-        .map(Some)
 }
 
 /// Filters of the delivery listing.
@@ -128,6 +141,19 @@ pub async fn list_deliveries(
     filter: &DeliveryFilter,
     page: Page,
 ) -> Result<Vec<DeliveryRow>, DbError> {
+    deliveries_listing(filter, page)
+        .all(&db.orm_reader())
+        .await?
+        .into_iter()
+        .map(DeliveryRow::try_from)
+        .collect()
+}
+
+/// The delivery listing's query.
+pub(crate) fn deliveries_listing(
+    filter: &DeliveryFilter,
+    page: Page,
+) -> Select<deliveries::Entity> {
     use deliveries::Column;
     let query = deliveries::Entity::find()
         .apply_if(filter.status, |q, status| {
@@ -138,11 +164,6 @@ pub async fn list_deliveries(
         })
         .apply_if(filter.event_id, |q, id| q.filter(Column::EventId.eq(id)));
     newest_first(query, Column::Id, page)
-        .all(&db.orm_reader())
-        .await?
-        .into_iter()
-        .map(DeliveryRow::try_from)
-        .collect()
 }
 
 /// A dead letter.
@@ -204,6 +225,19 @@ pub async fn list_dead_letters(
     filter: &DeadLetterFilter,
     page: Page,
 ) -> Result<Vec<DeadLetterRow>, DbError> {
+    dead_letters_listing(filter, page)
+        .all(&db.orm_reader())
+        .await?
+        .into_iter()
+        .map(DeadLetterRow::try_from)
+        .collect()
+}
+
+/// The dead-letter listing's query.
+pub(crate) fn dead_letters_listing(
+    filter: &DeadLetterFilter,
+    page: Page,
+) -> Select<dead_letters::Entity> {
     use dead_letters::Column;
     let query = dead_letters::Entity::find()
         .apply_if(filter.subscription_id, |q, id| {
@@ -217,11 +251,6 @@ pub async fn list_dead_letters(
             })
         });
     newest_first(query, Column::Id, page)
-        .all(&db.orm_reader())
-        .await?
-        .into_iter()
-        .map(DeadLetterRow::try_from)
-        .collect()
 }
 
 /// Subscriptions that still exist (not soft-deleted), as a subquery of their ids.

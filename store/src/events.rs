@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Select,
 };
 use uuid::Uuid;
 
@@ -297,6 +298,14 @@ pub async fn list_events(
     filter: &EventFilter,
     page: Page,
 ) -> Result<Vec<PublishedEvent>, DbError> {
+    Ok(events_listing(filter, page)
+        .into_model::<PublishedEvent>()
+        .all(&db.orm_reader())
+        .await?)
+}
+
+/// The event listing's query (also read by [`crate::plans`]).
+pub(crate) fn events_listing(filter: &EventFilter, page: Page) -> Select<events::Entity> {
     use events::Column;
     let query = events::Entity::find().select_only().columns([
         Column::Id,
@@ -314,10 +323,7 @@ pub async fn list_events(
         .apply_if(filter.until, |q, until| {
             q.filter(Column::Id.lt(uuid_floor(until)))
         });
-    Ok(newest_first(query, Column::Id, page)
-        .into_model::<PublishedEvent>()
-        .all(&db.orm_reader())
-        .await?)
+    newest_first(query, Column::Id, page)
 }
 
 /// A stored event with its payload text.

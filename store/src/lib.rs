@@ -31,6 +31,7 @@ mod entity;
 mod error;
 mod events;
 mod orm;
+pub mod plans;
 mod queue;
 pub mod retention;
 mod sqlite;

@@ -275,6 +275,13 @@ impl TestDb {
         }
     }
 
+    /// Runs several statements (seeding, catalog changes), on either backend.
+    pub async fn execute_script(&self, sql: String) {
+        on_raw!(&self.raw, pool => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(pool).await.unwrap();
+        });
+    }
+
     /// Runs a statement with one id bound as `$1`; returns the rows it changed.
     pub async fn execute_bound(&self, sql: &'static str, id: Uuid) -> u64 {
         on_raw!(&self.raw, pool => {

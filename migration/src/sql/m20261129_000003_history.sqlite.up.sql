@@ -33,6 +33,10 @@ create table delivery_history (
   subscription_id  blob,
   status           text        not null check (status in ('delivered', 'dead', 'cancelled')),
   attempts         integer     not null,
+  -- always null: here so that the view below reads a column of each table in every place,
+  -- which SQLite needs to merge the two by index instead of sorting them whole
+  lease_token      blob,
+  leased_by        text,
   last_error       text,
   created_at       text        not null,
   -- when it finished
@@ -93,6 +97,6 @@ select id, event_id, target, subscription_id, status, attempts, next_attempt_at,
        leased_by, last_error, created_at, updated_at
 from deliveries
 union all
-select id, event_id, target, subscription_id, status, attempts, updated_at, null, null,
-       last_error, created_at, updated_at
+select id, event_id, target, subscription_id, status, attempts, updated_at, lease_token,
+       leased_by, last_error, created_at, updated_at
 from delivery_history;

@@ -109,6 +109,10 @@ create table delivery_history (
   subscription_id  uuid,
   status           text        not null check (status in ('delivered', 'dead', 'cancelled')),
   attempts         integer     not null,
+  -- always null: here so that the view below reads a column of each table in every place,
+  -- which SQLite needs to merge the two by index instead of sorting them whole
+  lease_token      uuid,
+  leased_by        text,
   last_error       text,
   created_at       timestamptz not null,
   -- when it finished
@@ -201,6 +205,6 @@ select id, event_id, target, subscription_id, status, attempts, next_attempt_at,
        leased_by, last_error, created_at, updated_at
 from deliveries
 union all
-select id, event_id, target, subscription_id, status, attempts, updated_at, null::uuid,
-       null::text, last_error, created_at, updated_at
+select id, event_id, target, subscription_id, status, attempts, updated_at, lease_token,
+       leased_by, last_error, created_at, updated_at
 from delivery_history;
