@@ -96,7 +96,7 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-fn percentiles(mut samples: Vec<f64>) -> Percentiles {
+pub fn percentiles(mut samples: Vec<f64>) -> Percentiles {
     if samples.is_empty() {
         return Percentiles::default();
     }

@@ -13,10 +13,14 @@ use std::{
 use clap::Args;
 
 use crate::{
+    history,
     load::{self, Report, Scenario, Target},
     process::{Stack, binary, median, wait_until_ok},
     startup::{self, Startup},
 };
+
+/// Calls of each admin listing timed on a seeded history.
+const LISTING_CALLS: usize = 20;
 
 /// Starts of `ih` on a new file, and as many on an existing one.
 const STARTUP_RUNS: usize = 10;
@@ -51,6 +55,9 @@ struct Plan {
     worker_env: Vec<(&'static str, &'static str)>,
     /// `ih` on an SQLite file instead of `ih-api` and `ih-worker` on Postgres.
     embedded: bool,
+    /// Past events seeded before each run (`history.sql`); the admin listings are timed on
+    /// them before the first run's load.
+    history: u64,
 }
 
 /// Label prefix of the embedded scenarios.
@@ -78,6 +85,7 @@ fn plans() -> Vec<Plan> {
         worker_concurrency,
         worker_env: vec![],
         embedded: false,
+        history: 0,
     };
     let mut plans = vec![
         plan(
@@ -97,6 +105,37 @@ fn plans() -> Vec<Plan> {
             1,
             128,
         ),
+        plan(
+            Scenario {
+                events: 20_000,
+                other_subscriptions: 10_000,
+                ..scenario("burst 20k single, c32, 10,000 other subscriptions")
+            },
+            1,
+            128,
+        ),
+        Plan {
+            history: 2_000_000,
+            ..plan(
+                Scenario {
+                    events: 20_000,
+                    ..scenario("burst 20k single, c32, 2M past events")
+                },
+                1,
+                128,
+            )
+        },
+        Plan {
+            history: 10_000_000,
+            ..plan(
+                Scenario {
+                    events: 20_000,
+                    ..scenario("burst 20k single, c32, 10M past events")
+                },
+                1,
+                128,
+            )
+        },
         plan(
             Scenario {
                 events: 100_000,
@@ -174,7 +213,8 @@ fn plans() -> Vec<Plan> {
         .iter()
         .filter(|plan| {
             let label = &plan.scenario.label;
-            label.starts_with("burst") || (label.starts_with("steady ") && !label.contains(','))
+            (label.starts_with("burst") && !label.contains("past events"))
+                || (label.starts_with("steady ") && !label.contains(','))
         })
         .map(|plan| Plan {
             scenario: Scenario {
@@ -424,7 +464,12 @@ pub fn table(rows: &[Row]) -> String {
 const BEGIN: &str = "<!-- results:begin -->";
 const END: &str = "<!-- results:end -->";
 
-fn write_readme(path: &Path, rows: &[Row], startup: &Startup) -> anyhow::Result<()> {
+fn write_readme(
+    path: &Path,
+    rows: &[Row],
+    listings: &[String],
+    startup: &Startup,
+) -> anyhow::Result<()> {
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -437,7 +482,7 @@ fn write_readme(path: &Path, rows: &[Row], startup: &Startup) -> anyhow::Result<
         .output()
         .is_ok_and(|output| !output.stdout.is_empty());
     let block = format!(
-        "{BEGIN}\nMeasured {} on commit `{commit}`{}; medians of the runs of each scenario.\n\n{}\n{}{END}",
+        "{BEGIN}\nMeasured {} on commit `{commit}`{}; medians of the runs of each scenario.\n\n{}\n{}{}{END}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         if dirty {
             " (with uncommitted changes)"
@@ -445,6 +490,10 @@ fn write_readme(path: &Path, rows: &[Row], startup: &Startup) -> anyhow::Result<
             ""
         },
         table(rows),
+        listings
+            .iter()
+            .map(|listed| format!("{listed}\n"))
+            .collect::<String>(),
         startup.table()
     );
     let current = std::fs::read_to_string(path).unwrap_or_default();
@@ -475,6 +524,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     #[expect(clippy::disallowed_methods, reason = "the bench's own client")]
     let client = reqwest::Client::builder().no_proxy().build()?;
     let mut rows = Vec::new();
+    let mut listing_tables = Vec::new();
     for plan in plans() {
         if args
             .only
@@ -488,6 +538,12 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
             if !plan.embedded {
                 fresh_database(&args.database_url)?;
             }
+            let size = if plan.history > 0 {
+                println!("  seeding {} past events", plan.history);
+                Some(history::seed(&args.database_url, plan.history)?)
+            } else {
+                None
+            };
             let stack = start_stack(&args, &plan)?;
             let ready = format!("{api_url}/ready");
             wait_until_ok(
@@ -497,6 +553,12 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 Duration::from_secs(20),
             )
             .await?;
+            if let (Some(size), 1) = (size, run) {
+                let latencies = history::listings(&client, &api_url, TOKEN, LISTING_CALLS).await?;
+                let listed = history::table(plan.history, size, &latencies);
+                println!("{listed}");
+                listing_tables.push(listed);
+            }
             let target = Target {
                 api_url: api_url.clone(),
                 token: Some(TOKEN.to_owned()),
@@ -523,6 +585,9 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         rows.push(Row::median_of(&reports, described));
     }
     println!("{}", table(&rows));
+    for listed in &listing_tables {
+        println!("{listed}");
+    }
     if args
         .only
         .as_deref()
@@ -531,7 +596,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         let startup = startup::measure(STARTUP_RUNS, args.api_port).await?;
         println!("{}", startup.table());
         if args.only.is_none() {
-            write_readme(&args.readme, &rows, &startup)?;
+            write_readme(&args.readme, &rows, &listing_tables, &startup)?;
         }
     }
     Ok(())
