@@ -1,7 +1,10 @@
 //! The delivery queue: lease, complete, release. The two Postgres-specific mechanisms of the
 //! worker (this lease statement and LISTEN/NOTIFY) live here and in `db.rs` only.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -52,12 +55,67 @@ pub async fn lease_deliveries(
         Db::Postgres(pool) => pool,
         Db::Sqlite(sqlite) => return sqlite.lease_deliveries(limit, worker_id, lease).await,
     };
-    Ok(sqlx::query_as(include_str!("sql/lease_deliveries.sql"))
+    let leased: Vec<LeasedRow> = sqlx::query_as(include_str!("sql/lease_deliveries.sql"))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(worker_id)
         .bind(lease.as_secs_f64())
         .fetch_all(pool)
-        .await?)
+        .await?;
+    let ids: Vec<Uuid> = leased.iter().map(|row| row.event_id).collect();
+    let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
+        return Ok(Vec::new());
+    };
+    let events: HashMap<Uuid, LeasedEvent> =
+        sqlx::query_as::<_, LeasedEvent>(include_str!("sql/leased_events.sql"))
+            .bind(&ids)
+            .bind(first)
+            .bind(last)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|event| (event.id, event))
+            .collect();
+    Ok(leased
+        .into_iter()
+        .filter_map(|row| {
+            // an event is removed only with no live delivery left (see retention), so every
+            // leased row finds its event; one that did not would wait out its lease
+            let event = events.get(&row.event_id)?;
+            Some(LeasedDelivery {
+                id: row.id,
+                lease_token: row.lease_token,
+                attempts: row.attempts,
+                target: row.target,
+                subscription_id: row.subscription_id,
+                event_id: row.event_id,
+                event_type: event.event_type.clone(),
+                payload: event.payload.clone(),
+                event_created_at: event.created_at,
+                traceparent: event.traceparent.clone(),
+            })
+        })
+        .collect())
+}
+
+/// A row the lease statement took.
+#[derive(sqlx::FromRow)]
+struct LeasedRow {
+    id: Uuid,
+    lease_token: Uuid,
+    attempts: i32,
+    target: Target,
+    subscription_id: Option<Uuid>,
+    event_id: Uuid,
+}
+
+/// The event of a leased row.
+#[derive(sqlx::FromRow)]
+struct LeasedEvent {
+    id: Uuid,
+    event_type: String,
+    payload: String,
+    created_at: DateTime<Utc>,
+    traceparent: Option<String>,
 }
 
 /// A subscription's signing secrets, opened.

@@ -4,7 +4,8 @@
 -- serves both, since a leased row's next_attempt_at is its lease expiry. The status values
 -- stay literals so the planner matches that index. MATERIALIZED keeps the planner from
 -- re-running the LIMIT subquery per row. The lease commits at once: no lock is held while
--- the request runs.
+-- the request runs. The events are read by the next statement (leased_events.sql): joined
+-- here, the partitioned events table would be opened whole at every lease.
 with due as materialized (
   select id
   from deliveries
@@ -21,9 +22,6 @@ set status = 'leased',
     next_attempt_at = now() + make_interval(secs => $3),
     attempts = d.attempts + 1,
     updated_at = now()
-from due, outbox_events e
+from due
 where d.id = due.id
-  and e.id = d.event_id
-returning d.id, d.lease_token, d.attempts, d.target, d.subscription_id,
-          e.id as event_id, e.event_type, e.payload, e.created_at as event_created_at,
-          e.traceparent
+returning d.id, d.lease_token, d.attempts, d.target, d.subscription_id, d.event_id
