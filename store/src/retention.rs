@@ -367,8 +367,9 @@ where
 /// tables queue behind it, so the wait is short; a busy day is tried again next run.
 const DROP_LOCK_TIMEOUT: &str = "1s";
 
-/// Drops a day's partitions unless it must be kept. The partitions are locked first, so no
-/// replay can queue a delivery of the day between the check and the drop. The day's
+/// Drops a day's partitions unless it must be kept. The check is made again once the
+/// partitions are locked, so no replay can queue a delivery of the day between the check and
+/// the drop. The day's
 /// idempotency keys are deleted afterwards, in batches: a key whose event is gone is free
 /// again (the publish takes it over), so a key left behind for a moment does no harm.
 async fn drop_day(
@@ -376,6 +377,11 @@ async fn drop_day(
     day: NaiveDate,
     dead_letter_cutoff: DateTime<Utc>,
 ) -> Result<Option<KeptBecause>, DbError> {
+    // checked first without locks: a day that must be kept (the usual case for a day holding
+    // an unreplayed dead letter) is never locked, so no statement waits on it
+    if let Some(kept) = held(pool, day, dead_letter_cutoff).await? {
+        return Ok(Some(kept));
+    }
     let tables: Vec<String> = PARTITIONED
         .iter()
         .map(|table| partition(table, day))
