@@ -287,10 +287,11 @@ async function events(params) {
 }
 
 async function eventDetail(id) {
-  const [detail, attempts] = await Promise.all([
-    api('GET', '/events/' + encodeURIComponent(id)),
-    api('GET', '/admin/events/' + encodeURIComponent(id) + '/attempts'),
-  ]);
+  // The attempts are read after the deliveries, not beside them: a delivery's outcome and its
+  // attempt are written together, so every attempt of a delivery shown finished is then seen.
+  // Read side by side, a delivery could show as delivered with no attempt.
+  const detail = await api('GET', '/events/' + encodeURIComponent(id));
+  const attempts = await api('GET', '/admin/events/' + encodeURIComponent(id) + '/attempts');
   const byDelivery = new Map();
   for (const attempt of attempts.data) {
     if (!byDelivery.has(attempt.delivery_id)) byDelivery.set(attempt.delivery_id, []);
