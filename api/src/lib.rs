@@ -297,8 +297,9 @@ pub fn announce(config: &ApiConfig) {
     }
 }
 
-/// How often the API makes sure the partitions of the days ahead exist.
-const PARTITIONS_AHEAD_INTERVAL: Duration = Duration::from_secs(3_600);
+/// How often the API makes sure the partitions ahead exist: well inside the shortest horizon
+/// they are made for (an hour, when they are a minute wide).
+const PARTITIONS_AHEAD_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// Serves the API on `listener` until `shutdown` completes (rendering `/metrics` from
 /// `metrics` when a recorder is installed), then lets in-flight requests
@@ -314,14 +315,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let background = CancellationToken::new();
-    // The days ahead get their partitions from here too, so publishing never depends on a
-    // worker having run lately.
+    // The partitions ahead are made from here too, as wide as they are (the workers' retention
+    // chooses the width), so publishing never depends on a worker having run lately.
     {
         let pool = pool.clone();
         let stop = background.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(error) = store::retention::create_partitions_ahead(&pool).await {
+                if let Err(error) = store::retention::create_partitions_ahead(&pool, None).await {
                     tracing::warn!(error.message = %error, "could not create the partitions ahead; trying again later");
                 }
                 tokio::select! {

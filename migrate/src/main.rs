@@ -92,7 +92,11 @@ async fn prune(database_url: &str, dry_run: bool) -> anyhow::Result<()> {
     let removed = report.removed();
     tracing::info!(
         dry_run,
-        days = report.days.iter().filter(|day| day.kept.is_none()).count(),
+        spans = report
+            .spans
+            .iter()
+            .filter(|span| span.kept.is_none())
+            .count(),
         events = removed.events,
         deliveries = removed.deliveries,
         attempts = removed.attempts,

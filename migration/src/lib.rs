@@ -101,6 +101,9 @@ migrations! {
     /// events, history, attempts and dead letters in day partitions (Postgres); idempotency
     /// keys in their own table.
     m20261129_000003_history,
+    /// Partitions a day, an hour or a minute wide, as the retention chooses; history
+    /// partitions are not vacuumed for inserts alone.
+    m20261129_000004_partition_width,
 }
 
 /// Key of the session advisory lock that serialises concurrent `ih-migrate` runs.

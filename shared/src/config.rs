@@ -546,6 +546,23 @@ impl Retention {
         let retention = retention(&mut problems, settings);
         problems.finish(retention)
     }
+
+    /// How much time one partition of the history holds: a day, an hour or a minute, the
+    /// widest that is at most a quarter of the retention. Work is removed a whole partition at
+    /// a time, so it stays for up to the retention plus this; a narrower partition would only
+    /// add tables.
+    #[must_use]
+    pub fn partition_width(&self) -> Duration {
+        const DAY: Duration = Duration::from_secs(86_400);
+        const HOUR: Duration = Duration::from_secs(3_600);
+        if self.finished >= DAY * 4 {
+            DAY
+        } else if self.finished >= HOUR * 4 {
+            HOUR
+        } else {
+            Duration::from_secs(60)
+        }
+    }
 }
 
 /// Parses a duration written as a whole number and a unit: `s`, `m`, `h` or `d` (`30d`,
@@ -1075,6 +1092,21 @@ mod tests {
             "{error}"
         );
         assert!(retention(|s| s.retention_days = Some(0.0)).is_err());
+        // partitions: the widest of a day, an hour, a minute within a quarter of the retention
+        let width = |finished: u64| {
+            Retention {
+                finished: Duration::from_secs(finished),
+                dead_letters: DEFAULT_RETENTION,
+            }
+            .partition_width()
+            .as_secs()
+        };
+        assert_eq!(width(30 * 86_400), 86_400);
+        assert_eq!(width(4 * 86_400), 86_400);
+        assert_eq!(width(4 * 86_400 - 1), 3_600);
+        assert_eq!(width(4 * 3_600), 3_600);
+        assert_eq!(width(4 * 3_600 - 1), 60);
+        assert_eq!(width(120), 60);
     }
 
     #[test]

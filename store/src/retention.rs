@@ -1,23 +1,24 @@
 //! Retention: how finished work leaves the database.
 //!
 //! Every row of an event (the event, its finished deliveries, attempts and dead letters) is
-//! filed under the UTC day of the event's UUID v7. A day is removed whole once it ended more
-//! than the retention ago, unless one of its events still has a live delivery (pending or
-//! leased) or a dead letter not yet replayed that is younger than the dead-letter retention:
-//! such a day is kept, and looked at again on the next run. On Postgres a day is a partition
-//! of each history table and leaves with `drop table` (no delete, nothing to vacuum); on
-//! SQLite its rows are deleted in short batches.
+//! filed under the time of the event's UUID v7, in spans a day, an hour or a minute wide (the
+//! width the retention chooses, [`Retention::partition_width`]). A span is removed whole once
+//! it ended more than the retention ago, unless one of its events still has a live delivery
+//! (pending or leased) or a dead letter not yet replayed that is younger than the dead-letter
+//! retention: such a span is kept, and looked at again on the next run. On Postgres a span is
+//! a partition of each history table and leaves with `drop table` (no delete, nothing to
+//! vacuum); on SQLite its rows are deleted in short batches.
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 use crate::{Db, DbError};
 use shared::config::Retention;
 
-/// Why a day past its retention was kept.
+/// Why a span past its retention was kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeptBecause {
     /// One of its events has a pending or leased delivery.
@@ -29,7 +30,7 @@ pub enum KeptBecause {
 }
 
 impl KeptBecause {
-    /// The reason from the two checks of a day: a live delivery, an unreplayed dead letter.
+    /// The reason from the two checks of a span: a live delivery, an unreplayed dead letter.
     pub(crate) const fn from_checks(live: bool, dead_letter: bool) -> Option<Self> {
         if live {
             Some(Self::LiveDelivery)
@@ -41,7 +42,7 @@ impl KeptBecause {
     }
 }
 
-/// The rows of one day, by table.
+/// The rows of one span, by table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DayRows {
     /// Events.
@@ -67,11 +68,13 @@ impl DayRows {
     }
 }
 
-/// One day past its retention, and what became of it.
+/// One span past its retention, and what became of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrunedDay {
-    /// The UTC day of the events.
-    pub day: NaiveDate,
+pub struct PrunedSpan {
+    /// The time of the first event the span may hold.
+    pub start: DateTime<Utc>,
+    /// The end of the span (the first time it does not hold).
+    pub end: DateTime<Utc>,
     /// Its rows (removed, or that would be by a dry run). On Postgres the counts come from the
     /// planner's statistics when the partition has them, else from a count.
     pub rows: DayRows,
@@ -84,28 +87,31 @@ pub struct PrunedDay {
 pub struct PruneReport {
     /// False when another process was running retention; nothing was looked at.
     pub ran: bool,
-    /// The days past their retention, oldest first.
-    pub days: Vec<PrunedDay>,
+    /// The spans past their retention, oldest first.
+    pub spans: Vec<PrunedSpan>,
 }
 
 impl PruneReport {
-    /// Logs each day: removed (or that a dry run would remove) with its rows, or kept and why.
+    /// Logs each span: removed (or that a dry run would remove) with its rows, or kept and
+    /// why.
     pub fn log(&self, dry_run: bool) {
         let verb = if dry_run { "would remove" } else { "removed" };
-        for day in &self.days {
-            match day.kept {
+        for span in &self.spans {
+            match span.kept {
                 None => tracing::info!(
-                    day = %day.day,
-                    events = day.rows.events,
-                    deliveries = day.rows.deliveries,
-                    attempts = day.rows.attempts,
-                    dead_letters = day.rows.dead_letters,
-                    "retention {verb} a day"
+                    start = %span.start,
+                    end = %span.end,
+                    events = span.rows.events,
+                    deliveries = span.rows.deliveries,
+                    attempts = span.rows.attempts,
+                    dead_letters = span.rows.dead_letters,
+                    "retention {verb} a span of events"
                 ),
                 Some(reason) => tracing::info!(
-                    day = %day.day,
+                    start = %span.start,
+                    end = %span.end,
                     reason = ?reason,
-                    "retention kept a day past its retention"
+                    "retention kept a span of events past its retention"
                 ),
             }
         }
@@ -115,18 +121,15 @@ impl PruneReport {
     #[must_use]
     pub fn removed(&self) -> DayRows {
         let mut total = DayRows::default();
-        for day in self.days.iter().filter(|day| day.kept.is_none()) {
-            total.events += day.rows.events;
-            total.deliveries += day.rows.deliveries;
-            total.attempts += day.rows.attempts;
-            total.dead_letters += day.rows.dead_letters;
+        for span in self.spans.iter().filter(|span| span.kept.is_none()) {
+            total.events += span.rows.events;
+            total.deliveries += span.rows.deliveries;
+            total.attempts += span.rows.attempts;
+            total.dead_letters += span.rows.dead_letters;
         }
         total
     }
 }
-
-/// Days of partitions kept ready ahead of today.
-pub const PARTITION_DAYS_AHEAD: u64 = 7;
 
 /// Key of the advisory lock that lets one process at a time run retention.
 const RETENTION_LOCK_KEY: i64 = 0x4948_5245_5445_4e54; // "IHRETENT"
@@ -158,7 +161,18 @@ pub fn day_range(day: NaiveDate) -> (Uuid, Uuid) {
     (uuid_floor(start), uuid_floor(start + TimeDelta::days(1)))
 }
 
-/// Creates the partitions of the days from `first` to `last` that are missing (Postgres;
+/// The span `[start, end)` of `width` that holds `at`, on a grid from the Unix epoch (so a
+/// day is a UTC day).
+#[must_use]
+pub fn span_of(at: DateTime<Utc>, width: Duration) -> (DateTime<Utc>, DateTime<Utc>) {
+    let width = i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1);
+    let start = at.timestamp_millis().div_euclid(width) * width;
+    let time = |millis| DateTime::<Utc>::from_timestamp_millis(millis).unwrap_or_default();
+    (time(start), time(start.saturating_add(width)))
+}
+
+/// Creates a partition for each day from `first` to `last` that no partition covers any part
+/// of (Postgres;
 /// SQLite has none) and returns how many tables it created.
 ///
 /// # Errors
@@ -176,22 +190,38 @@ pub async fn create_partitions(db: &Db, first: NaiveDate, last: NaiveDate) -> Re
     }
 }
 
-/// Keeps the partitions from yesterday to [`PARTITION_DAYS_AHEAD`] days ahead: run by
-/// `ih-api` at start and by the workers' maintenance, so a publish always finds its day.
+/// Keeps partitions ready from now to a horizon ahead (a week of days, two days of hours, an
+/// hour of minutes), `width` wide (`None`: as wide as the partition of now). Run by `ih-api`
+/// at start and every few minutes, and by the workers' maintenance with their retention's
+/// width, so a publish always finds its partition. A partition made wider than `width` that
+/// holds no row yet is replaced.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
-pub async fn create_partitions_ahead(db: &Db) -> Result<i32, DbError> {
-    let today = Utc::now().date_naive();
-    create_partitions(
-        db,
-        today - Days::new(1),
-        today + Days::new(PARTITION_DAYS_AHEAD),
-    )
-    .await
+pub async fn create_partitions_ahead(db: &Db, width: Option<Duration>) -> Result<i32, DbError> {
+    create_partitions_at(db, width, Utc::now()).await
 }
 
-/// Removes the days past `policy` (or, with `dry_run`, only reports them), one process at a
+/// [`create_partitions_ahead`] as if now were `at`.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn create_partitions_at(
+    db: &Db,
+    width: Option<Duration>,
+    at: DateTime<Utc>,
+) -> Result<i32, DbError> {
+    match db {
+        Db::Postgres(pool) => Ok(sqlx::query_scalar("select ih_create_partitions($1, $2)")
+            .bind(width.map(|width| i64::try_from(width.as_secs()).unwrap_or(i64::MAX)))
+            .bind(at)
+            .fetch_one(pool)
+            .await?),
+        Db::Sqlite(_) => Ok(0),
+    }
+}
+
+/// Removes the spans past `policy` (or, with `dry_run`, only reports them), one process at a
 /// time across the fleet.
 ///
 /// # Errors
@@ -202,7 +232,16 @@ pub async fn prune(db: &Db, policy: Retention, dry_run: bool) -> Result<PruneRep
     let dead_letter_cutoff = now - delta(policy.dead_letters);
     match db {
         Db::Postgres(pool) => prune_postgres(pool, cutoff, dead_letter_cutoff, dry_run).await,
-        Db::Sqlite(sqlite) => sqlite.prune(cutoff, dead_letter_cutoff, dry_run).await,
+        Db::Sqlite(sqlite) => {
+            sqlite
+                .prune(
+                    cutoff,
+                    dead_letter_cutoff,
+                    policy.partition_width(),
+                    dry_run,
+                )
+                .await
+        }
     }
 }
 
@@ -210,12 +249,7 @@ fn delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
 
-/// A day is past its retention when it ended at or before `cutoff`.
-pub(crate) fn is_past(day: NaiveDate, cutoff: DateTime<Utc>) -> bool {
-    day.and_time(chrono::NaiveTime::MIN).and_utc() + TimeDelta::days(1) <= cutoff
-}
-
-/// The history tables, each partitioned by the event's day.
+/// The history tables, each partitioned by the event's time.
 const PARTITIONED: [&str; 4] = [
     "outbox_events",
     "delivery_history",
@@ -238,7 +272,7 @@ async fn prune_postgres(
     if !locked {
         return Ok(PruneReport::default());
     }
-    let result = prune_days(pool, cutoff, dead_letter_cutoff, dry_run).await;
+    let result = prune_spans(pool, cutoff, dead_letter_cutoff, dry_run).await;
     let unlocked = sqlx::query("select pg_advisory_unlock($1)")
         .bind(RETENTION_LOCK_KEY)
         .execute(&mut *lock)
@@ -250,60 +284,50 @@ async fn prune_postgres(
     result
 }
 
-async fn prune_days(
+async fn prune_spans(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     dead_letter_cutoff: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<PruneReport, DbError> {
-    let names: Vec<String> = sqlx::query_scalar(
-        "select c.relname::text
-         from pg_inherits i
-         join pg_class c on c.oid = i.inhrelid
-         where i.inhparent = 'outbox_events'::regclass
-         order by 1",
-    )
-    .fetch_all(pool)
-    .await?;
+    let partitions: Vec<(String, Uuid, Uuid)> =
+        sqlx::query_as("select suffix, low, high from ih_partitions()")
+            .fetch_all(pool)
+            .await?;
     let mut report = PruneReport {
         ran: true,
-        days: Vec::new(),
+        spans: Vec::new(),
     };
-    for name in names {
-        let Some(day) = name
-            .strip_prefix("outbox_events_p")
-            .and_then(|day| NaiveDate::parse_from_str(day, "%Y%m%d").ok())
-        else {
-            continue;
-        };
-        if !is_past(day, cutoff) {
+    for (suffix, low, high) in partitions {
+        if uuid_time(high) > cutoff {
             continue;
         }
-        let rows = partition_rows(pool, day).await?;
+        let rows = partition_rows(pool, &suffix).await?;
         let kept = if dry_run {
-            held(pool, day, dead_letter_cutoff).await?
+            held(pool, low, high, dead_letter_cutoff).await?
         } else {
-            drop_day(pool, day, dead_letter_cutoff).await?
+            drop_span(pool, &suffix, low, high, dead_letter_cutoff).await?
         };
-        // an empty day (a partition made ahead that never got an event) goes unreported, as
+        // an empty span (a partition made ahead that never got an event) goes unreported, as
         // on SQLite, where it has no rows to find
         if kept.is_some() || rows != DayRows::default() {
-            report.days.push(PrunedDay { day, rows, kept });
+            report.spans.push(PrunedSpan {
+                start: uuid_time(low),
+                end: uuid_time(high),
+                rows,
+                kept,
+            });
         }
     }
     Ok(report)
 }
 
-fn partition(table: &str, day: NaiveDate) -> String {
-    format!("{table}_p{}", day.format("%Y%m%d"))
-}
-
-/// The rows of a day's partitions: the planner's estimate when the partition was analyzed (a
-/// count would read the whole day), else a count (a partition never analyzed is small or new).
-async fn partition_rows(pool: &PgPool, day: NaiveDate) -> Result<DayRows, DbError> {
+/// The rows of a span's partitions: the planner's estimate when the partition was analyzed (a
+/// count would read the whole span), else a count (a partition never analyzed is small or new).
+async fn partition_rows(pool: &PgPool, suffix: &str) -> Result<DayRows, DbError> {
     let mut counts = [0_u64; 4];
     for (count, table) in counts.iter_mut().zip(PARTITIONED) {
-        let name = partition(table, day);
+        let name = format!("{table}_{suffix}");
         let estimate: Option<f32> =
             sqlx::query_scalar("select reltuples from pg_class where oid = to_regclass($1)")
                 .bind(&name)
@@ -338,17 +362,17 @@ fn float_count(estimate: f32) -> u64 {
     estimate.round() as u64
 }
 
-/// Why a day must be kept, if it must: read with one statement, so both checks see one
-/// snapshot.
+/// Why the span of events `[low, high)` must be kept, if it must: read with one statement, so
+/// both checks see one snapshot.
 async fn held<'c, E>(
     executor: E,
-    day: NaiveDate,
+    low: Uuid,
+    high: Uuid,
     dead_letter_cutoff: DateTime<Utc>,
 ) -> Result<Option<KeptBecause>, DbError>
 where
     E: sqlx::PgExecutor<'c>,
 {
-    let (low, high) = day_range(day);
     let (live, dead): (bool, bool) = sqlx::query_as(
         "select exists (select 1 from deliveries where event_id >= $1 and event_id < $2),
                 exists (select 1 from dead_letters
@@ -364,27 +388,29 @@ where
 }
 
 /// How long the drop waits for its locks. While it waits, statements that need the same
-/// tables queue behind it, so the wait is short; a busy day is tried again next run.
+/// tables queue behind it, so the wait is short; a busy span is tried again next run.
 const DROP_LOCK_TIMEOUT: &str = "1s";
 
-/// Drops a day's partitions unless it must be kept. The check is made again once the
-/// partitions are locked, so no replay can queue a delivery of the day between the check and
-/// the drop. The day's
-/// idempotency keys are deleted afterwards, in batches: a key whose event is gone is free
-/// again (the publish takes it over), so a key left behind for a moment does no harm.
-async fn drop_day(
+/// Drops a span's partitions unless it must be kept. The check is made again once the
+/// partitions are locked, so no replay can queue a delivery of the span between the check and
+/// the drop. The span's idempotency keys are deleted afterwards, in batches: a key whose event
+/// is gone is free again (the publish takes it over), so a key left behind for a moment does
+/// no harm.
+async fn drop_span(
     pool: &PgPool,
-    day: NaiveDate,
+    suffix: &str,
+    low: Uuid,
+    high: Uuid,
     dead_letter_cutoff: DateTime<Utc>,
 ) -> Result<Option<KeptBecause>, DbError> {
-    // checked first without locks: a day that must be kept (the usual case for a day holding
+    // checked first without locks: a span that must be kept (the usual case for one holding
     // an unreplayed dead letter) is never locked, so no statement waits on it
-    if let Some(kept) = held(pool, day, dead_letter_cutoff).await? {
+    if let Some(kept) = held(pool, low, high, dead_letter_cutoff).await? {
         return Ok(Some(kept));
     }
     let tables: Vec<String> = PARTITIONED
         .iter()
-        .map(|table| partition(table, day))
+        .map(|table| format!("{table}_{suffix}"))
         .collect();
     let list = tables.join(", ");
     let mut transaction = pool.begin().await?;
@@ -407,7 +433,7 @@ async fn drop_day(
         }
         Err(error) => return Err(error.into()),
     }
-    if let Some(kept) = held(&mut *transaction, day, dead_letter_cutoff).await? {
+    if let Some(kept) = held(&mut *transaction, low, high, dead_letter_cutoff).await? {
         transaction.rollback().await?;
         return Ok(Some(kept));
     }
@@ -416,7 +442,6 @@ async fn drop_day(
         .await?;
     transaction.commit().await?;
 
-    let (low, high) = day_range(day);
     loop {
         let deleted = sqlx::query(
             "delete from idempotency_keys
@@ -465,6 +490,8 @@ impl BatchSize {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Days;
+
     use super::*;
 
     #[test]
@@ -485,14 +512,27 @@ mod tests {
     }
 
     #[test]
-    fn a_day_is_past_once_it_ended_before_the_cutoff() {
-        let day = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
-        let end = NaiveDate::from_ymd_opt(2026, 11, 2)
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc();
-        assert!(is_past(day, end));
-        assert!(!is_past(day, end - TimeDelta::milliseconds(1)));
+    fn a_span_is_on_a_grid_from_the_epoch() {
+        let on = |h, m| {
+            NaiveDate::from_ymd_opt(2026, 11, 29)
+                .unwrap()
+                .and_hms_opt(h, m, 0)
+                .unwrap()
+                .and_utc()
+        };
+        let at = on(19, 30) + TimeDelta::milliseconds(12_345);
+        let minute = Duration::from_secs(60);
+        assert_eq!(span_of(at, minute), (on(19, 30), on(19, 31)));
+        assert_eq!(span_of(at, minute * 60), (on(19, 0), on(20, 0)));
+        assert_eq!(
+            span_of(at, minute * 1_440),
+            (on(0, 0), on(0, 0) + TimeDelta::days(1))
+        );
+        // the first millisecond of a span is in it, the one before is in the previous span
+        assert_eq!(span_of(on(19, 31), minute).0, on(19, 31));
+        assert_eq!(
+            span_of(on(19, 31) - TimeDelta::milliseconds(1), minute).0,
+            on(19, 30)
+        );
     }
 }

@@ -261,7 +261,7 @@ impl TestDb {
             .unwrap();
         // the template may have been made days ago: today's partitions are made here, as the
         // services make them at start
-        store::retention::create_partitions_ahead(&Db::Postgres(pool.clone()))
+        store::retention::create_partitions_ahead(&Db::Postgres(pool.clone()), None)
             .await
             .unwrap();
         Self {

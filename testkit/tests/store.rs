@@ -66,6 +66,7 @@ contract!(
     a_finished_delivery_leaves_the_live_table_for_the_history,
     retention_removes_the_days_past_it_and_keeps_live_work_and_dead_letters,
     a_key_whose_event_is_gone_is_free_again,
+    a_retention_of_minutes_removes_minutes,
     the_history_migration_keeps_every_row_and_resends_nothing,
 );
 
@@ -1364,9 +1365,9 @@ async fn retention_removes_the_days_past_it_and_keeps_live_work_and_dead_letters
     ];
     let outcome = |report: &retention::PruneReport| {
         report
-            .days
+            .spans
             .iter()
-            .map(|day| (day.day, day.kept))
+            .map(|span| (span.start.date_naive(), span.kept))
             .collect::<Vec<_>>()
     };
     let exists = |id: Uuid| async move { db::get_event(db, id).await.unwrap().is_some() };
@@ -1380,10 +1381,17 @@ async fn retention_removes_the_days_past_it_and_keeps_live_work_and_dead_letters
     let report = retention::prune(db, policy, false).await.unwrap();
     assert_eq!(outcome(&report), expected);
     assert_eq!(
-        report.days, dry.days,
+        report.spans, dry.spans,
         "the dry run counted what was removed"
     );
-    let day = |date| report.days.iter().find(|d| d.day == date).unwrap().rows;
+    let day = |date| {
+        report
+            .spans
+            .iter()
+            .find(|span| span.start.date_naive() == date)
+            .unwrap()
+            .rows
+    };
     assert_eq!(
         day(ago(40)),
         retention::DayRows {
@@ -1448,6 +1456,122 @@ async fn retention_removes_the_days_past_it_and_keeps_live_work_and_dead_letters
     );
     assert!(!exists(dead_letter).await);
     assert!(exists(live).await);
+}
+
+/// `(start, end)` of every partition (Postgres), oldest first.
+async fn partitions(test: &TestDb) -> Vec<(chrono::DateTime<Utc>, chrono::DateTime<Utc>)> {
+    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as("select low, high from ih_partitions()")
+        .fetch_all(test.pg())
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(low, high)| {
+            (
+                db::retention::uuid_time(low),
+                db::retention::uuid_time(high),
+            )
+        })
+        .collect()
+}
+
+async fn a_retention_of_minutes_removes_minutes(test: TestDb) {
+    use db::retention;
+    use shared::config::Retention;
+
+    let db = &test.pool;
+    let policy = Retention {
+        finished: Duration::from_secs(60),
+        dead_letters: NINETY_DAYS,
+    };
+    let width = policy.partition_width();
+    assert_eq!(width, Duration::from_secs(60));
+    let started = Utc::now();
+    let minute = chrono::TimeDelta::minutes(1);
+    // beyond every horizon the partitions are made for
+    let later_noon = (started.date_naive() + chrono::Days::new(3))
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
+    let id_of = |at: chrono::DateTime<Utc>| {
+        Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(at.timestamp()).unwrap(),
+            at.timestamp_subsec_nanos(),
+        ))
+    };
+    if test.backend() == Backend::Postgres {
+        // today's day partition, made ahead and still empty, gives way to minutes
+        assert!(
+            retention::create_partitions_at(db, Some(width), started)
+                .await
+                .unwrap()
+                > 0
+        );
+        let spans = partitions(&test).await;
+        let holding = |at| {
+            spans
+                .iter()
+                .find(|(start, end)| *start <= at && at < *end)
+                .copied()
+        };
+        let (start, end) = holding(started).unwrap();
+        assert_eq!(end - start, minute, "{spans:?}");
+        assert!(holding(started - minute * 10).is_some(), "{spans:?}");
+        assert!(holding(started + minute * 59).is_some(), "{spans:?}");
+        for pair in spans.windows(2) {
+            assert!(pair[0].1 <= pair[1].0, "overlap: {pair:?}");
+        }
+        let covered = spans
+            .windows(2)
+            .take_while(|pair| pair[0].1 == pair[1].0)
+            .count();
+        assert!(
+            spans[covered].1 >= started + minute * 60,
+            "a gap before the hour ahead: {spans:?}"
+        );
+        // a process that does not choose keeps the width it finds
+        retention::create_partitions_at(db, None, started + minute * 30)
+            .await
+            .unwrap();
+        let spans = partitions(&test).await;
+        let newest = spans
+            .iter()
+            .find(|(start, end)| *start <= started + minute * 89 && started + minute * 89 < *end)
+            .unwrap();
+        assert_eq!(newest.1 - newest.0, minute);
+    }
+    subscribe(db, &["*"]).await;
+    let old = publish_at(db, id_of(started - minute * 5), "old", None).await;
+    let new = publish_at(db, Uuid::now_v7(), "new", None).await;
+    // a partition that holds rows is never dropped to change its width
+    let ahead = publish_at(db, id_of(later_noon), "ahead", None).await;
+    if test.backend() == Backend::Postgres {
+        retention::create_partitions_at(db, Some(width), later_noon - minute * 30)
+            .await
+            .unwrap();
+        let spans = partitions(&test).await;
+        let (start, end) = spans
+            .iter()
+            .find(|(start, end)| *start <= later_noon && later_noon < *end)
+            .copied()
+            .unwrap();
+        assert_eq!(end - start, chrono::TimeDelta::days(1));
+    }
+    assert_eq!(lease_and_complete(db, |_| NextState::Delivered).await, 3);
+
+    // the old event's span ended more than a minute ago: it goes; the others stay
+    let report = retention::prune(db, policy, false).await.unwrap();
+    assert_eq!(report.removed().events, 1, "{report:?}");
+    let span = report
+        .spans
+        .iter()
+        .find(|span| span.kept.is_none())
+        .unwrap();
+    assert!(span.start <= retention::uuid_time(old) && retention::uuid_time(old) < span.end);
+    assert!(span.end <= Utc::now() - minute, "{span:?}");
+    assert!(db::get_event(db, old).await.unwrap().is_none());
+    assert!(db::get_event(db, new).await.unwrap().is_some());
+    assert!(db::get_event(db, ahead).await.unwrap().is_some());
 }
 
 async fn a_key_whose_event_is_gone_is_free_again(test: TestDb) {

@@ -37,7 +37,8 @@ pub fn spawn(pool: Db, retention: Retention, stop: CancellationToken) {
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn round(pool: &Db, retention: Retention) -> Result<PruneReport, DbError> {
-    let created = retention::create_partitions_ahead(pool).await?;
+    let created =
+        retention::create_partitions_ahead(pool, Some(retention.partition_width())).await?;
     if created > 0 {
         tracing::info!(tables = created, "created partitions ahead");
     }

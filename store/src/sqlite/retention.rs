@@ -1,7 +1,7 @@
-//! Retention on SQLite: a day's rows are deleted in batches, each its own short write
+//! Retention on SQLite: a span's rows are deleted in batches, each its own short write
 //! transaction, so a publish or a completion never waits long behind it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
@@ -11,11 +11,11 @@ use super::{SqliteDb, time};
 use crate::{
     DbError,
     retention::{
-        BatchSize, DayRows, KeptBecause, PruneReport, PrunedDay, day_range, is_past, uuid_day,
+        BatchSize, DayRows, KeptBecause, PruneReport, PrunedSpan, span_of, uuid_floor, uuid_time,
     },
 };
 
-/// The tables a day's rows are deleted from, the event last: until then, the day's rows stay
+/// The tables a span's rows are deleted from, the event last: until then, the span's rows stay
 /// reachable from it. Each names its column holding the event id.
 const TABLES: [(&str, &str); 5] = [
     ("delivery_attempts", "event_id"),
@@ -30,22 +30,23 @@ impl SqliteDb {
         &self,
         cutoff: DateTime<Utc>,
         dead_letter_cutoff: DateTime<Utc>,
+        width: Duration,
         dry_run: bool,
     ) -> Result<PruneReport, DbError> {
         let mut report = PruneReport {
             ran: true,
-            days: Vec::new(),
+            spans: Vec::new(),
         };
         let mut batch = BatchSize::new();
         let mut next: Option<Uuid> = sqlx::query_scalar("select min(id) from outbox_events")
             .fetch_one(&self.reader)
             .await?;
         while let Some(first) = next {
-            let day = uuid_day(first);
-            if !is_past(day, cutoff) {
+            let (start, end) = span_of(uuid_time(first), width);
+            if end > cutoff {
                 break;
             }
-            let (low, high) = day_range(day);
+            let (low, high) = (uuid_floor(start), uuid_floor(end));
             let mut connection = self.reader.acquire().await?;
             let mut kept = held(&mut connection, low, high, dead_letter_cutoff).await?;
             let rows = if dry_run || kept.is_some() {
@@ -53,12 +54,17 @@ impl SqliteDb {
             } else {
                 drop(connection);
                 let (rows, held_meanwhile) = self
-                    .delete_day(low, high, dead_letter_cutoff, &mut batch)
+                    .delete_span(low, high, dead_letter_cutoff, &mut batch)
                     .await?;
                 kept = held_meanwhile;
                 rows
             };
-            report.days.push(PrunedDay { day, rows, kept });
+            report.spans.push(PrunedSpan {
+                start,
+                end,
+                rows,
+                kept,
+            });
             next = sqlx::query_scalar("select min(id) from outbox_events where id >= ?1")
                 .bind(high)
                 .fetch_one(&self.reader)
@@ -67,9 +73,9 @@ impl SqliteDb {
         Ok(report)
     }
 
-    /// Deletes the day's rows table by table in batches; each batch checks again that the day
-    /// may go (a replay may have queued one of its events since), and stops if not.
-    async fn delete_day(
+    /// Deletes the span's rows table by table in batches; each batch checks again that the
+    /// span may go (a replay may have queued one of its events since), and stops if not.
+    async fn delete_span(
         &self,
         low: Uuid,
         high: Uuid,
@@ -99,7 +105,7 @@ impl SqliteDb {
                 transaction.commit().await?;
                 batch.adapt(started);
                 counts[index] += deleted;
-                // fewer than asked for: the table holds no more of the day
+                // fewer than asked for: the table holds no more of the span
                 if deleted < u64::from(size) {
                     break;
                 }

@@ -1,0 +1,174 @@
+-- Partitions as wide as the retention needs.
+--
+-- A day partition can only leave whole, so a retention shorter than a few days kept up to a
+-- day more than asked. The partitions are now a day, an hour or a minute wide, as the workers'
+-- retention chooses; the other processes keep the width they find. A partition wider than the
+-- chosen width is replaced by narrower ones when it holds no row yet (the day made ahead by
+-- the migration, on a new database), so a short retention takes effect at once.
+--
+-- History partitions are only appended to and then dropped whole: inserts alone no longer
+-- start an autovacuum of them (it would rewrite pages that are about to be dropped, during
+-- the load that filled them). Updates and deletes still do, and so does the freeze vacuum.
+
+-- Every partition of the history tables with its key range, oldest first. The four tables have
+-- the same partitions, each named `<table>_<suffix>`.
+create function ih_partitions() returns table (suffix text, low uuid, high uuid)
+language sql stable
+as $$
+  select substr(c.relname, length('outbox_events_') + 1),
+         (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([0-9a-f-]+)''\)'))[1]::uuid,
+         (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([0-9a-f-]+)''\)'))[1]::uuid
+  from pg_inherits i
+  join pg_class c on c.oid = i.inhrelid
+  where i.inhparent = 'outbox_events'::regclass
+  order by 2
+$$;
+
+-- Creates the partitions of [low, high) in the four history tables; named after the start,
+-- `pYYYYMMDD` for a whole UTC day and `pYYYYMMDD_HH24MI` otherwise.
+create function ih_create_partition(low timestamptz, high timestamptz) returns integer
+language plpgsql
+as $$
+declare
+  parent text;
+  suffix text;
+begin
+  if high - low = interval '1 day' and low = date_trunc('day', low at time zone 'UTC') at time zone 'UTC' then
+    suffix := 'p' || to_char(low at time zone 'UTC', 'YYYYMMDD');
+  else
+    suffix := 'p' || to_char(low at time zone 'UTC', 'YYYYMMDD_HH24MI');
+  end if;
+  foreach parent in array array['outbox_events', 'delivery_history', 'delivery_attempts', 'dead_letters'] loop
+    execute format('create table %I partition of %I for values from (%L) to (%L)
+                    with (autovacuum_vacuum_insert_threshold = -1)',
+                   parent || '_' || suffix, parent, ih_uuid_floor(low), ih_uuid_floor(high));
+  end loop;
+  return 4;
+end
+$$;
+
+-- Creates the day partitions from first_day to last_day that no partition covers any part of
+-- (for rows written with past ids: the migrations, and tests); returns how many tables.
+create or replace function ih_create_day_partitions(first_day date, last_day date) returns integer
+language plpgsql
+as $$
+declare
+  day date;
+  day_low timestamptz;
+  day_high timestamptz;
+  created integer := 0;
+begin
+  perform pg_advisory_xact_lock(4849504152544954); -- "IHPARTIT"
+  for day in select generate_series(first_day, last_day, interval '1 day')::date loop
+    day_low := day::timestamp at time zone 'UTC';
+    day_high := (day + 1)::timestamp at time zone 'UTC';
+    if not exists (select 1 from ih_partitions() p
+                   where p.low < ih_uuid_floor(day_high) and p.high > ih_uuid_floor(day_low)) then
+      created := created + ih_create_partition(day_low, day_high);
+    end if;
+  end loop;
+  return created;
+end
+$$;
+
+-- Keeps partitions `width_seconds` wide (60, 3600 or 86400; null: the width of the partition
+-- holding `at_time`) from `at_time` to a horizon ahead: a week of days, two days of hours, an hour of
+-- minutes. First, each partition wider than that which reaches past the current slice and
+-- starts before the horizon is dropped if it holds no row in any table; then every gap up to
+-- the horizon is filled, with one partition for whatever lies before the current slice and
+-- slices on the width's grid after it. Returns how many tables it created. Callers serialise
+-- on an advisory lock; a partition busy for more than a second is left for the next call.
+create function ih_create_partitions(width_seconds bigint, at_time timestamptz) returns integer
+language plpgsql
+as $$
+declare
+  width bigint := width_seconds;
+  current_start timestamptz;
+  horizon timestamptz;
+  fill_from timestamptz;
+  t timestamptz;
+  slice_end timestamptz;
+  next_low uuid;
+  p record;
+  tables text;
+  busy boolean;
+  created integer := 0;
+begin
+  perform pg_advisory_xact_lock(4849504152544954); -- "IHPARTIT"
+  if width is null then
+    -- the width of the partition holding `at_time`, else of the newest
+    select extract(epoch from ih_uuid_time(high) - ih_uuid_time(low))::bigint into width
+    from ih_partitions()
+    order by (low <= ih_uuid_floor(at_time) and high > ih_uuid_floor(at_time)) desc, low desc
+    limit 1;
+  end if;
+  if width is null or width not in (60, 3600, 86400) then
+    width := 86400;
+  end if;
+  current_start := to_timestamp(floor(extract(epoch from at_time) / width) * width);
+  horizon := at_time + case width when 86400 then interval '7 days'
+                             when 3600 then interval '2 days'
+                             else interval '1 hour' end;
+  fill_from := current_start - make_interval(secs => width);
+  perform set_config('lock_timeout', '1s', true);
+
+  for p in select * from ih_partitions() q
+           where q.high > ih_uuid_floor(current_start)
+             and q.low < ih_uuid_floor(horizon)
+             and ih_uuid_time(q.high) - ih_uuid_time(q.low) > make_interval(secs => width) loop
+    tables := format('outbox_events_%1$s, delivery_history_%1$s, delivery_attempts_%1$s, dead_letters_%1$s',
+                     p.suffix);
+    begin
+      execute 'lock table ' || tables || ' in access exclusive mode';
+      execute format('select exists (select 1 from outbox_events_%1$s)
+                          or exists (select 1 from delivery_history_%1$s)
+                          or exists (select 1 from delivery_attempts_%1$s)
+                          or exists (select 1 from dead_letters_%1$s)', p.suffix)
+        into busy;
+      if not busy then
+        execute 'drop table ' || tables;
+        fill_from := least(fill_from, ih_uuid_time(p.low));
+      end if;
+    exception when lock_not_available then
+      null;
+    end;
+  end loop;
+
+  t := fill_from;
+  while t < horizon loop
+    select ih_uuid_time(q.high) into slice_end from ih_partitions() q
+    where q.low <= ih_uuid_floor(t) and q.high > ih_uuid_floor(t);
+    if slice_end is not null then
+      t := slice_end;
+      continue;
+    end if;
+    if t < current_start - make_interval(secs => width) then
+      slice_end := current_start - make_interval(secs => width);
+    else
+      slice_end := to_timestamp((floor(extract(epoch from t) / width) + 1) * width);
+    end if;
+    select q.low into next_low from ih_partitions() q where q.low > ih_uuid_floor(t)
+    order by q.low limit 1;
+    if next_low is not null and ih_uuid_time(next_low) < slice_end then
+      slice_end := ih_uuid_time(next_low);
+    end if;
+    created := created + ih_create_partition(t, slice_end);
+    t := slice_end;
+  end loop;
+  return created;
+end
+$$;
+
+-- The partitions there are stop vacuuming after inserts alone too.
+do $$
+declare
+  p record;
+  parent text;
+begin
+  for p in select suffix from ih_partitions() loop
+    foreach parent in array array['outbox_events', 'delivery_history', 'delivery_attempts', 'dead_letters'] loop
+      execute format('alter table %I set (autovacuum_vacuum_insert_threshold = -1)', parent || '_' || p.suffix);
+    end loop;
+  end loop;
+end
+$$;
