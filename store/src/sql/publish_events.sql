@@ -11,14 +11,22 @@ with input as (
   from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[])
     with ordinality as t(id, event_type, payload, idempotency_key, request_hash, traceparent, position)
 ),
--- The routes of the batch's event types and of the wildcard `*`, read by key in one index
--- scan. Routes exist for enabled subscriptions only, so the subscriptions table is not read
--- at all, and the statement is cheap enough that Postgres keeps one generic plan instead of
--- planning every execution.
+-- The routes of the batch's event types and of the wildcard `*`, read by key, one index probe
+-- per type. Routes exist for enabled subscriptions only, so the subscriptions table is not
+-- read at all, and the statement is cheap enough that Postgres keeps one generic plan instead
+-- of planning every execution. The probe is a lateral subquery kept apart (`offset 0`) so that
+-- the generic plan cannot read the whole table instead: with `= any` over a few hundred or
+-- thousand routes, Postgres costed a sequential scan cheaper and ran it at every publish
+-- (0.7 ms for 1,000 routes, against 0.1 ms by key).
 routed as materialized (
-  select r.event_type, r.subscription_id
-  from subscription_routes r
-  where r.event_type = any ($2::text[] || '*'::text)
+  select types.event_type, r.subscription_id
+  from (select distinct unnest($2::text[] || '*'::text)) as types(event_type)
+  cross join lateral (
+    select r.subscription_id
+    from subscription_routes r
+    where r.event_type = types.event_type
+    offset 0
+  ) r
 ),
 -- a subscription naming the type and `*` gets one delivery
 targets as (
