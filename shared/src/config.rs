@@ -547,20 +547,23 @@ impl Retention {
         problems.finish(retention)
     }
 
-    /// How much time one partition of the history holds: a day, an hour or a minute, the
-    /// widest that is at most a quarter of the retention. Work is removed a whole partition at
-    /// a time, so it stays for up to the retention plus this; a narrower partition would only
-    /// add tables.
+    /// How much time one partition of the history holds: a day, an hour, a minute or 10
+    /// seconds, the widest that is at most a quarter of the retention. Work is removed a whole
+    /// partition at a time, so it stays for up to the retention plus this; a narrower
+    /// partition would only add tables.
     #[must_use]
     pub fn partition_width(&self) -> Duration {
         const DAY: Duration = Duration::from_secs(86_400);
         const HOUR: Duration = Duration::from_secs(3_600);
+        const MINUTE: Duration = Duration::from_secs(60);
         if self.finished >= DAY * 4 {
             DAY
         } else if self.finished >= HOUR * 4 {
             HOUR
+        } else if self.finished >= MINUTE * 4 {
+            MINUTE
         } else {
-            Duration::from_secs(60)
+            Duration::from_secs(10)
         }
     }
 }
@@ -1092,7 +1095,8 @@ mod tests {
             "{error}"
         );
         assert!(retention(|s| s.retention_days = Some(0.0)).is_err());
-        // partitions: the widest of a day, an hour, a minute within a quarter of the retention
+        // partitions: the widest of a day, an hour, a minute, 10 s within a quarter of the
+        // retention
         let width = |finished: u64| {
             Retention {
                 finished: Duration::from_secs(finished),
@@ -1106,7 +1110,9 @@ mod tests {
         assert_eq!(width(4 * 86_400 - 1), 3_600);
         assert_eq!(width(4 * 3_600), 3_600);
         assert_eq!(width(4 * 3_600 - 1), 60);
-        assert_eq!(width(120), 60);
+        assert_eq!(width(240), 60);
+        assert_eq!(width(239), 10);
+        assert_eq!(width(120), 10);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Retention: how finished work leaves the database.
 //!
 //! Every row of an event (the event, its finished deliveries, attempts and dead letters) is
-//! filed under the time of the event's UUID v7, in spans a day, an hour or a minute wide (the
-//! width the retention chooses, [`Retention::partition_width`]). A span is removed whole once
-//! it ended more than the retention ago, unless one of its events still has a live delivery
-//! (pending or leased) or a dead letter not yet replayed that is younger than the dead-letter
-//! retention: such a span is kept, and looked at again on the next run. On Postgres a span is
+//! filed under the time of the event's UUID v7, in spans a day, an hour, a minute or 10 s
+//! wide (the width the retention chooses, [`Retention::partition_width`]). A span is removed
+//! whole once it ended more than the retention ago, unless one of its events still has a live
+//! delivery (pending or leased) or a dead letter not yet replayed that is younger than the
+//! dead-letter retention: such a span is kept, and looked at again on the next run. On Postgres a span is
 //! a partition of each history table and leaves with `drop table` (no delete, nothing to
 //! vacuum); on SQLite its rows are deleted in short batches.
 
@@ -191,7 +191,7 @@ pub async fn create_partitions(db: &Db, first: NaiveDate, last: NaiveDate) -> Re
 }
 
 /// Keeps partitions ready from now to a horizon ahead (a week of days, two days of hours, an
-/// hour of minutes), `width` wide (`None`: as wide as the partition of now). Run by `ih-api`
+/// hour of minutes, 10 minutes of 10 s), `width` wide (`None`: as wide as the partition of now). Run by `ih-api`
 /// at start and every few minutes, and by the workers' maintenance with their retention's
 /// width, so a publish always finds its partition. A partition made wider than `width` that
 /// holds no row yet is replaced.

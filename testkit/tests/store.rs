@@ -66,7 +66,7 @@ contract!(
     a_finished_delivery_leaves_the_live_table_for_the_history,
     retention_removes_the_days_past_it_and_keeps_live_work_and_dead_letters,
     a_key_whose_event_is_gone_is_free_again,
-    a_retention_of_minutes_removes_minutes,
+    a_short_retention_removes_short_spans,
     the_history_migration_keeps_every_row_and_resends_nothing,
 );
 
@@ -1471,7 +1471,7 @@ async fn partitions(test: &TestDb) -> Vec<(chrono::DateTime<Utc>, chrono::DateTi
         .collect()
 }
 
-async fn a_retention_of_minutes_removes_minutes(test: TestDb) {
+async fn a_short_retention_removes_short_spans(test: TestDb) {
     use db::retention;
     use shared::config::Retention;
 
@@ -1481,7 +1481,8 @@ async fn a_retention_of_minutes_removes_minutes(test: TestDb) {
         dead_letters: NINETY_DAYS,
     };
     let width = policy.partition_width();
-    assert_eq!(width, Duration::from_secs(60));
+    assert_eq!(width, Duration::from_secs(10));
+    let step = chrono::TimeDelta::from_std(width).unwrap();
     let started = Utc::now();
     let minute = chrono::TimeDelta::minutes(1);
     // beyond every horizon the partitions are made for
@@ -1497,13 +1498,17 @@ async fn a_retention_of_minutes_removes_minutes(test: TestDb) {
         ))
     };
     if test.backend() == Backend::Postgres {
-        // today's day partition, made ahead and still empty, gives way to minutes
+        // five minutes ago, today's day partition, made ahead and still empty, gave way to
+        // spans of 10 s for the 10 minutes ahead; they are extended now
         assert!(
-            retention::create_partitions_at(db, Some(width), started)
+            retention::create_partitions_at(db, Some(width), started - minute * 5)
                 .await
                 .unwrap()
                 > 0
         );
+        retention::create_partitions_at(db, Some(width), started)
+            .await
+            .unwrap();
         let spans = partitions(&test).await;
         let holding = |at| {
             spans
@@ -1511,10 +1516,11 @@ async fn a_retention_of_minutes_removes_minutes(test: TestDb) {
                 .find(|(start, end)| *start <= at && at < *end)
                 .copied()
         };
-        let (start, end) = holding(started).unwrap();
-        assert_eq!(end - start, minute, "{spans:?}");
+        for at in [started - minute * 5, started, started + minute * 9] {
+            let (start, end) = holding(at).unwrap();
+            assert_eq!(end - start, step, "{at}: {spans:?}");
+        }
         assert!(holding(started - minute * 10).is_some(), "{spans:?}");
-        assert!(holding(started + minute * 59).is_some(), "{spans:?}");
         for pair in spans.windows(2) {
             assert!(pair[0].1 <= pair[1].0, "overlap: {pair:?}");
         }
@@ -1523,19 +1529,19 @@ async fn a_retention_of_minutes_removes_minutes(test: TestDb) {
             .take_while(|pair| pair[0].1 == pair[1].0)
             .count();
         assert!(
-            spans[covered].1 >= started + minute * 60,
-            "a gap before the hour ahead: {spans:?}"
+            spans[covered].1 >= started + minute * 10,
+            "a gap before the 10 minutes ahead: {spans:?}"
         );
         // a process that does not choose keeps the width it finds
-        retention::create_partitions_at(db, None, started + minute * 30)
+        retention::create_partitions_at(db, None, started + minute * 5)
             .await
             .unwrap();
         let spans = partitions(&test).await;
         let newest = spans
             .iter()
-            .find(|(start, end)| *start <= started + minute * 89 && started + minute * 89 < *end)
+            .find(|(start, end)| *start <= started + minute * 14 && started + minute * 14 < *end)
             .unwrap();
-        assert_eq!(newest.1 - newest.0, minute);
+        assert_eq!(newest.1 - newest.0, step);
     }
     subscribe(db, &["*"]).await;
     let old = publish_at(db, id_of(started - minute * 5), "old", None).await;
@@ -1543,7 +1549,7 @@ async fn a_retention_of_minutes_removes_minutes(test: TestDb) {
     // a partition that holds rows is never dropped to change its width
     let ahead = publish_at(db, id_of(later_noon), "ahead", None).await;
     if test.backend() == Backend::Postgres {
-        retention::create_partitions_at(db, Some(width), later_noon - minute * 30)
+        retention::create_partitions_at(db, Some(width), later_noon - minute * 5)
             .await
             .unwrap();
         let spans = partitions(&test).await;

@@ -1,8 +1,8 @@
 -- Partitions as wide as the retention needs.
 --
 -- A day partition can only leave whole, so a retention shorter than a few days kept up to a
--- day more than asked. The partitions are now a day, an hour or a minute wide, as the workers'
--- retention chooses; the other processes keep the width they find. A partition wider than the
+-- day more than asked. The partitions are now a day, an hour, a minute or 10 seconds wide, as
+-- the workers' retention chooses; the other processes keep the width they find. A partition wider than the
 -- chosen width is replaced by narrower ones when it holds no row yet (the day made ahead by
 -- the migration, on a new database), so a short retention takes effect at once.
 --
@@ -25,7 +25,8 @@ as $$
 $$;
 
 -- Creates the partitions of [low, high) in the four history tables; named after the start,
--- `pYYYYMMDD` for a whole UTC day and `pYYYYMMDD_HH24MI` otherwise.
+-- `pYYYYMMDD` for a whole UTC day, else `pYYYYMMDD_HH24MI`, with the seconds when they are
+-- not zero.
 create function ih_create_partition(low timestamptz, high timestamptz) returns integer
 language plpgsql
 as $$
@@ -36,7 +37,9 @@ begin
   if high - low = interval '1 day' and low = date_trunc('day', low at time zone 'UTC') at time zone 'UTC' then
     suffix := 'p' || to_char(low at time zone 'UTC', 'YYYYMMDD');
   else
-    suffix := 'p' || to_char(low at time zone 'UTC', 'YYYYMMDD_HH24MI');
+    suffix := 'p' || to_char(low at time zone 'UTC', 'YYYYMMDD_HH24MI')
+              || case when extract(second from low) = 0 then ''
+                      else to_char(low at time zone 'UTC', 'SS') end;
   end if;
   foreach parent in array array['outbox_events', 'delivery_history', 'delivery_attempts', 'dead_letters'] loop
     execute format('create table %I partition of %I for values from (%L) to (%L)
@@ -71,9 +74,9 @@ begin
 end
 $$;
 
--- Keeps partitions `width_seconds` wide (60, 3600 or 86400; null: the width of the partition
--- holding `at_time`) from `at_time` to a horizon ahead: a week of days, two days of hours, an hour of
--- minutes. First, each partition wider than that which reaches past the current slice and
+-- Keeps partitions `width_seconds` wide (10, 60, 3600 or 86400; null: the width of the
+-- partition holding `at_time`) from `at_time` to a horizon ahead: a week of days, two days of
+-- hours, an hour of minutes, 10 minutes of 10 seconds. First, each partition wider than that which reaches past the current slice and
 -- starts before the horizon is dropped if it holds no row in any table; then every gap up to
 -- the horizon is filled, with one partition for whatever lies before the current slice and
 -- slices on the width's grid after it. Returns how many tables it created. Callers serialise
@@ -102,13 +105,14 @@ begin
     order by (low <= ih_uuid_floor(at_time) and high > ih_uuid_floor(at_time)) desc, low desc
     limit 1;
   end if;
-  if width is null or width not in (60, 3600, 86400) then
+  if width is null or width not in (10, 60, 3600, 86400) then
     width := 86400;
   end if;
   current_start := to_timestamp(floor(extract(epoch from at_time) / width) * width);
   horizon := at_time + case width when 86400 then interval '7 days'
                              when 3600 then interval '2 days'
-                             else interval '1 hour' end;
+                             when 60 then interval '1 hour'
+                             else interval '10 minutes' end;
   fill_from := current_start - make_interval(secs => width);
   perform set_config('lock_timeout', '1s', true);
 
