@@ -211,14 +211,24 @@ pub async fn create_partitions_at(
     width: Option<Duration>,
     at: DateTime<Utc>,
 ) -> Result<i32, DbError> {
-    match db {
-        Db::Postgres(pool) => Ok(sqlx::query_scalar("select ih_create_partitions($1, $2)")
-            .bind(width.map(|width| i64::try_from(width.as_secs()).unwrap_or(i64::MAX)))
+    let Db::Postgres(pool) = db else {
+        return Ok(0);
+    };
+    let seconds = width.map(|width| i64::try_from(width.as_secs()).unwrap_or(i64::MAX));
+    // in two transactions: the drop of a wide partition locks the parent tables, which every
+    // publish waits for, so it commits before the partitions are made
+    if seconds.is_some() {
+        sqlx::query("select ih_replace_wide_partitions($1, $2)")
+            .bind(seconds)
             .bind(at)
-            .fetch_one(pool)
-            .await?),
-        Db::Sqlite(_) => Ok(0),
+            .execute(pool)
+            .await?;
     }
+    Ok(sqlx::query_scalar("select ih_create_partitions($1, $2)")
+        .bind(seconds)
+        .bind(at)
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Removes the spans past `policy` (or, with `dry_run`, only reports them), one process at a

@@ -26,7 +26,9 @@ $$;
 
 -- Creates the partitions of [low, high) in the four history tables; named after the start,
 -- `pYYYYMMDD` for a whole UTC day, else `pYYYYMMDD_HH24MI`, with the seconds when they are
--- not zero.
+-- not zero. Each is made as a table of its own, then attached: `create table ... partition
+-- of` would hold a lock on the parent that stops every publish until the transaction ends,
+-- where attaching an empty table takes one that inserts pass.
 create function ih_create_partition(low timestamptz, high timestamptz) returns integer
 language plpgsql
 as $$
@@ -42,9 +44,11 @@ begin
                       else to_char(low at time zone 'UTC', 'SS') end;
   end if;
   foreach parent in array array['outbox_events', 'delivery_history', 'delivery_attempts', 'dead_letters'] loop
-    execute format('create table %I partition of %I for values from (%L) to (%L)
+    execute format('create table %I (like %I including all)
                     with (autovacuum_vacuum_insert_threshold = -1)',
-                   parent || '_' || suffix, parent, ih_uuid_floor(low), ih_uuid_floor(high));
+                   parent || '_' || suffix, parent);
+    execute format('alter table %I attach partition %I for values from (%L) to (%L)',
+                   parent, parent || '_' || suffix, ih_uuid_floor(low), ih_uuid_floor(high));
   end loop;
   return 4;
 end
@@ -74,51 +78,54 @@ begin
 end
 $$;
 
--- Keeps partitions `width_seconds` wide (10, 60, 3600 or 86400; null: the width of the
--- partition holding `at_time`) from `at_time` to a horizon ahead: a week of days, two days of
--- hours, an hour of minutes, 10 minutes of 10 seconds. First, each partition wider than that which reaches past the current slice and
--- starts before the horizon is dropped if it holds no row in any table; then every gap up to
--- the horizon is filled, with one partition for whatever lies before the current slice and
--- slices on the width's grid after it. Returns how many tables it created. Callers serialise
--- on an advisory lock; a partition busy for more than a second is left for the next call.
-create function ih_create_partitions(width_seconds bigint, at_time timestamptz) returns integer
+-- The width of partitions asked for: `width_seconds` (10, 60, 3600 or 86400), or when it is
+-- null the width of the partition holding `at_time`, else of the newest; a day when there is
+-- none or it is none of those.
+create function ih_partition_width(width_seconds bigint, at_time timestamptz) returns bigint
+language sql stable
+as $$
+  select case when w in (10, 60, 3600, 86400) then w else 86400 end
+  from (select coalesce(width_seconds,
+                        (select extract(epoch from ih_uuid_time(high) - ih_uuid_time(low))::bigint
+                         from ih_partitions()
+                         order by (low <= ih_uuid_floor(at_time) and high > ih_uuid_floor(at_time)) desc,
+                                  low desc
+                         limit 1)) as w) chosen
+$$;
+
+-- How far ahead partitions of a width are kept: a week of days, two days of hours, an hour of
+-- minutes, 10 minutes of 10 seconds.
+create function ih_partition_horizon(width bigint) returns interval
+language sql immutable
+as $$
+  select case width when 86400 then interval '7 days'
+                    when 3600 then interval '2 days'
+                    when 60 then interval '1 hour'
+                    else interval '10 minutes' end
+$$;
+
+-- Drops each partition wider than `width_seconds` that reaches past the slice of `at_time` and
+-- starts before the horizon, if it holds no row in any table (a day made ahead, when the
+-- retention asks for narrower partitions); `ih_create_partitions` then fills the gap. Returns
+-- how many tables it dropped. Apart from the creation, so the parent tables' locks the drop
+-- takes last milliseconds; a partition busy for more than a second is left for the next call.
+create function ih_replace_wide_partitions(width_seconds bigint, at_time timestamptz) returns integer
 language plpgsql
 as $$
 declare
-  width bigint := width_seconds;
+  width bigint := ih_partition_width(width_seconds, at_time);
   current_start timestamptz;
-  horizon timestamptz;
-  fill_from timestamptz;
-  t timestamptz;
-  slice_end timestamptz;
-  next_low uuid;
   p record;
   tables text;
   busy boolean;
-  created integer := 0;
+  dropped integer := 0;
 begin
   perform pg_advisory_xact_lock(4849504152544954); -- "IHPARTIT"
-  if width is null then
-    -- the width of the partition holding `at_time`, else of the newest
-    select extract(epoch from ih_uuid_time(high) - ih_uuid_time(low))::bigint into width
-    from ih_partitions()
-    order by (low <= ih_uuid_floor(at_time) and high > ih_uuid_floor(at_time)) desc, low desc
-    limit 1;
-  end if;
-  if width is null or width not in (10, 60, 3600, 86400) then
-    width := 86400;
-  end if;
   current_start := to_timestamp(floor(extract(epoch from at_time) / width) * width);
-  horizon := at_time + case width when 86400 then interval '7 days'
-                             when 3600 then interval '2 days'
-                             when 60 then interval '1 hour'
-                             else interval '10 minutes' end;
-  fill_from := current_start - make_interval(secs => width);
   perform set_config('lock_timeout', '1s', true);
-
   for p in select * from ih_partitions() q
            where q.high > ih_uuid_floor(current_start)
-             and q.low < ih_uuid_floor(horizon)
+             and q.low < ih_uuid_floor(at_time + ih_partition_horizon(width))
              and ih_uuid_time(q.high) - ih_uuid_time(q.low) > make_interval(secs => width) loop
     tables := format('outbox_events_%1$s, delivery_history_%1$s, delivery_attempts_%1$s, dead_letters_%1$s',
                      p.suffix);
@@ -131,30 +138,63 @@ begin
         into busy;
       if not busy then
         execute 'drop table ' || tables;
-        fill_from := least(fill_from, ih_uuid_time(p.low));
+        dropped := dropped + 4;
       end if;
     exception when lock_not_available then
       null;
     end;
   end loop;
+  return dropped;
+end
+$$;
 
-  t := fill_from;
+-- Keeps partitions of the width `ih_partition_width` gives from `at_time` to its horizon:
+-- every gap from the end of the last partition before the current slice up to the horizon is
+-- filled, with one partition for whatever lies before the slice preceding the current one,
+-- and slices on the width's grid from there. Returns how many tables it created. Callers serialise
+-- on an advisory lock.
+create function ih_create_partitions(width_seconds bigint, at_time timestamptz) returns integer
+language plpgsql
+as $$
+declare
+  width bigint := ih_partition_width(width_seconds, at_time);
+  current_start timestamptz;
+  horizon timestamptz;
+  fill_start timestamptz;
+  -- the partitions there are, read once (`ih_partitions` deparses every bound), oldest first
+  lows timestamptz[];
+  highs timestamptz[];
+  i integer := 1;
+  t timestamptz;
+  slice_end timestamptz;
+  created integer := 0;
+begin
+  perform pg_advisory_xact_lock(4849504152544954); -- "IHPARTIT"
+  current_start := to_timestamp(floor(extract(epoch from at_time) / width) * width);
+  horizon := at_time + ih_partition_horizon(width);
+  fill_start := current_start - make_interval(secs => width);
+  select coalesce(array_agg(ih_uuid_time(q.low) order by q.low), '{}'),
+         coalesce(array_agg(ih_uuid_time(q.high) order by q.low), '{}')
+    into lows, highs
+  from ih_partitions() q;
+  -- one slice before the current one is made on the grid; before that, one partition reaches
+  -- back to the end of the last one there is (a replaced day leaves that gap)
+  select coalesce(max(h), fill_start) into t from unnest(highs) h where h <= fill_start;
   while t < horizon loop
-    select ih_uuid_time(q.high) into slice_end from ih_partitions() q
-    where q.low <= ih_uuid_floor(t) and q.high > ih_uuid_floor(t);
-    if slice_end is not null then
-      t := slice_end;
+    while i <= cardinality(highs) and highs[i] <= t loop
+      i := i + 1;
+    end loop;
+    if i <= cardinality(lows) and lows[i] <= t then
+      t := highs[i];
       continue;
     end if;
-    if t < current_start - make_interval(secs => width) then
-      slice_end := current_start - make_interval(secs => width);
+    if t < fill_start then
+      slice_end := fill_start;
     else
       slice_end := to_timestamp((floor(extract(epoch from t) / width) + 1) * width);
     end if;
-    select q.low into next_low from ih_partitions() q where q.low > ih_uuid_floor(t)
-    order by q.low limit 1;
-    if next_low is not null and ih_uuid_time(next_low) < slice_end then
-      slice_end := ih_uuid_time(next_low);
+    if i <= cardinality(lows) and lows[i] < slice_end then
+      slice_end := lows[i];
     end if;
     created := created + ih_create_partition(t, slice_end);
     t := slice_end;
