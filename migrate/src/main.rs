@@ -72,14 +72,40 @@ async fn main() -> anyhow::Result<()> {
         let status = if state.applied { "applied" } else { "pending" };
         tracing::info!(migration = %state.name, status, "migration {status}");
     }
+    if command == migration::Command::Up {
+        partitions_ahead(&database_url).await?;
+    }
+    Ok(())
+}
+
+/// `IH_RETENTION` and the other retention settings, validated.
+fn retention() -> anyhow::Result<shared::config::Retention> {
+    let settings = shared::config::load(None, &std::collections::BTreeMap::<String, String>::new())
+        .context("reading the IH_ variables")?
+        .settings;
+    Ok(shared::config::Retention::from_settings(&settings)?)
+}
+
+/// Makes the partitions ahead as wide as `IH_RETENTION` asks for (Postgres). The migrations
+/// make day partitions, and a worker replaces a day with narrower ones only while the day
+/// holds no row: made here, before the services start, a short retention holds from the
+/// first event.
+async fn partitions_ahead(database_url: &str) -> anyhow::Result<()> {
+    let width = retention()?.partition_width();
+    let pool = store::connect(&database(database_url), "ih-migrate").context("IH_DATABASE_URL")?;
+    let created = store::retention::create_partitions_ahead(&pool, Some(width))
+        .await
+        .context("making the partitions ahead")?;
+    tracing::info!(
+        tables = created,
+        width_seconds = width.as_secs(),
+        "partitions made ahead"
+    );
     Ok(())
 }
 
 async fn prune(database_url: &str, dry_run: bool) -> anyhow::Result<()> {
-    let settings = shared::config::load(None, &std::collections::BTreeMap::<String, String>::new())
-        .context("reading the IH_ variables")?
-        .settings;
-    let retention = shared::config::Retention::from_settings(&settings)?;
+    let retention = retention()?;
     let pool = store::connect(&database(database_url), "ih-migrate").context("IH_DATABASE_URL")?;
     let report = store::retention::prune(&pool, retention, dry_run)
         .await

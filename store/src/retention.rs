@@ -397,9 +397,11 @@ where
     Ok(KeptBecause::from_checks(live, dead))
 }
 
-/// How long the drop waits for its locks. While it waits, statements that need the same
-/// tables queue behind it, so the wait is short; a busy span is tried again next run.
-const DROP_LOCK_TIMEOUT: &str = "1s";
+/// How long the drop waits for its locks. While it waits, every publish queues behind it (the
+/// drop locks the parent tables), so the wait stays well under what a publish may take before
+/// the API sheds load; a span busy that long (a long listing reading it) is tried again next
+/// run.
+const DROP_LOCK_TIMEOUT: &str = "100ms";
 
 /// Drops a span's partitions unless it must be kept. The check is made again once the
 /// partitions are locked, so no replay can queue a delivery of the span between the check and

@@ -108,7 +108,8 @@ $$;
 -- starts before the horizon, if it holds no row in any table (a day made ahead, when the
 -- retention asks for narrower partitions); `ih_create_partitions` then fills the gap. Returns
 -- how many tables it dropped. Apart from the creation, so the parent tables' locks the drop
--- takes last milliseconds; a partition busy for more than a second is left for the next call.
+-- takes last milliseconds; a partition busy for more than 100 ms is left for the next call
+-- (every publish waits behind the drop while it waits for its locks).
 create function ih_replace_wide_partitions(width_seconds bigint, at_time timestamptz) returns integer
 language plpgsql
 as $$
@@ -122,7 +123,7 @@ declare
 begin
   perform pg_advisory_xact_lock(4849504152544954); -- "IHPARTIT"
   current_start := to_timestamp(floor(extract(epoch from at_time) / width) * width);
-  perform set_config('lock_timeout', '1s', true);
+  perform set_config('lock_timeout', '100ms', true);
   for p in select * from ih_partitions() q
            where q.high > ih_uuid_floor(current_start)
              and q.low < ih_uuid_floor(at_time + ih_partition_horizon(width))

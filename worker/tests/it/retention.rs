@@ -143,6 +143,39 @@ fn prune(database_url: &str, variables: &[(&str, &str)], dry_run: bool) -> std::
     command.output().unwrap()
 }
 
+/// `ih-migrate up` with a short retention replaces today's day partition, made by the
+/// migration and still empty, with partitions of 10 seconds, so retention holds from the first
+/// event.
+#[tokio::test]
+async fn ih_migrate_up_makes_partitions_as_wide_as_the_retention() {
+    let db = TestDb::new().await;
+    let width_now = || async {
+        let width: f64 = sqlx::query_scalar(
+            "select extract(epoch from ih_uuid_time(high) - ih_uuid_time(low))::float8
+             from ih_partitions()
+             where low <= ih_uuid_floor(now()) and high > ih_uuid_floor(now())",
+        )
+        .fetch_one(db.pg())
+        .await
+        .unwrap();
+        width
+    };
+    assert!((width_now().await - 86_400.0).abs() < f64::EPSILON);
+    let up = Command::new(workspace_bin("ih-migrate"))
+        .env_clear()
+        .env("IH_DATABASE_URL", &db.url)
+        .env("IH_RETENTION", "2m")
+        .arg("up")
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!((width_now().await - 10.0).abs() < f64::EPSILON);
+}
+
 #[tokio::test]
 async fn ih_migrate_prune_reports_with_dry_run_then_removes() {
     let (db, _receiver, today) = setup().await;
