@@ -2,8 +2,9 @@
 //!
 //! `ih-bench run` measures one scenario against a running API and workers; `ih-bench suite`
 //! starts the release binaries against a fresh database for each scenario of the standard
-//! suite, runs each three times, and writes the table in `bench/README.md`; `ih-bench
-//! startup` times `ih` from start to serving.
+//! suite, runs each three times, and writes the table in `bench/README.md`; `ih-bench soak`
+//! publishes steadily for minutes on a short retention and samples the database's size;
+//! `ih-bench startup` times `ih` from start to serving.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ mod load;
 mod process;
 mod procstat;
 mod sink;
+mod soak;
 mod startup;
 mod suite;
 
@@ -31,6 +33,8 @@ enum Command {
     Run(RunArgs),
     /// Run the standard suite on fresh databases and write bench/README.md.
     Suite(suite::SuiteArgs),
+    /// Publish at a steady rate for minutes on a short retention, sampling the database's size.
+    Soak(soak::SoakArgs),
     /// Measure how long `ih` takes from start to serving, on a new and on an existing file.
     Startup {
         /// Starts of each kind.
@@ -109,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", suite::table(&[suite::Row::single(&report)]));
         }
         Command::Suite(args) => suite::run(args).await?,
+        Command::Soak(args) => soak::run(args).await?,
         Command::Startup { runs, port } => {
             println!("{}", startup::measure(runs, port).await?.table());
         }

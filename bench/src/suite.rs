@@ -34,7 +34,7 @@ pub struct SuiteArgs {
     /// Runs per scenario (the table shows medians).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Only scenarios whose label contains this.
+    /// Only scenarios whose label contains this (`=label`: whose label is exactly that).
     #[arg(long)]
     only: Option<String>,
     /// The README whose results table is rewritten.
@@ -45,7 +45,7 @@ pub struct SuiteArgs {
     api_port: u16,
 }
 
-const TOKEN: &str = "bench-admin-token-0123456789";
+pub const TOKEN: &str = "bench-admin-token-0123456789";
 
 /// One scenario of the suite and how the stack is started for it.
 struct Plan {
@@ -63,7 +63,7 @@ struct Plan {
 /// Label prefix of the embedded scenarios.
 const EMBEDDED: &str = "embedded (SQLite): ";
 
-fn scenario(label: &str) -> Scenario {
+pub fn scenario(label: &str) -> Scenario {
     Scenario {
         label: label.to_owned(),
         events: 0,
@@ -236,7 +236,8 @@ fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     Ok(parsed.to_string())
 }
 
-fn fresh_database(url: &str) -> anyhow::Result<()> {
+/// Drops the bench database and migrates a new one, `ih-migrate` run with `env` besides.
+pub fn fresh_database(url: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
     let parsed = url::Url::parse(url)?;
     let database = parsed.path().trim_start_matches('/').to_owned();
     anyhow::ensure!(
@@ -254,6 +255,7 @@ fn fresh_database(url: &str) -> anyhow::Result<()> {
         .status()?;
     anyhow::ensure!(status.success(), "dropping the bench database failed");
     let status = Command::new(binary("ih-migrate")?)
+        .envs(env.iter().copied())
         .args(["--database-url", url, "up"])
         .stderr(Stdio::null())
         .status()?;
@@ -294,9 +296,36 @@ fn start_stack(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
     if plan.embedded {
         return start_embedded(args, plan);
     }
+    start_services(&args.database_url, args.api_port, plan, &[])
+}
+
+/// `ih-api` and one `ih-worker` on `database_url` at the suite's steady settings, the workers
+/// with `worker_env` besides.
+pub fn start_postgres_stack(
+    database_url: &str,
+    api_port: u16,
+    worker_env: &[(&'static str, &str)],
+) -> anyhow::Result<Stack> {
+    let plan = Plan {
+        scenario: scenario("soak"),
+        workers: 1,
+        worker_concurrency: 128,
+        worker_env: vec![],
+        embedded: false,
+        history: 0,
+    };
+    start_services(database_url, api_port, &plan, worker_env)
+}
+
+fn start_services(
+    database_url: &str,
+    api_port: u16,
+    plan: &Plan,
+    extra_env: &[(&'static str, &str)],
+) -> anyhow::Result<Stack> {
     let mut stack = Stack { children: vec![] };
     let common = [
-        ("IH_DATABASE_URL", args.database_url.clone()),
+        ("IH_DATABASE_URL", database_url.to_owned()),
         ("IH_API_TOKENS", format!("admin:{TOKEN}")),
         ("IH_ALLOWED_DESTINATION_CIDRS", "127.0.0.1/32".to_owned()),
         ("IH_LOG_LEVEL", "warn".to_owned()),
@@ -304,7 +333,7 @@ fn start_stack(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
     let api = Command::new(binary("ih-api")?)
         .env_clear()
         .envs(common.iter().cloned())
-        .env("IH_API_ADDR", format!("127.0.0.1:{}", args.api_port))
+        .env("IH_API_ADDR", format!("127.0.0.1:{api_port}"))
         .env("IH_DATABASE_MAX_CONNECTIONS", "24")
         .stdout(Stdio::null())
         .spawn()?;
@@ -314,6 +343,7 @@ fn start_stack(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
             .env_clear()
             .envs(common.iter().cloned())
             .envs(plan.worker_env.iter().map(|(k, v)| (*k, *v)))
+            .envs(extra_env.iter().map(|(k, v)| (*k, *v)))
             .env("IH_WORKER_METRICS_ADDR", "127.0.0.1:0")
             .env("IH_WORKER_ID", format!("bench-{index}"))
             .env(
@@ -526,11 +556,12 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut listing_tables = Vec::new();
     for plan in plans() {
-        if args
-            .only
-            .as_deref()
-            .is_some_and(|only| !plan.scenario.label.contains(only))
-        {
+        if args.only.as_deref().is_some_and(|only| {
+            only.strip_prefix('=').map_or_else(
+                || !plan.scenario.label.contains(only),
+                |exact| plan.scenario.label != exact,
+            )
+        }) {
             continue;
         }
         let mut reports = Vec::new();
@@ -539,7 +570,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
             // 20k events to it): seeding ten million events takes minutes
             let keep_history = plan.history > 0 && run > 1;
             if !plan.embedded && !keep_history {
-                fresh_database(&args.database_url)?;
+                fresh_database(&args.database_url, &[])?;
             }
             let size = if plan.history > 0 && run == 1 {
                 println!("  seeding {} past events", plan.history);
