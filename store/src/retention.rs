@@ -148,19 +148,6 @@ pub fn uuid_time(id: Uuid) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(millis).unwrap_or_default()
 }
 
-/// The UTC day a UUID v7 was made.
-#[must_use]
-pub fn uuid_day(id: Uuid) -> NaiveDate {
-    uuid_time(id).date_naive()
-}
-
-/// The key range `[low, high)` of the events of `day`.
-#[must_use]
-pub fn day_range(day: NaiveDate) -> (Uuid, Uuid) {
-    let start = day.and_time(chrono::NaiveTime::MIN).and_utc();
-    (uuid_floor(start), uuid_floor(start + TimeDelta::days(1)))
-}
-
 /// The span `[start, end)` of `width` that holds `at`, on a grid from the Unix epoch (so a
 /// day is a UTC day).
 #[must_use]
@@ -509,18 +496,20 @@ mod tests {
     #[test]
     fn a_day_is_a_range_of_v7_ids() {
         let day = NaiveDate::from_ymd_opt(2026, 11, 29).unwrap();
-        let (low, high) = day_range(day);
         let noon = day.and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let width = Duration::from_secs(86_400);
+        let (start, end) = span_of(noon, width);
+        let (low, high) = (uuid_floor(start), uuid_floor(end));
         let id = Uuid::new_v7(uuid::Timestamp::from_unix(
             uuid::NoContext,
             u64::try_from(noon.timestamp()).unwrap(),
             0,
         ));
         assert!(low <= id && id < high);
-        assert_eq!(uuid_day(id), day);
-        assert_eq!(uuid_day(low), day);
-        assert_eq!(uuid_day(high), day + Days::new(1));
-        assert_eq!(day_range(day + Days::new(1)).0, high);
+        assert_eq!(uuid_time(id).date_naive(), day);
+        assert_eq!(uuid_time(low).date_naive(), day);
+        assert_eq!(uuid_time(high).date_naive(), day + Days::new(1));
+        assert_eq!(uuid_floor(span_of(end, width).0), high);
     }
 
     #[test]
