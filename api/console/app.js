@@ -146,7 +146,7 @@ async function overview() {
       card('oldest due delivery waiting', stats.oldest_due_age_seconds === null || stats.oldest_due_age_seconds === undefined ? '—' : stats.oldest_due_age_seconds.toFixed(1) + ' s', 'stat-oldest'),
       card('delivered per minute (last ' + minutes + ' min)', (stats.delivered / minutes).toFixed(1), 'stat-rate'),
       card('failed attempts (last ' + minutes + ' min)', failureRate + ' %  (' + stats.failed + ')', 'stat-failures'),
-      card('dead letters not replayed', stats.dead_letters, 'stat-dead')),
+      card('dead letters not replayed', stats.dead_letters + (stats.dead_letters >= 10000 ? '+' : ''), 'stat-dead')),
   ];
 }
 

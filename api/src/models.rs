@@ -550,7 +550,7 @@ pub struct AdminStats {
     pub delivered: i64,
     /// Attempts in the window that failed (a retry scheduled or a dead letter).
     pub failed: i64,
-    /// Dead letters not replayed.
+    /// Dead letters not replayed, counted up to 10,000.
     pub dead_letters: i64,
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     QueryTrait, Select, sea_query::Query,
@@ -12,7 +12,8 @@ use uuid::Uuid;
 use crate::{
     Db, DbError, DeliveryRow, Page,
     entity::{attempts, dead_letters, deliveries, events, subscriptions},
-    orm::{newest_first, parse_state},
+    orm::{Planning, newest_first, parse_state},
+    retention::uuid_floor,
 };
 use shared::state::{AttemptOutcome, DeadReason, DeliveryStatus, Target};
 
@@ -86,7 +87,12 @@ pub async fn list_event_attempts(
     if exists.is_none() {
         return Ok(None);
     }
-    let attempts = attempts_listing(event_id).all(&connection).await?;
+    let attempts = db
+        .read_all(
+            attempts_listing(event_id).into_model::<attempts::Model>(),
+            ATTEMPTS_PLANNING,
+        )
+        .await?;
     // each attempt's target, from the event's deliveries (read by event as the event detail
     // reads them): two indexed reads, where a join to the live-and-history view would make
     // SQLite read the whole view
@@ -108,6 +114,10 @@ pub async fn list_event_attempts(
         .collect::<Result<_, _>>()
         .map(Some)
 }
+
+/// The attempt log's planning: whatever the event, one partition's index (Postgres prunes the
+/// others as the statement starts).
+pub(crate) const ATTEMPTS_PLANNING: Planning = Planning::Once;
 
 /// The attempt log's query: served by delivery_attempts_event_idx (in the event's day alone on
 /// Postgres).
@@ -141,13 +151,19 @@ pub async fn list_deliveries(
     filter: &DeliveryFilter,
     page: Page,
 ) -> Result<Vec<DeliveryRow>, DbError> {
-    deliveries_listing(filter, page)
-        .all(&db.orm_reader())
-        .await?
-        .into_iter()
-        .map(DeliveryRow::try_from)
-        .collect()
+    db.read_all(
+        deliveries_listing(filter, page).into_model::<deliveries::Model>(),
+        DELIVERIES_PLANNING,
+    )
+    .await?
+    .into_iter()
+    .map(DeliveryRow::try_from)
+    .collect()
 }
+
+/// The delivery listing's planning: each filter has its index on every partition, and the
+/// newest rows of each are merged, whatever the values.
+pub(crate) const DELIVERIES_PLANNING: Planning = Planning::Once;
 
 /// The delivery listing's query.
 pub(crate) fn deliveries_listing(
@@ -225,13 +241,18 @@ pub async fn list_dead_letters(
     filter: &DeadLetterFilter,
     page: Page,
 ) -> Result<Vec<DeadLetterRow>, DbError> {
-    dead_letters_listing(filter, page)
-        .all(&db.orm_reader())
-        .await?
-        .into_iter()
-        .map(DeadLetterRow::try_from)
-        .collect()
+    db.read_all(
+        dead_letters_listing(filter, page).into_model::<dead_letters::Model>(),
+        DEAD_LETTERS_PLANNING,
+    )
+    .await?
+    .into_iter()
+    .map(DeadLetterRow::try_from)
+    .collect()
 }
+
+/// The dead-letter listing's planning: as the deliveries'.
+pub(crate) const DEAD_LETTERS_PLANNING: Planning = Planning::Once;
 
 /// The dead-letter listing's query.
 pub(crate) fn dead_letters_listing(
@@ -431,7 +452,7 @@ pub struct ConsoleStats {
     pub delivered: i64,
     /// Attempts in the window that failed (retry scheduled or dead-lettered).
     pub failed: i64,
-    /// Dead letters not replayed.
+    /// Dead letters not replayed, counted up to 10,000.
     pub dead_letters: i64,
 }
 
@@ -444,8 +465,32 @@ pub async fn console_stats(db: &Db, window_seconds: f64) -> Result<ConsoleStats,
         Db::Postgres(pool) => pool,
         Db::Sqlite(sqlite) => return sqlite.console_stats(window_seconds).await,
     };
-    Ok(sqlx::query_as(include_str!("sql/console_stats.sql"))
-        .bind(window_seconds)
-        .fetch_one(pool)
-        .await?)
+    let mut transaction = pool.begin().await?;
+    // both planned once per connection: without parameters, or for any window
+    sqlx::raw_sql(Planning::Once.setting())
+        .execute(&mut *transaction)
+        .await?;
+    let (due, oldest_due_age_seconds, dead_letters): (i64, Option<f64>, i64) =
+        sqlx::query_as(include_str!("sql/console_stats.sql"))
+            .fetch_one(&mut *transaction)
+            .await?;
+    let (delivered, failed): (i64, i64) = sqlx::query_as(include_str!("sql/recent_attempts.sql"))
+        .bind(first_id_since(window_seconds))
+        .bind(Uuid::max())
+        .fetch_one(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(ConsoleStats {
+        due,
+        oldest_due_age_seconds,
+        delivered,
+        failed,
+        dead_letters,
+    })
+}
+
+/// The smallest UUID v7 of the last `window_seconds`: where the window's attempts begin.
+pub(crate) fn first_id_since(window_seconds: f64) -> Uuid {
+    let window = std::time::Duration::try_from_secs_f64(window_seconds).unwrap_or_default();
+    uuid_floor(Utc::now() - TimeDelta::from_std(window).unwrap_or_default())
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     Db, DbError, DeliveryRow, Page,
     entity::{deliveries, events},
-    orm::newest_first,
+    orm::{Planning, newest_first},
 };
 use shared::config::SlackFanout;
 
@@ -298,10 +298,22 @@ pub async fn list_events(
     filter: &EventFilter,
     page: Page,
 ) -> Result<Vec<PublishedEvent>, DbError> {
-    Ok(events_listing(filter, page)
-        .into_model::<PublishedEvent>()
-        .all(&db.orm_reader())
-        .await?)
+    db.read_all(
+        events_listing(filter, page).into_model::<PublishedEvent>(),
+        events_planning(filter),
+    )
+    .await
+}
+
+/// The event listing's planning. By type, for each call: a type nobody sends is found at once
+/// through the type's index, where a plan for any type walks the newest ids of every day
+/// testing each. Otherwise once: the newest ids (within the window) whatever the values.
+pub(crate) fn events_planning(filter: &EventFilter) -> Planning {
+    if filter.event_type.is_some() {
+        Planning::EachCall
+    } else {
+        Planning::Once
+    }
 }
 
 /// The event listing's query (also read by [`crate::plans`]).

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, DatabaseBackend, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Select, SqlxPostgresConnector, SqlxSqliteConnector, Value,
-    sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Select, Selector, SelectorTrait, SqlxPostgresConnector,
+    SqlxSqliteConnector, TransactionTrait, Value, sea_query::Expr,
 };
 
 use crate::{Db, DbError, Page, stored_time};
@@ -40,7 +40,54 @@ where
     text.parse().map_err(DbError::undecodable)
 }
 
+/// How Postgres plans a listing's statement.
+///
+/// A history table has a partition per day (tens of them, each with its indexes). Planning a
+/// statement over all of them costs several milliseconds, more than running it: a page is a
+/// few index descents per partition. Postgres plans a prepared statement afresh for each
+/// call's values while that looks cheaper than one plan for any values, which for a
+/// partitioned table it always does, so by default every call pays the planning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Planning {
+    /// Once per connection, for any values (`plan_cache_mode = force_generic_plan`): for
+    /// listings whose best plan has the same shape whatever the values. Without JIT: a plan
+    /// for any page size is costed as if it read a tenth of the table, past the threshold at
+    /// which Postgres compiles it, which takes ~100 ms for a page read in 2.
+    Once,
+    /// For each call's values: the best index depends on them (an event type nobody sends is
+    /// found through the type's index; a common one by walking the newest ids).
+    EachCall,
+}
+
+impl Planning {
+    /// The statements that make the rest of a transaction plan this way on Postgres.
+    pub(crate) const fn setting(self) -> &'static str {
+        match self {
+            Self::Once => "set local plan_cache_mode = force_generic_plan; set local jit = off",
+            Self::EachCall => "set local plan_cache_mode = auto",
+        }
+    }
+}
+
 impl Db {
+    /// Reads every row of `query`, planned as `planning` says on Postgres (SQLite plans each
+    /// statement once per connection anyway).
+    pub(crate) async fn read_all<S: SelectorTrait>(
+        &self,
+        query: Selector<S>,
+        planning: Planning,
+    ) -> Result<Vec<S::Item>, DbError> {
+        let connection = self.orm_reader();
+        if matches!(self, Self::Sqlite(_)) || planning == Planning::EachCall {
+            return Ok(query.all(&connection).await?);
+        }
+        let transaction = connection.begin().await?;
+        transaction.execute_unprepared(planning.setting()).await?;
+        let rows = query.all(&transaction).await?;
+        transaction.commit().await?;
+        Ok(rows)
+    }
+
     /// A connection for reads, and for single statements on Postgres. Cheap: it shares the
     /// pool.
     pub(crate) fn orm_reader(&self) -> DatabaseConnection {

@@ -1,12 +1,10 @@
 //! Operator queries on SQLite: attempts, deliveries, dead letters and their replay.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, time};
-use crate::{BulkReplayFilter, ConsoleStats, DbError};
+use crate::{BulkReplayFilter, ConsoleStats, DbError, admin::first_id_since};
 
 /// Dead letters a replay may take: not replayed, and still with somewhere to go.
 macro_rules! replayable {
@@ -105,7 +103,8 @@ impl SqliteDb {
                  where id >= ?1 and outcome = 'delivered') as delivered,
                (select count(*) from delivery_attempts
                  where id >= ?1 and outcome <> 'delivered') as failed,
-               (select count(*) from dead_letters where replayed_at is null) as dead_letters
+               (select count(*) from (select 1 from dead_letters where replayed_at is null
+                                      limit 10000)) as dead_letters
              from (select ",
             due_depth_and_age!(),
             ")"
@@ -141,17 +140,4 @@ async fn queue_replays(
     .execute(&mut **transaction)
     .await?;
     Ok(())
-}
-
-/// The smallest UUID v7 of `window_seconds` ago: attempt ids start with their 48-bit Unix
-/// milliseconds, so "since" is a range of the primary key and the log is never scanned whole.
-fn first_id_since(window_seconds: f64) -> Uuid {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let since = now.saturating_sub(Duration::try_from_secs_f64(window_seconds).unwrap_or_default());
-    let millis = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
-    let mut bytes = [0_u8; 16];
-    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    Uuid::from_bytes(bytes)
 }
