@@ -16,6 +16,7 @@ drop function ih_create_partitions(bigint, timestamptz);
 drop function ih_replace_wide_partitions(bigint, timestamptz);
 drop function ih_partition_horizon(bigint);
 drop function ih_partition_width(bigint, timestamptz);
+drop function ih_slice_start(timestamptz, bigint);
 
 create or replace function ih_create_day_partitions(first_day date, last_day date) returns integer
 language plpgsql

@@ -104,6 +104,14 @@ as $$
                     else interval '10 minutes' end
 $$;
 
+-- The start of the slice of `width` seconds holding `at_time`, on a grid from the Unix epoch
+-- (so a day is a UTC day).
+create function ih_slice_start(at_time timestamptz, width bigint) returns timestamptz
+language sql immutable
+as $$
+  select to_timestamp(floor(extract(epoch from at_time) / width) * width)
+$$;
+
 -- Drops each partition wider than `width_seconds` that reaches past the slice of `at_time` and
 -- starts before the horizon, if it holds no row in any table (a day made ahead, when the
 -- retention asks for narrower partitions); `ih_create_partitions` then fills the gap. Returns
@@ -122,7 +130,7 @@ declare
   dropped integer := 0;
 begin
   perform pg_advisory_xact_lock(4849504152544954); -- "IHPARTIT"
-  current_start := to_timestamp(floor(extract(epoch from at_time) / width) * width);
+  current_start := ih_slice_start(at_time, width);
   perform set_config('lock_timeout', '100ms', true);
   for p in select * from ih_partitions() q
            where q.high > ih_uuid_floor(current_start)
@@ -171,7 +179,7 @@ declare
   created integer := 0;
 begin
   perform pg_advisory_xact_lock(4849504152544954); -- "IHPARTIT"
-  current_start := to_timestamp(floor(extract(epoch from at_time) / width) * width);
+  current_start := ih_slice_start(at_time, width);
   horizon := at_time + ih_partition_horizon(width);
   fill_start := current_start - make_interval(secs => width);
   select coalesce(array_agg(ih_uuid_time(q.low) order by q.low), '{}'),
@@ -192,7 +200,7 @@ begin
     if t < fill_start then
       slice_end := fill_start;
     else
-      slice_end := to_timestamp((floor(extract(epoch from t) / width) + 1) * width);
+      slice_end := ih_slice_start(t, width) + make_interval(secs => width);
     end if;
     if i <= cardinality(lows) and lows[i] < slice_end then
       slice_end := lows[i];
