@@ -303,6 +303,9 @@ pub struct CreateSubscription {
     /// Extra headers sent with every delivery; `Host`, `Content-*`, `User-Agent`,
     /// `Transfer-Encoding`, `Connection` and signature headers are refused.
     pub headers: Option<BTreeMap<String, Text>>,
+    /// Most requests in flight to this subscription at once, across every worker (1 to
+    /// 10,000); absent: `IH_SUBSCRIPTION_MAX_IN_FLIGHT`.
+    pub max_in_flight: Option<i64>,
 }
 
 /// `PATCH /subscriptions/{id}`: absent fields are kept.
@@ -318,6 +321,8 @@ pub struct UpdateSubscription {
     pub description: MaybeUndefined<Text>,
     /// New headers, replacing all.
     pub headers: Option<BTreeMap<String, Text>>,
+    /// New in-flight limit; `null` returns to `IH_SUBSCRIPTION_MAX_IN_FLIGHT`.
+    pub max_in_flight: MaybeUndefined<i64>,
 }
 
 /// A subscription. Its secret is never shown after creation.
@@ -349,6 +354,9 @@ pub struct Subscription {
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,
+    /// Its own limit of requests in flight across every worker; `null`: the service's
+    /// `IH_SUBSCRIPTION_MAX_IN_FLIGHT`.
+    pub max_in_flight: Option<i32>,
 }
 
 impl From<db::SubscriptionRow> for Subscription {
@@ -367,6 +375,7 @@ impl From<db::SubscriptionRow> for Subscription {
             consecutive_failures: row.consecutive_failures,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            max_in_flight: row.max_in_flight,
         }
     }
 }

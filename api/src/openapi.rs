@@ -14,7 +14,9 @@ use shared::domain::{
 };
 
 use crate::{
-    body::MAX_BATCH_EVENTS, models::MAX_PAGE_SIZE, routes::subscriptions::MAX_DESCRIPTION_LENGTH,
+    body::MAX_BATCH_EVENTS,
+    models::MAX_PAGE_SIZE,
+    routes::subscriptions::{MAX_DESCRIPTION_LENGTH, MAX_IN_FLIGHT_LIMIT},
 };
 
 /// `shared::domain::EventType`.
@@ -198,6 +200,11 @@ pub fn constrain(generated: &str) -> String {
         merge(&mut document, &property("events"), &event_filter());
         merge(&mut document, &property("headers"), &headers());
         merge(&mut document, &property("description"), &description());
+        merge(
+            &mut document,
+            &property("max_in_flight"),
+            &json!({"minimum": 1, "maximum": MAX_IN_FLIGHT_LIMIT}),
+        );
     }
     merge(
         &mut document,

@@ -290,7 +290,7 @@ fn start_embedded(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
         .env("IH_API_ADDR", format!("127.0.0.1:{}", args.api_port))
         .env("IH_WORKER_CONCURRENCY", &concurrency)
         .env("IH_WORKER_BATCH_SIZE", &concurrency)
-        .env("IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION", &concurrency)
+        .env("IH_SUBSCRIPTION_MAX_IN_FLIGHT", &concurrency)
         .env("IH_DELIVERY_POLL_INTERVAL_SECONDS", "1")
         .envs(plan.worker_env.iter().map(|(k, v)| (*k, *v)))
         .stdout(Stdio::null())
@@ -353,7 +353,7 @@ fn start_services(
             .env("IH_WORKER_METRICS_ADDR", "127.0.0.1:0")
             .env("IH_WORKER_ID", format!("bench-{index}"))
             .env(
-                "IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION",
+                "IH_SUBSCRIPTION_MAX_IN_FLIGHT",
                 plan.worker_concurrency.to_string(),
             )
             .env("IH_DELIVERY_POLL_INTERVAL_SECONDS", "1")

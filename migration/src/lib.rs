@@ -104,6 +104,9 @@ migrations! {
     /// Partitions a day, an hour or a minute wide, as the retention chooses; history
     /// partitions are not vacuumed for inserts alone.
     m20261129_000004_partition_width,
+    /// Lanes: the fair, capped lease's state per subscription (and one for Slack), the
+    /// subscriptions' limits, and the live queue indexed by lane.
+    m20261130_000005_lanes,
 }
 
 /// Key of the session advisory lock that serialises concurrent `ih-migrate` runs.

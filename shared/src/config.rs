@@ -53,7 +53,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_WORKER_LEASE_SECONDS",
     "IH_WORKER_ID",
     "IH_WORKER_SHUTDOWN_GRACE_SECONDS",
-    "IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION",
+    "IH_SUBSCRIPTION_MAX_IN_FLIGHT",
     "IH_OTLP_ENDPOINT",
     "IH_OTEL_SAMPLE_RATIO",
     "IH_API_MAX_IN_FLIGHT",
@@ -63,6 +63,9 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_RETENTION_DAYS",
     "IH_DEAD_LETTER_RETENTION",
 ];
+
+/// Highest in-flight limit of one subscription, configured or its own.
+pub const MAX_SUBSCRIPTION_IN_FLIGHT: u32 = 10_000;
 
 /// A string that must never be printed: `Debug` shows `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -244,9 +247,9 @@ pub struct Settings {
     /// `IH_WORKER_SHUTDOWN_GRACE_SECONDS`: how long in-flight requests may finish after
     /// SIGTERM before their leases are handed back.
     pub worker_shutdown_grace_seconds: f64,
-    /// `IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION`: most requests one worker has in flight to
-    /// one subscription, so one slow endpoint cannot take every slot.
-    pub worker_max_in_flight_per_subscription: usize,
+    /// `IH_SUBSCRIPTION_MAX_IN_FLIGHT`: most requests in flight to one subscription at once,
+    /// across every worker, unless the subscription has its own `max_in_flight`.
+    pub subscription_max_in_flight: u32,
     /// `IH_OTLP_ENDPOINT` (or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`): OTLP/HTTP base URL;
     /// traces are exported only when set.
     #[serde(deserialize_with = "lenient_optional_string")]
@@ -312,7 +315,7 @@ impl Default for Settings {
             worker_lease_seconds: 30.0,
             worker_id: None,
             worker_shutdown_grace_seconds: 25.0,
-            worker_max_in_flight_per_subscription: 16,
+            subscription_max_in_flight: 16,
             otlp_endpoint: None,
             otel_sample_ratio: 1.0,
             api_max_in_flight: 256,
@@ -513,7 +516,7 @@ pub struct WorkerConfig {
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// Most requests in flight to one subscription.
-    pub max_in_flight_per_subscription: usize,
+    pub subscription_max_in_flight: u32,
     /// The Slack connector, when configured.
     pub slack: Option<SlackConnector>,
     /// Trace export, when an endpoint is configured.
@@ -965,8 +968,10 @@ impl WorkerConfig {
             "IH_WORKER_SHUTDOWN_GRACE_SECONDS",
             settings.worker_shutdown_grace_seconds,
         );
-        if settings.worker_max_in_flight_per_subscription == 0 {
-            problems.push("IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION: must be at least 1");
+        if !(1..=MAX_SUBSCRIPTION_IN_FLIGHT).contains(&settings.subscription_max_in_flight) {
+            problems.push(format!(
+                "IH_SUBSCRIPTION_MAX_IN_FLIGHT: must be between 1 and {MAX_SUBSCRIPTION_IN_FLIGHT}"
+            ));
         }
         let slack = settings
             .slack_bot_token
@@ -1015,7 +1020,7 @@ impl WorkerConfig {
             delivery_timeout,
             destination_policy,
             shutdown_grace,
-            max_in_flight_per_subscription: settings.worker_max_in_flight_per_subscription,
+            subscription_max_in_flight: settings.subscription_max_in_flight,
             slack,
             tracing,
             secrets,
@@ -1176,6 +1181,25 @@ mod tests {
             "{error}"
         );
         assert!(WorkerConfig::from_settings(&Settings::default()).is_ok());
+    }
+
+    #[test]
+    fn a_subscriptions_in_flight_limit_is_bounded() {
+        for limit in [0, MAX_SUBSCRIPTION_IN_FLIGHT + 1] {
+            let settings = settings_with(|s| s.subscription_max_in_flight = limit);
+            let error = WorkerConfig::from_settings(&settings).unwrap_err();
+            assert!(
+                error.to_string().contains("IH_SUBSCRIPTION_MAX_IN_FLIGHT"),
+                "{error}"
+            );
+        }
+        let settings = settings_with(|s| s.subscription_max_in_flight = 1);
+        assert_eq!(
+            WorkerConfig::from_settings(&settings)
+                .unwrap()
+                .subscription_max_in_flight,
+            1
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod subscriptions {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub deleted_at: Option<DateTimeUtc>,
+        pub max_in_flight: Option<i32>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -53,6 +54,26 @@ pub mod routes {
         pub event_type: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub subscription_id: Uuid,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `lanes`: made with its subscription. The lease's columns (when the lane is due, when it was
+/// last leased from) have defaults and are the queue's own (`crate::queue`), so only the id is
+/// described here.
+pub mod lanes {
+    use sea_orm::entity::prelude::*;
+
+    /// A lane.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "lanes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -41,26 +41,86 @@ pub struct LeasedDelivery {
     pub traceparent: Option<String>,
 }
 
-/// Leases up to `limit` due deliveries (pending and due, or with an expired lease).
+/// The lane of every Slack delivery; a webhook delivery's lane is its subscription's id.
+pub const SLACK_LANE: Uuid = Uuid::nil();
+
+/// The lane of a delivery to this subscription (none: Slack).
+pub(crate) fn lane_of(subscription_id: Option<Uuid>) -> Uuid {
+    subscription_id.unwrap_or(SLACK_LANE)
+}
+
+/// Most lanes one lease takes rows from: a round over the lanes with due work goes this many
+/// at a time.
+pub const LANES_PER_LEASE: usize = 32;
+
+/// What one lease asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseRequest<'a> {
+    /// Most rows to lease.
+    pub limit: usize,
+    /// The leasing worker's name.
+    pub worker_id: &'a str,
+    /// How long the lease lasts.
+    pub lease: Duration,
+    /// The in-flight limit of a subscription without its own, and of the Slack lane.
+    pub max_in_flight: u32,
+}
+
+/// A lane the lease may take rows from.
+#[derive(sqlx::FromRow)]
+struct LeasableLane {
+    id: Uuid,
+    max_in_flight: i32,
+    may_settle: bool,
+}
+
+/// How many rows one lane may give to a lease of `limit` rows over `lanes` lanes: an equal
+/// share, so a lease spreads over the lanes with due work.
+pub(crate) fn lane_quota(limit: usize, lanes: usize) -> usize {
+    limit.div_ceil(lanes.max(1)).max(1)
+}
+
+/// Leases up to `request.limit` due deliveries, a few from each lane with due work (a
+/// subscription, or the Slack lane), least recently leased lanes first, never more than a
+/// lane's in-flight limit counted across every worker.
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails; nothing is leased then.
 pub async fn lease_deliveries(
     db: &Db,
-    limit: usize,
-    worker_id: &str,
-    lease: Duration,
+    request: &LeaseRequest<'_>,
 ) -> Result<Vec<LeasedDelivery>, DbError> {
     let pool = match db {
         Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.lease_deliveries(limit, worker_id, lease).await,
+        Db::Sqlite(sqlite) => return sqlite.lease_deliveries(request).await,
     };
-    let leased: Vec<LeasedRow> = sqlx::query_as(include_str!("sql/lease_deliveries.sql"))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(worker_id)
-        .bind(lease.as_secs_f64())
-        .fetch_all(pool)
+    let mut transaction = pool.begin().await?;
+    let lanes: Vec<LeasableLane> = sqlx::query_as(include_str!("sql/lease_lanes.sql"))
+        .bind(i64::try_from(LANES_PER_LEASE).unwrap_or(i64::MAX))
+        .bind(i32::try_from(request.max_in_flight).unwrap_or(i32::MAX))
+        .fetch_all(&mut *transaction)
         .await?;
+    if lanes.is_empty() {
+        transaction.commit().await?;
+        return Ok(Vec::new());
+    }
+    let quota = lane_quota(request.limit, lanes.len());
+    let leased: Vec<LeasedRow> = sqlx::query_as(include_str!("sql/lease_deliveries.sql"))
+        .bind(lanes.iter().map(|lane| lane.id).collect::<Vec<_>>())
+        .bind(
+            lanes
+                .iter()
+                .map(|lane| lane.max_in_flight)
+                .collect::<Vec<_>>(),
+        )
+        .bind(lanes.iter().map(|lane| lane.may_settle).collect::<Vec<_>>())
+        .bind(i64::try_from(quota).unwrap_or(i64::MAX))
+        .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+        .bind(request.worker_id)
+        .bind(request.lease.as_secs_f64())
+        .fetch_all(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
     let ids: Vec<Uuid> = leased.iter().map(|row| row.event_id).collect();
     let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
         return Ok(Vec::new());
@@ -490,6 +550,20 @@ pub async fn release_deliveries(
             .fetch_all(pool)
             .await?,
     )
+}
+
+/// Makes rows whose lease expired (their worker died) pending again, due at once; returns how
+/// many. Until then they count against their lane's in-flight limit.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn rescue_expired_leases(db: &Db) -> Result<i64, DbError> {
+    match db {
+        Db::Postgres(pool) => Ok(sqlx::query_scalar(include_str!("sql/rescue_leases.sql"))
+            .fetch_one(pool)
+            .await?),
+        Db::Sqlite(sqlite) => sqlite.rescue_expired_leases().await,
+    }
 }
 
 /// One sample of the queue, taken by the worker holding the sampling lock.

@@ -40,7 +40,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Due deliveries (pending and due, or with an expired lease), counted up to 100,000 so a huge
 /// backlog stays cheap to count; and the seconds since the oldest of them became due. Both
-/// walk `deliveries_due_idx`. Columns `due_count` and `oldest_due_age_seconds`.
+/// read the pending and leased rows' partial indexes. Columns `due_count` and
+/// `oldest_due_age_seconds`.
 macro_rules! due_depth_and_age {
     () => {
         concat!(

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::{
     Db, DbError, Page,
     entity::{
-        routes,
+        lanes, routes,
         subscriptions::{self, Column},
     },
 };
@@ -62,10 +62,12 @@ pub struct SubscriptionRow {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// Its own limit of requests in flight across the fleet (none: the configured default).
+    pub max_in_flight: Option<i32>,
 }
 
 /// The columns of a [`SubscriptionRow`]: never the secrets.
-const ROW_COLUMNS: [Column; 13] = [
+const ROW_COLUMNS: [Column; 14] = [
     Column::Id,
     Column::Url,
     Column::EventTypes,
@@ -79,6 +81,7 @@ const ROW_COLUMNS: [Column; 13] = [
     Column::ConsecutiveFailures,
     Column::CreatedAt,
     Column::UpdatedAt,
+    Column::MaxInFlight,
 ];
 
 /// Subscriptions that are not deleted, as [`SubscriptionRow`] columns.
@@ -150,9 +153,11 @@ pub struct NewSubscription {
     pub description: Option<String>,
     /// Custom headers.
     pub headers: BTreeMap<String, String>,
+    /// Its own in-flight limit (none: the configured default).
+    pub max_in_flight: Option<i32>,
 }
 
-/// Stores a new subscription.
+/// Stores a new subscription, with its lane (see `crate::queue`).
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
@@ -170,6 +175,7 @@ pub async fn insert_subscription(
         enabled: Set(subscription.enabled),
         description: Set(subscription.description.clone()),
         headers: Set(json(&subscription.headers)?),
+        max_in_flight: Set(subscription.max_in_flight),
         // the database's defaults: its clock, in its stored form
         created_at: NotSet,
         updated_at: NotSet,
@@ -179,6 +185,11 @@ pub async fn insert_subscription(
     subscriptions::Entity::insert(row)
         .exec_without_returning(&transaction)
         .await?;
+    lanes::Entity::insert(lanes::ActiveModel {
+        id: Set(subscription.id),
+    })
+    .exec_without_returning(&transaction)
+    .await?;
     let routed: &[String] = if subscription.enabled {
         &subscription.event_types
     } else {
@@ -230,6 +241,8 @@ pub struct SubscriptionPatch {
     pub description: Option<Option<String>>,
     /// New custom headers (replacing all).
     pub headers: Option<BTreeMap<String, String>>,
+    /// `Some(None)` returns to the configured in-flight limit.
+    pub max_in_flight: Option<Option<i32>>,
 }
 
 /// The reason a subscription disabled by hand shows.
@@ -259,6 +272,9 @@ pub async fn update_subscription(
     }
     if let Some(headers) = &patch.headers {
         update = update.col_expr(Column::Headers, Expr::value(json(headers)?));
+    }
+    if let Some(max_in_flight) = patch.max_in_flight {
+        update = update.col_expr(Column::MaxInFlight, Expr::value(max_in_flight));
     }
     match patch.enabled {
         // re-enabling clears why it was disabled

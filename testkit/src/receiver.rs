@@ -2,9 +2,10 @@
 //! request and answers as the test's script says.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use poem::{
@@ -22,6 +23,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -78,6 +81,35 @@ type Script = Arc<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
 struct ReceiverState {
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<Script>>,
+    /// Per path: requests being answered now, and the most there ever were at once.
+    in_flight: Arc<Mutex<HashMap<String, (usize, usize)>>>,
+}
+
+/// Counts a request in flight on its path while it lives.
+struct InFlight {
+    state: ReceiverState,
+    path: String,
+}
+
+impl InFlight {
+    fn enter(state: &ReceiverState, path: &str) -> Self {
+        let mut all = state.in_flight.lock().unwrap();
+        let (now, most) = all.entry(path.to_owned()).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+        Self {
+            state: state.clone(),
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some((now, _)) = self.state.in_flight.lock().unwrap().get_mut(&self.path) {
+            *now -= 1;
+        }
+    }
 }
 
 #[handler]
@@ -87,7 +119,9 @@ async fn receive(request: &Request, body: poem::Body, state: Data<&ReceiverState
         path: request.uri().path().to_owned(),
         headers: request.headers().clone(),
         body: body.into_vec().await.unwrap_or_default(),
+        at: Instant::now(),
     };
+    let _in_flight = InFlight::enter(&state, &received.path);
     let index = {
         let mut all = state.received.lock().unwrap();
         all.push(received.clone());
@@ -121,6 +155,7 @@ impl Receiver {
         let state = ReceiverState {
             received: Arc::default(),
             script: Arc::new(Mutex::new(Arc::new(|_, _: &Received| Reply::status(200)))),
+            in_flight: Arc::default(),
         };
         let stop = CancellationToken::new();
         let app = Route::new().at("/*path", receive).data(state.clone());
@@ -157,6 +192,16 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.state.received.lock().unwrap().len()
+    }
+
+    /// The most requests to `path` that were being answered at once.
+    pub fn most_in_flight(&self, path: &str) -> usize {
+        self.state
+            .in_flight
+            .lock()
+            .unwrap()
+            .get(path)
+            .map_or(0, |(_, most)| *most)
     }
 }
 

@@ -75,6 +75,25 @@ const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const KEY_1: &str = "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const KEY_2: &str = "k2:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 
+/// Leases as a worker does, with a subscription in-flight limit no test here reaches.
+async fn lease(
+    db: &Db,
+    limit: usize,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Vec<db::LeasedDelivery>, db::DbError> {
+    db::lease_deliveries(
+        db,
+        &db::LeaseRequest {
+            limit,
+            worker_id,
+            lease,
+            max_in_flight: 10_000,
+        },
+    )
+    .await
+}
+
 fn new_subscription(event_types: &[&str]) -> NewSubscription {
     NewSubscription {
         id: Uuid::now_v7(),
@@ -84,6 +103,7 @@ fn new_subscription(event_types: &[&str]) -> NewSubscription {
         enabled: true,
         description: Some("orders".to_owned()),
         headers: BTreeMap::from([("X-Team".to_owned(), "payments".to_owned())]),
+        max_in_flight: None,
     }
 }
 
@@ -141,9 +161,7 @@ fn attempt(number: i32, status: Option<i32>) -> AttemptRecord {
 /// Leases everything due and makes each row's completion from what `next` says for its event
 /// type; a failure carries an error with NUL in it, which the store must make storable.
 async fn lease_for(db: &Db, next: impl Fn(&str) -> NextState) -> Vec<Completion> {
-    let leased = db::lease_deliveries(db, 100, "w1", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let leased = lease(db, 100, "w1", Duration::from_secs(30)).await.unwrap();
     leased
         .iter()
         .map(|row| {
@@ -245,6 +263,7 @@ async fn subscriptions_are_created_read_listed_changed_and_deleted(test: TestDb)
         description: Some(None),
         headers: Some(BTreeMap::new()),
         enabled: None,
+        max_in_flight: Some(Some(7)),
     };
     let changed = db::update_subscription(db, created.id, &patch)
         .await
@@ -568,21 +587,17 @@ async fn a_lease_takes_due_rows_once_and_a_release_hands_them_back(test: TestDb)
     // two publishes, so the first is due strictly before the second
     let mut stored = publish(db, &[event("a", None, "1")]).await;
     stored.extend(publish(db, &[event("b", None, "2")]).await);
-    let leased = db::lease_deliveries(db, 1, "w1", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let leased = lease(db, 1, "w1", Duration::from_secs(30)).await.unwrap();
     assert_eq!(leased.len(), 1, "the limit holds");
     assert_eq!(leased[0].event_id, stored[0].id, "oldest due first");
     assert_eq!(leased[0].attempts, 1);
     assert_eq!(leased[0].target, Target::Webhook);
     assert_eq!(leased[0].payload, r#"{"n":1}"#);
-    let rest = db::lease_deliveries(db, 10, "w2", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let rest = lease(db, 10, "w2", Duration::from_secs(30)).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_ne!(rest[0].id, leased[0].id, "a leased row is not leased again");
     assert!(
-        db::lease_deliveries(db, 10, "w3", Duration::from_secs(30))
+        lease(db, 10, "w3", Duration::from_secs(30))
             .await
             .unwrap()
             .is_empty()
@@ -601,9 +616,7 @@ async fn a_lease_takes_due_rows_once_and_a_release_hands_them_back(test: TestDb)
             .unwrap()
             .is_empty()
     );
-    let again = db::lease_deliveries(db, 10, "w1", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let again = lease(db, 10, "w1", Duration::from_secs(30)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, leased[0].id);
     assert_eq!(
@@ -619,23 +632,32 @@ async fn a_lease_takes_due_rows_once_and_a_release_hands_them_back(test: TestDb)
     .await
     .unwrap();
     assert!(
-        db::lease_deliveries(db, 10, "w1", Duration::from_secs(30))
+        lease(db, 10, "w1", Duration::from_secs(30))
             .await
             .unwrap()
             .is_empty()
     );
 
-    // an expired lease is taken again, with the attempt counted
+    // an expired lease is rescued, and taken again with the attempt counted; until its
+    // rescue it is not leased again
     let short = publish(db, &[event("c", None, "3")]).await;
-    let first = db::lease_deliveries(db, 10, "w1", Duration::from_millis(1))
-        .await
-        .unwrap();
+    let first = lease(db, 10, "w1", Duration::from_millis(1)).await.unwrap();
     assert_eq!(first[0].event_id, short[0].id);
     assert!(
+        lease(db, 10, "w2", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
         testkit::eventually(Duration::from_secs(5), || async {
-            let taken = db::lease_deliveries(db, 10, "w2", Duration::from_secs(30))
-                .await
-                .unwrap();
+            db::rescue_expired_leases(db).await.unwrap() == 1
+        })
+        .await
+    );
+    assert!(
+        testkit::eventually(Duration::from_secs(5), || async {
+            let taken = lease(db, 10, "w2", Duration::from_secs(30)).await.unwrap();
             taken.len() == 1 && taken[0].id == first[0].id && taken[0].attempts == 2
         })
         .await
@@ -1649,9 +1671,7 @@ async fn the_history_migration_keeps_every_row_and_resends_nothing(test: TestDb)
         .unwrap();
     // a leased row, whose worker is still sending it
     let to_lease = publish(db, &[event("leased", None, "h4")]).await;
-    let leased = db::lease_deliveries(db, 1, "w1", Duration::from_secs(300))
-        .await
-        .unwrap();
+    let leased = lease(db, 1, "w1", Duration::from_secs(300)).await.unwrap();
     assert_eq!(leased.len(), 1);
     // and one pending
     let pending = publish(db, &[event("pending", None, "h5")]).await;
@@ -1710,9 +1730,7 @@ async fn the_history_migration_keeps_every_row_and_resends_nothing(test: TestDb)
 
     // nothing is sent again: what is due now is the live work except the row still leased
     // (its lease runs), and nothing finished
-    let due = db::lease_deliveries(db, 100, "w2", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let due = lease(db, 100, "w2", Duration::from_secs(30)).await.unwrap();
     let mut due: Vec<Uuid> = due.iter().map(|d| d.event_id).collect();
     due.sort();
     let mut expected: Vec<Uuid> = [pending[0].id, replayed_event, to_lease[0].id]

@@ -1,14 +1,18 @@
 //! The completion buffer: outcomes are collected for up to [`FLUSH_INTERVAL`] (or until
 //! enough wait: [`FLUSH_SIZE`], or a quarter of the worker's slots, whichever is smaller) and
-//! written in one statement. The quarter keeps a small worker from holding its few slots for
-//! a whole interval waiting for a batch that cannot fill. A worker's slot is freed only when its
-//! outcome's flush is acknowledged, so capacity never runs ahead of what is recorded.
+//! written in one statement. The quarter keeps a small worker's rows from counting against
+//! their subscriptions' limits for a whole interval waiting for a batch that cannot fill. The
+//! buffer's channel is bounded, so while the database cannot take outcomes the delivery tasks
+//! wait to hand theirs over and the worker leases no more than it can record.
 //!
 //! A flush the database refuses for its data (not for being unavailable) is written again one
 //! outcome at a time, so one bad row cannot sink the others: the row that is still refused
 //! alone is recorded as a failed attempt without the receiver's texts.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use shared::{
     retry::{RetryPolicy, jitter},
@@ -16,7 +20,7 @@ use shared::{
     state::{DeadReason, OUTCOME_UNSTORABLE as UNSTORABLE, Target},
 };
 use store::{self as db, AttemptRecord, Completion, Db, NextState};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 use crate::outcome::{Outcome, after_failure};
@@ -32,12 +36,22 @@ pub struct Finished {
     pub outcome: Outcome,
     /// When the row was leased, by this process's monotonic clock.
     pub leased_at: Instant,
-    /// The worker slot, released after the flush.
-    pub permit: OwnedSemaphorePermit,
     /// Where the delivery went, for metrics.
     pub target: Target,
     /// The subscription, for the per-subscription failure metric.
     pub subscription_id: Option<Uuid>,
+}
+
+/// How the buffer flushes.
+pub struct Flushing {
+    /// The worker's slots, which size a flush.
+    pub concurrency: usize,
+    /// The lease length: older outcomes are dropped.
+    pub lease: Duration,
+    /// The retry policy, for outcomes the database refuses.
+    pub retry: RetryPolicy,
+    /// Notified after each flush (the lease loop leases again: limits have room).
+    pub flushed: Arc<Notify>,
 }
 
 /// Runs until every sender is dropped and the buffer is flushed.
@@ -45,10 +59,14 @@ pub async fn run(
     pool: Db,
     worker_id: String,
     mut outcomes: mpsc::Receiver<Finished>,
-    concurrency: usize,
-    lease: Duration,
-    retry: RetryPolicy,
+    flushing: Flushing,
 ) {
+    let Flushing {
+        concurrency,
+        lease,
+        retry,
+        flushed,
+    } = flushing;
     let mut buffer: Vec<Finished> = Vec::with_capacity(FLUSH_SIZE);
     while let Some(first) = outcomes.recv().await {
         buffer.push(first);
@@ -64,6 +82,7 @@ pub async fn run(
             }
         }
         flush(&pool, &worker_id, &mut buffer, lease, &retry).await;
+        flushed.notify_one();
     }
 }
 

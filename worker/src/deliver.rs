@@ -17,9 +17,6 @@ use crate::{
     outcome::Outcome,
 };
 
-/// How soon a row handed back at its subscription's in-flight cap is due again.
-pub const DEFERRED_DUE_IN: Duration = Duration::from_millis(500);
-
 /// The decision made before any request: `None` means send.
 pub fn precheck(
     context: &DeliveryContext,
@@ -87,8 +84,7 @@ pub fn failed_attempt(
     )
 }
 
-/// Sends a webhook delivery and returns its outcome. Takes the subscription's in-flight slot
-/// first; at the cap, the lease is handed back for a moment later.
+/// Sends a webhook delivery and returns its outcome.
 pub async fn deliver_webhook(
     context: &DeliveryContext,
     delivery: &LeasedDelivery,
@@ -108,14 +104,6 @@ pub async fn deliver_webhook(
             return failed_attempt(context, delivery, &format!("secret_unavailable: {error}"));
         }
     };
-    let Some(_slot) = context
-        .slots
-        .try_take(subscription.id, context.max_in_flight_per_subscription)
-    else {
-        metrics::counter!("ih_deliveries_deferred_total").increment(1);
-        return Outcome::release(delivery, DEFERRED_DUE_IN);
-    };
-
     let body = signing::webhook_body(
         delivery.event_id,
         &delivery.event_type,
@@ -255,7 +243,6 @@ fn failure_class(reason: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use shared::{retry::RetryPolicy, url_policy::DestinationPolicy};
     use uuid::Uuid;
@@ -276,8 +263,6 @@ mod tests {
                 max_delay: Duration::from_secs(3600),
                 retry_after_max: Duration::from_secs(600),
             },
-            slots: Arc::default(),
-            max_in_flight_per_subscription: 2,
             slack: None,
             slack_pacer: crate::pacer::ChannelPacer::default(),
         }

@@ -1,14 +1,18 @@
 //! `ih-worker`: leases due deliveries and sends them.
 //!
 //! Any number of replicas share the work through the database's locks alone (Postgres row
-//! locks, or an SQLite file's write lock); none talks to another. One loop leases `min(batch size, free slots)` rows, each row is sent on its own
-//! task, and outcomes are written back in batches fenced by the lease token.
+//! locks, or an SQLite file's write lock); none talks to another. One loop leases `min(batch
+//! size, free slots)` rows, spread over the subscriptions with due work and within each one's
+//! fleet-wide in-flight limit (the lease statement enforces both), each row is sent on its own
+//! task, and outcomes are written back in batches fenced by the lease token. A slot is free
+//! again when its request is answered; the row counts against its subscription's limit until
+//! its outcome is written.
 //!
 //! # Layout
 //! - [`run`]: the lease loop, the shutdown sequence, and how the parts are wired.
 //! - [`deliver`]: one webhook delivery: checks, signing, the request, the outcome.
 //! - [`outcome`]: what happens to a leased row, and its constructors.
-//! - [`context`]: what every delivery shares (client, policies, per-subscription slots).
+//! - [`context`]: what every delivery shares (client, policies, the Slack pacer).
 //! - [`pacer`]: per-channel pacing of Slack messages.
 //! - [`http`]: the delivery client and its SSRF-guarded resolver.
 //! - [`complete`]: the completion buffer.
@@ -33,7 +37,7 @@ use shared::{
     state::Target,
 };
 use store::{self as db, Db, DeliverySubscription, LeasedDelivery, NextState};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -48,10 +52,7 @@ pub mod pacer;
 pub mod slack;
 
 use crate::{
-    complete::Finished,
-    context::{DeliveryContext, SubscriptionSlots},
-    deliver::failed_attempt,
-    outcome::Outcome,
+    complete::Finished, context::DeliveryContext, deliver::failed_attempt, outcome::Outcome,
 };
 
 /// Longest pause after a failed lease statement.
@@ -122,21 +123,24 @@ pub async fn run(
             max_delay: config.backoff_max,
             retry_after_max: config.retry_after_max,
         },
-        slots: Arc::new(SubscriptionSlots::default()),
-        max_in_flight_per_subscription: config.max_in_flight_per_subscription,
         slack: config.slack.clone(),
         slack_pacer: pacer::ChannelPacer::default(),
     });
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let (outcome_sender, outcome_receiver) =
         mpsc::channel::<Finished>(config.concurrency.max(1) * 2);
+    // each written flush frees room under some subscriptions' limits: lease again then
+    let flushed = Arc::new(Notify::new());
     let completer = tokio::spawn(complete::run(
         pool.clone(),
         config.worker_id.clone(),
         outcome_receiver,
-        config.concurrency,
-        config.lease,
-        context.retry,
+        complete::Flushing {
+            concurrency: config.concurrency,
+            lease: config.lease,
+            retry: context.retry,
+            flushed: flushed.clone(),
+        },
     ));
 
     let mut wake = db::wake::Wakeups::start(&pool, config.database.listen_url.clone());
@@ -154,13 +158,15 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tracing::info!(worker.id = %config.worker_id, concurrency = config.concurrency, "worker started");
 
-    let mut backlog = false;
+    // the last lease took rows: there may be more due, lease again as soon as a slot is free
+    let mut more = false;
     let mut error_backoff = Duration::from_millis(100);
+    let mut next_rescue = Instant::now();
     loop {
         options.heartbeat.beat();
-        if backlog && slots.available_permits() > 0 {
-            // The last lease came back full: there is more due work, lease again at once.
-        } else if backlog {
+        if more && slots.available_permits() > 0 {
+            // lease again at once
+        } else if more {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 permit = slots.clone().acquire_owned() => drop(permit),
@@ -169,38 +175,55 @@ pub async fn run(
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = wake.next() => {}
+                () = flushed.notified() => {}
                 () = tokio::time::sleep(jittered(config.poll_interval)) => {}
             }
         }
         if shutdown.is_cancelled() {
             break;
         }
+        if Instant::now() >= next_rescue {
+            next_rescue = Instant::now() + jittered(config.poll_interval);
+            match db::rescue_expired_leases(&pool).await {
+                Ok(0) => {}
+                Ok(rescued) => {
+                    tracing::warn!(count = rescued, "rows whose lease expired are due again")
+                }
+                Err(error) => {
+                    tracing::warn!(error.message = %error, "could not rescue expired leases")
+                }
+            }
+        }
         let want = config.batch_size.min(slots.available_permits());
         if want == 0 {
-            backlog = true;
+            more = true;
             continue;
         }
         let permits: Vec<OwnedSemaphorePermit> = (0..want)
             .filter_map(|_| slots.clone().try_acquire_owned().ok())
             .collect();
-        let leased =
-            match db::lease_deliveries(&pool, permits.len(), &config.worker_id, config.lease).await
-            {
-                Ok(leased) => leased,
-                Err(error) => {
-                    tracing::warn!(error.message = %error, "lease failed; backing off");
-                    backlog = false;
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(jittered(error_backoff)) => {}
-                    }
-                    error_backoff = (error_backoff * 2).min(MAX_LEASE_ERROR_BACKOFF);
-                    continue;
+        let request = db::LeaseRequest {
+            limit: permits.len(),
+            worker_id: &config.worker_id,
+            lease: config.lease,
+            max_in_flight: config.subscription_max_in_flight,
+        };
+        let leased = match db::lease_deliveries(&pool, &request).await {
+            Ok(leased) => leased,
+            Err(error) => {
+                tracing::warn!(error.message = %error, "lease failed; backing off");
+                more = false;
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(jittered(error_backoff)) => {}
                 }
-            };
+                error_backoff = (error_backoff * 2).min(MAX_LEASE_ERROR_BACKOFF);
+                continue;
+            }
+        };
         error_backoff = Duration::from_millis(100);
         let leased_at = Instant::now();
-        backlog = leased.len() == permits.len();
+        more = !leased.is_empty();
         metrics::histogram!("ih_lease_batch_size").record(leased.len() as f64);
         if leased.is_empty() {
             continue;
@@ -417,11 +440,13 @@ async fn deliver_one(
         }
     };
     metrics::gauge!("ih_inflight_deliveries").decrement(1.0);
+    // the slot is free once the request is answered; the row still counts against its
+    // subscription's limit until the outcome is written
+    drop(permit);
     let _ = outcomes
         .send(Finished {
             outcome,
             leased_at,
-            permit,
             target: delivery.target,
             subscription_id: delivery.subscription_id,
         })

@@ -50,6 +50,7 @@ pub async fn deliver_slack(
     match context.slack_pacer.reserve(&channel, MAX_PACING_WAIT) {
         Ok(wait) => tokio::time::sleep(wait).await,
         Err(wait) => {
+            metrics::counter!("ih_deliveries_deferred_total").increment(1);
             return Outcome::release(delivery, wait);
         }
     }

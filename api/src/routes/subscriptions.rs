@@ -25,6 +25,8 @@ use crate::{
 pub const SECRET_ROTATION_GRACE_SECONDS: f64 = 24.0 * 3600.0;
 /// Longest description.
 pub const MAX_DESCRIPTION_LENGTH: usize = 1000;
+/// Highest in-flight limit a subscription may be given.
+pub const MAX_IN_FLIGHT_LIMIT: i64 = shared::config::MAX_SUBSCRIPTION_IN_FLIGHT as i64;
 
 /// Subscription operations.
 pub struct SubscriptionsApi {
@@ -59,6 +61,21 @@ fn validate_description(description: Option<&str>, errors: &mut Vec<ValidationEr
             "description",
             "must not contain NUL characters",
         ));
+    }
+}
+
+/// A subscription's own in-flight limit, 1 to [`MAX_IN_FLIGHT_LIMIT`].
+fn max_in_flight(value: Option<i64>, errors: &mut Vec<ValidationError>) -> Option<i32> {
+    let value = value?;
+    match i32::try_from(value) {
+        Ok(limit) if (1..=MAX_IN_FLIGHT_LIMIT).contains(&value) => Some(limit),
+        _ => {
+            errors.push(ValidationError::new(
+                "max_in_flight",
+                format!("must be between 1 and {MAX_IN_FLIGHT_LIMIT}"),
+            ));
+            None
+        }
     }
 }
 
@@ -102,6 +119,7 @@ impl SubscriptionsApi {
             &mut errors,
         );
         validate_description(request.description.as_deref(), &mut errors);
+        let limit = max_in_flight(request.max_in_flight, &mut errors);
         let (Some(url), Some(secret), Some(events), Some(headers), true) =
             (url, secret, events, headers, errors.is_empty())
         else {
@@ -118,6 +136,7 @@ impl SubscriptionsApi {
                 enabled: request.enabled.unwrap_or(true),
                 description: request.description.map(|text| text.0),
                 headers: headers.as_map().clone(),
+                max_in_flight: limit,
             },
         )
         .await?;
@@ -217,6 +236,11 @@ impl SubscriptionsApi {
             MaybeUndefined::Value(text) => Some(Some(text.0)),
         };
         validate_description(description.clone().flatten().as_deref(), &mut errors);
+        let limit = match request.max_in_flight {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(value) => Some(max_in_flight(Some(value), &mut errors)),
+        };
         if !errors.is_empty() {
             return Err(errors.into());
         }
@@ -226,6 +250,7 @@ impl SubscriptionsApi {
             enabled: request.enabled,
             description,
             headers: headers.map(|headers| headers.as_map().clone()),
+            max_in_flight: limit,
         };
         let row = db::update_subscription(&self.state.pool, id.0, &patch)
             .await?

@@ -64,6 +64,41 @@ async fn a_chosen_secret_and_custom_headers_are_kept() {
 }
 
 #[tokio::test]
+async fn a_subscriptions_in_flight_limit_is_set_changed_and_returned_to_the_default() {
+    let app = TestApp::spawn().await;
+    let (status, created) = app
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"url": "https://example.com/hook", "events": ["a"], "max_in_flight": 8})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["max_in_flight"], 8);
+    let path = format!("/api/v1/subscriptions/{}", uuid(&created["id"]));
+    let (status, changed) = app
+        .admin(Method::PATCH, &path, Some(json!({"max_in_flight": 2})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["max_in_flight"], 2);
+    let (status, refused) = app
+        .admin(Method::PATCH, &path, Some(json!({"max_in_flight": -1})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["details"][0]["field"], "max_in_flight");
+    let (_, fetched) = app.admin(Method::GET, &path, None).await;
+    assert_eq!(
+        fetched["max_in_flight"], 2,
+        "a refused change changes nothing"
+    );
+    let (status, reset) = app
+        .admin(Method::PATCH, &path, Some(json!({"max_in_flight": null})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reset}");
+    assert_eq!(reset["max_in_flight"], Value::Null);
+}
+
+#[tokio::test]
 async fn invalid_subscriptions_are_refused_naming_every_bad_field() {
     let app = TestApp::spawn().await;
     let cases: Vec<(Value, Vec<&str>)> = vec![
@@ -114,6 +149,14 @@ async fn invalid_subscriptions_are_refused_naming_every_bad_field() {
         (
             json!({"url": "https://example.com", "events": ["a"], "description": "x".repeat(1001)}),
             vec!["description"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["a"], "max_in_flight": 0}),
+            vec!["max_in_flight"],
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["a"], "max_in_flight": 10_001}),
+            vec!["max_in_flight"],
         ),
         (
             json!({"url": "nope", "events": [], "secret": "short"}),

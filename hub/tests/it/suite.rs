@@ -350,7 +350,7 @@ async fn both_backends_get_the_same_schema() {
         .await;
     postgres_columns.sort();
     sqlite_columns.sort();
-    assert_eq!(postgres_columns.len(), 86);
+    assert_eq!(postgres_columns.len(), 93);
     assert_eq!(postgres_columns, sqlite_columns);
 
     // named indexes; the primary and unique keys are constraints on both
@@ -373,7 +373,7 @@ async fn both_backends_get_the_same_schema() {
         .await;
     postgres_indexes.sort();
     sqlite_indexes.sort();
-    assert_eq!(postgres_indexes.len(), 12);
+    assert_eq!(postgres_indexes.len(), 14);
     assert_eq!(postgres_indexes, sqlite_indexes);
 }
 

@@ -28,7 +28,12 @@ retried as (
     and d.lease_token = c.token
     and d.status = 'leased'
     and c.status = 'pending'
-  returning d.id, d.event_id, d.subscription_id, d.target
+  returning d.id, d.event_id, d.subscription_id, d.target, d.lane, d.next_attempt_at
+),
+-- a retry's lane is due again by the retry's time
+woken as (
+  select ih_wake_lanes(array_agg(lane), array_agg(next_attempt_at)) as woken
+  from retried
 ),
 finished as (
   delete from deliveries d
@@ -105,3 +110,4 @@ select done.id,
             then extract(epoch from now() - ih_uuid_time(done.event_id))::float8 end as lag_seconds
 from done
 join input c on c.id = done.id
+cross join woken

@@ -71,15 +71,23 @@ inserted as (
 ),
 fanned_out as (
   insert into deliveries
-    (id, event_id, target, subscription_id, status, attempts, next_attempt_at, created_at, updated_at)
-  select ih_uuid_v7(), e.id, 'webhook', t.subscription_id, 'pending', 0, now(), now(), now()
+    (id, event_id, target, subscription_id, lane, status, attempts, next_attempt_at, created_at,
+     updated_at)
+  select ih_uuid_v7(), e.id, 'webhook', t.subscription_id, t.subscription_id, 'pending', 0, now(),
+         now(), now()
   from inserted e
   join targets t on t.event_type = e.event_type
   union all
-  select ih_uuid_v7(), e.id, 'slack', null, 'pending', 0, now(), now(), now()
+  select ih_uuid_v7(), e.id, 'slack', null, '00000000-0000-0000-0000-000000000000', 'pending',
+         0, now(), now(), now()
   from inserted e
   where $8::boolean and e.event_type = any($9::text[])
-  returning 1
+  returning lane
+),
+-- one row, so the final select runs it once
+woken as (
+  select ih_wake_lanes(array_agg(lane), array_agg(now())) as woken
+  from (select distinct lane from fanned_out) lanes
 )
 select id, event_type, created_at, deliveries_created
-from inserted
+from inserted, woken

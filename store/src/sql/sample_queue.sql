@@ -1,6 +1,7 @@
 -- The queue's depth and the age of its oldest due row, for metrics. Taken by one worker at a
--- time (transaction-level advisory lock; the others skip the round). Both reads walk
--- deliveries_due_idx; the count stops at 100,000 so a huge backlog stays cheap to sample.
+-- time (transaction-level advisory lock; the others skip the round). Both reads walk the
+-- pending and leased rows' partial indexes; the count stops at 100,000 so a huge backlog stays
+-- cheap to sample.
 with sampler as (
   select pg_try_advisory_xact_lock(4849515545554553) as leader
 )

@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{SqliteDb, blob_hex, due_depth_and_age, now, time};
-use crate::{BulkReplayFilter, ConsoleStats, DbError, admin::first_id_since};
+use super::{SqliteDb, blob_hex, due_depth_and_age, now, queue::settle_lanes, time};
+use crate::{BulkReplayFilter, ConsoleStats, DbError, SLACK_LANE, admin::first_id_since};
 
 /// Dead letters a replay may take: not replayed, and still with somewhere to go.
 macro_rules! replayable {
@@ -122,11 +122,12 @@ async fn queue_replays(
     dead_letters: &[Uuid],
 ) -> Result<(), DbError> {
     let ids: Vec<String> = dead_letters.iter().copied().map(blob_hex).collect();
-    sqlx::query(concat!(
+    let lanes: Vec<Uuid> = sqlx::query_scalar(concat!(
         "insert into deliveries
-           (id, event_id, target, subscription_id, status, attempts, next_attempt_at,
+           (id, event_id, target, subscription_id, lane, status, attempts, next_attempt_at,
             created_at, updated_at)
-         select replay_delivery_id, event_id, target, subscription_id, 'pending', 0, ",
+         select replay_delivery_id, event_id, target, subscription_id,
+                coalesce(subscription_id, ?2), 'pending', 0, ",
         now!(),
         ", ",
         now!(),
@@ -134,10 +135,12 @@ async fn queue_replays(
         now!(),
         "
          from dead_letters
-         where id in (select unhex(value) from json_each(?1))"
+         where id in (select unhex(value) from json_each(?1))
+         returning lane"
     ))
     .bind(json!(ids).to_string())
-    .execute(&mut **transaction)
+    .bind(SLACK_LANE)
+    .fetch_all(&mut **transaction)
     .await?;
-    Ok(())
+    settle_lanes(transaction, lanes).await
 }

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::queue::settle_lanes;
 use super::{SqliteDb, blob_hex, now, time};
 use crate::{
-    DbError, NewEvent, PublishOutcome, PublishedEvent, events::IdempotentRow, retention::uuid_time,
+    DbError, NewEvent, PublishOutcome, PublishedEvent, events::IdempotentRow, queue::lane_of,
+    retention::uuid_time,
 };
 use shared::{config::SlackFanout, state::Target};
 
@@ -41,6 +43,7 @@ impl SqliteDb {
         }
         let mut answers = Vec::with_capacity(events.len());
         let mut deliveries = Vec::new();
+        let mut lanes = Vec::new();
         for (index, event) in events.iter().enumerate() {
             let mut targets: Vec<(Target, Option<Uuid>)> = routed
                 .get(event.event_type.as_str())
@@ -96,12 +99,18 @@ impl SqliteDb {
                 None
             };
             if let Some(inserted) = inserted {
+                lanes.extend(
+                    targets
+                        .iter()
+                        .map(|(_, subscription_id)| lane_of(*subscription_id)),
+                );
                 deliveries.extend(targets.into_iter().map(|(target, subscription_id)| {
                     json!({
                         "id": blob_hex(Uuid::now_v7()),
                         "event_id": blob_hex(inserted.id),
                         "target": target.as_str(),
                         "subscription_id": subscription_id.map(blob_hex),
+                        "lane": blob_hex(lane_of(subscription_id)),
                     })
                 }));
                 answers.push(inserted);
@@ -135,10 +144,11 @@ impl SqliteDb {
             // the connection's thread, the insert itself is cheap
             sqlx::query(concat!(
                 "insert into deliveries
-                   (id, event_id, target, subscription_id, status, attempts, next_attempt_at,
-                    created_at, updated_at)
+                   (id, event_id, target, subscription_id, lane, status, attempts,
+                    next_attempt_at, created_at, updated_at)
                  select unhex(value ->> 'id'), unhex(value ->> 'event_id'), value ->> 'target',
-                        unhex(value ->> 'subscription_id'), 'pending', 0, ",
+                        unhex(value ->> 'subscription_id'), unhex(value ->> 'lane'), 'pending',
+                        0, ",
                 now!(),
                 ", ",
                 now!(),
@@ -150,6 +160,7 @@ impl SqliteDb {
             .bind(Value::Array(deliveries).to_string())
             .execute(&mut *transaction)
             .await?;
+            settle_lanes(&mut transaction, lanes).await?;
         }
         transaction.commit().await?;
         Ok(PublishOutcome::Stored(answers))

@@ -7,8 +7,9 @@ use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, plus, time};
 use crate::{
-    Completion, DbError, DeliverySubscription, LeasedDelivery, QueueSample, Written,
-    queue::StoredDeliverySubscription,
+    Completion, DbError, DeliverySubscription, LANES_PER_LEASE, LeaseRequest, LeasedDelivery,
+    QueueSample, Written,
+    queue::{StoredDeliverySubscription, lane_of, lane_quota},
 };
 use shared::{
     crypto::SecretCipher,
@@ -33,55 +34,129 @@ struct SubscriptionChange {
 }
 
 impl SqliteDb {
-    /// One `UPDATE … RETURNING` inside an immediate transaction: no other writer, in this
-    /// process or another, can lease the same rows between the choice and the update; the
-    /// event's columns come back with each row (key lookups inside SQLite cost less than a
-    /// statement each). The batch shares one fresh lease token; a row leased again after its
+    /// The lease in one immediate transaction: no other writer, in this process or another,
+    /// can lease between the choice of lanes and the updates, so the in-flight counts hold
+    /// across workers without the Postgres lock protocol. One `UPDATE … RETURNING` a lane (its
+    /// oldest due rows, as many as its room and share allow), the event's columns coming back
+    /// with each row (key lookups inside SQLite cost less than a statement each); then the
+    /// lanes are settled. The batch shares one fresh lease token; a row leased again after its
     /// lease expired gets another, so the fence still tells the holders apart.
     pub(crate) async fn lease_deliveries(
         &self,
-        limit: usize,
-        worker_id: &str,
-        lease: Duration,
+        request: &LeaseRequest<'_>,
     ) -> Result<Vec<LeasedDelivery>, DbError> {
         let token = Uuid::new_v4();
         let mut transaction = self.write().await?;
-        let leased: Vec<LeasedDelivery> = sqlx::query_as(concat!(
-            "update deliveries
-             set status = 'leased',
-                 lease_token = ?3,
-                 leased_by = ?2,
-                 next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?4),
-                 attempts = attempts + 1,
-                 updated_at = ",
+        let lanes: Vec<(Uuid, i64)> = sqlx::query_as(concat!(
+            "select l.id, coalesce(s.max_in_flight, ?2)
+             from lanes l
+             left join subscriptions s on s.id = l.id
+             where l.next_due_at <= ",
+            now!(),
+            " and l.next_allowed_at <= ",
             now!(),
             "
-             where id in (select id
-                          from deliveries
-                          where status in ('pending', 'leased')
-                            and next_attempt_at <= ",
-            now!(),
-            "
-                          order by next_attempt_at, id
-                          limit ?1)
-             returning id, lease_token, attempts, target, subscription_id, event_id,
-                       (select event_type from outbox_events e
-                         where e.id = deliveries.event_id) as event_type,
-                       (select payload from outbox_events e
-                         where e.id = deliveries.event_id) as payload,
-                       (select created_at from outbox_events e
-                         where e.id = deliveries.event_id) as event_created_at,
-                       (select traceparent from outbox_events e
-                         where e.id = deliveries.event_id) as traceparent"
+             order by l.last_leased_at
+             limit ?1"
         ))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(worker_id)
-        .bind(token)
-        .bind(plus(lease))
+        .bind(i64::try_from(LANES_PER_LEASE).unwrap_or(i64::MAX))
+        .bind(i64::from(request.max_in_flight))
         .fetch_all(&mut *transaction)
         .await?;
+        if lanes.is_empty() {
+            transaction.commit().await?;
+            return Ok(Vec::new());
+        }
+        let quota = lane_quota(request.limit, lanes.len());
+        let mut leased: Vec<LeasedDelivery> = Vec::new();
+        for (lane, max_in_flight) in &lanes {
+            let want = quota.min(request.limit.saturating_sub(leased.len()));
+            if want == 0 {
+                break;
+            }
+            let rows: Vec<LeasedDelivery> = sqlx::query_as(concat!(
+                "update deliveries
+                 set status = 'leased',
+                     lease_token = ?3,
+                     leased_by = ?2,
+                     next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?4),
+                     attempts = attempts + 1,
+                     updated_at = ",
+                now!(),
+                "
+                 where id in (select id
+                              from deliveries
+                              where lane = ?5
+                                and status = 'pending'
+                                and next_attempt_at <= ",
+                now!(),
+                "
+                              order by next_attempt_at, id
+                              limit max(0, min(?1, ?6 - (select count(*) from deliveries
+                                                         where lane = ?5
+                                                           and status = 'leased'))))
+                 returning id, lease_token, attempts, target, subscription_id, event_id,
+                           (select event_type from outbox_events e
+                             where e.id = deliveries.event_id) as event_type,
+                           (select payload from outbox_events e
+                             where e.id = deliveries.event_id) as payload,
+                           (select created_at from outbox_events e
+                             where e.id = deliveries.event_id) as event_created_at,
+                           (select traceparent from outbox_events e
+                             where e.id = deliveries.event_id) as traceparent"
+            ))
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+            .bind(request.worker_id)
+            .bind(token)
+            .bind(plus(request.lease))
+            .bind(lane)
+            .bind(max_in_flight)
+            .fetch_all(&mut *transaction)
+            .await?;
+            leased.extend(rows);
+        }
+        // the lanes of one lease keep their order in the round (a millisecond apart: the
+        // stored times' precision)
+        let round: Vec<Value> = lanes
+            .iter()
+            .enumerate()
+            .map(|(position, (lane, _))| {
+                let after = Duration::from_millis(u64::try_from(position).unwrap_or(u64::MAX));
+                json!({"id": blob_hex(*lane), "after": plus(after)})
+            })
+            .collect();
+        sqlx::query(
+            "update lanes
+             set last_leased_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', r.value ->> 'after')
+             from json_each(?1) as r
+             where lanes.id = unhex(r.value ->> 'id')",
+        )
+        .bind(Value::Array(round).to_string())
+        .execute(&mut *transaction)
+        .await?;
+        settle_lanes(&mut transaction, lanes.iter().map(|(lane, _)| *lane)).await?;
         transaction.commit().await?;
         Ok(leased)
+    }
+
+    /// Rows whose lease expired, pending again and due at once (see the Postgres statement).
+    pub(crate) async fn rescue_expired_leases(&self) -> Result<i64, DbError> {
+        let mut transaction = self.write().await?;
+        let lanes: Vec<Uuid> = sqlx::query_scalar(concat!(
+            "update deliveries
+             set status = 'pending', lease_token = null, leased_by = null, updated_at = ",
+            now!(),
+            "
+             where status = 'leased' and next_attempt_at <= ",
+            now!(),
+            "
+             returning lane"
+        ))
+        .fetch_all(&mut *transaction)
+        .await?;
+        settle_lanes(&mut transaction, lanes.iter().copied()).await?;
+        transaction.commit().await?;
+        Ok(i64::try_from(lanes.len()).unwrap_or(i64::MAX))
     }
 
     pub(crate) async fn get_delivery_subscriptions(
@@ -190,6 +265,12 @@ impl SqliteDb {
             .execute(&mut *transaction)
             .await?;
         }
+        // a retry's lane is due again by the retry's time
+        settle_lanes(
+            &mut transaction,
+            done.iter().map(|row| lane_of(row.subscription_id)),
+        )
+        .await?;
         done.extend(finished);
         let done: HashMap<Uuid, CompletedRow> = done.into_iter().map(|row| (row.id, row)).collect();
 
@@ -316,7 +397,7 @@ impl SqliteDb {
             })
             .collect();
         let mut transaction = self.write().await?;
-        let released = sqlx::query_scalar(concat!(
+        let released: Vec<(Uuid, Uuid)> = sqlx::query_as(concat!(
             "update deliveries
              set status = 'pending',
                  attempts = max(attempts - 1, 0),
@@ -330,13 +411,14 @@ impl SqliteDb {
              where deliveries.id = unhex(c.value ->> 'id')
                and deliveries.lease_token = unhex(c.value ->> 'token')
                and deliveries.status = 'leased'
-             returning id"
+             returning id, lane"
         ))
         .bind(Value::Array(leases).to_string())
         .fetch_all(&mut *transaction)
         .await?;
+        settle_lanes(&mut transaction, released.iter().map(|(_, lane)| *lane)).await?;
         transaction.commit().await?;
-        Ok(released)
+        Ok(released.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Every worker on the file samples (there is no lock to elect one; they are few).
@@ -350,4 +432,32 @@ impl SqliteDb {
         .fetch_one(&self.reader)
         .await?)
     }
+}
+
+/// Sets each lane's `next_due_at` to its earliest pending row (null when none): exact, since
+/// the caller's immediate transaction is the only writer. Every write that makes rows pending,
+/// and the lease, ends with it.
+pub(crate) async fn settle_lanes(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    lanes: impl IntoIterator<Item = Uuid>,
+) -> Result<(), DbError> {
+    let lanes: Vec<String> = lanes
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(blob_hex)
+        .collect();
+    if lanes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "update lanes
+         set next_due_at = (select min(d.next_attempt_at) from deliveries d
+                            where d.lane = lanes.id and d.status = 'pending')
+         where id in (select unhex(value) from json_each(?1))",
+    )
+    .bind(json!(lanes).to_string())
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
 }

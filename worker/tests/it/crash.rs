@@ -40,7 +40,7 @@ async fn a_killed_workers_leases_are_delivered_by_another_after_they_expire() {
         &[
             ("IH_WORKER_CONCURRENCY", "100"),
             ("IH_WORKER_BATCH_SIZE", "100"),
-            ("IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION", "100"),
+            ("IH_SUBSCRIPTION_MAX_IN_FLIGHT", "100"),
         ],
     );
     assert!(
@@ -91,7 +91,7 @@ async fn a_paused_worker_past_its_lease_changes_nothing_when_it_resumes() {
     let mut zombie = WorkerProcess::spawn(
         &db.url,
         "zombie",
-        &[("IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION", "32")],
+        &[("IH_SUBSCRIPTION_MAX_IN_FLIGHT", "32")],
     );
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -151,7 +151,7 @@ async fn three_workers_share_three_thousand_deliveries_exactly_once() {
         .map(|id| {
             let mut settings = worker_settings(&db.url);
             settings.worker_id = Some((*id).to_owned());
-            settings.worker_max_in_flight_per_subscription = 32;
+            settings.subscription_max_in_flight = 32;
             spawn_worker(&settings, None)
         })
         .collect();

@@ -202,7 +202,7 @@ async fn a_worker_process_stays_small_under_hostile_receivers() {
         &[
             ("IH_WORKER_CONCURRENCY", "128"),
             ("IH_WORKER_BATCH_SIZE", "64"),
-            ("IH_WORKER_MAX_IN_FLIGHT_PER_SUBSCRIPTION", "64"),
+            ("IH_SUBSCRIPTION_MAX_IN_FLIGHT", "64"),
         ],
     );
     // every one of the 400 deliveries tried at least once

@@ -14,6 +14,7 @@ mod delivery;
 mod deployment;
 mod flood;
 mod hostile;
+mod lanes;
 mod observability;
 mod outage;
 mod retention;

@@ -153,6 +153,7 @@ pub async fn subscribe_sealed(
             enabled: true,
             description: None,
             headers: BTreeMap::from([("x-team".to_owned(), "billing".to_owned())]),
+            max_in_flight: None,
         },
     )
     .await
@@ -168,6 +169,20 @@ pub async fn publish(db: &TestDb, event_type: &str, payloads: &[String]) -> Vec<
 /// Publishes with the Slack fan-out of `slack_types` on, as the API does with a bot token.
 pub async fn publish_with(
     db: &TestDb,
+    event_type: &str,
+    payloads: &[String],
+    slack_types: Option<&[&str]>,
+) -> Vec<Uuid> {
+    publish_on_with(&db.pool, event_type, payloads, slack_types).await
+}
+
+/// Publishes on a database handle (for publishers on their own tasks).
+pub async fn publish_on(pool: &db::Db, event_type: &str, payloads: &[String]) -> Vec<Uuid> {
+    publish_on_with(pool, event_type, payloads, None).await
+}
+
+async fn publish_on_with(
+    pool: &db::Db,
     event_type: &str,
     payloads: &[String],
     slack_types: Option<&[&str]>,
@@ -189,7 +204,7 @@ pub async fn publish_with(
                 traceparent: None,
             })
             .collect();
-        match db::publish_events(&db.pool, "test", &events, fanout.as_ref())
+        match db::publish_events(pool, "test", &events, fanout.as_ref())
             .await
             .unwrap()
         {
@@ -197,7 +212,7 @@ pub async fn publish_with(
             PublishOutcome::KeyReused { .. } => panic!("no keys were used"),
         }
     }
-    db::notify_workers(&db.pool).await.unwrap();
+    db::notify_workers(pool).await.unwrap();
     ids
 }
 

@@ -1,0 +1,8 @@
+drop index deliveries_leased_idx;
+drop index deliveries_pending_idx;
+create index deliveries_due_idx on deliveries (next_attempt_at, id)
+  where status in ('pending', 'leased');
+alter table deliveries drop column lane;
+alter table subscriptions drop column rate_limit_per_second;
+alter table subscriptions drop column max_in_flight;
+drop table lanes;

@@ -1,0 +1,29 @@
+-- Lanes, as on Postgres (see the Postgres file beside this one). SQLite's single writer
+-- serialises every lease, publish and completion, so no lock protocol is needed around
+-- `next_due_at` here.
+create table lanes (
+  id               blob        not null primary key,
+  next_due_at      text,
+  last_leased_at   text        not null default '0000-01-01T00:00:00.000Z',
+  next_allowed_at  text        not null default '0000-01-01T00:00:00.000Z'
+);
+create index lanes_due_idx on lanes (last_leased_at) where next_due_at is not null;
+
+insert into lanes (id) values (x'00000000000000000000000000000000');
+insert into lanes (id) select id from subscriptions;
+
+alter table subscriptions add column max_in_flight integer;
+alter table subscriptions add column rate_limit_per_second real;
+
+alter table deliveries add column lane blob not null default x'00000000000000000000000000000000';
+update deliveries set lane = subscription_id where subscription_id is not null;
+
+drop index deliveries_due_idx;
+create index deliveries_pending_idx on deliveries (lane, next_attempt_at, id)
+  where status = 'pending';
+create index deliveries_leased_idx on deliveries (lane, next_attempt_at)
+  where status = 'leased';
+
+update lanes
+set next_due_at = (select min(d.next_attempt_at) from deliveries d
+                   where d.lane = lanes.id and d.status = 'pending');

@@ -1,0 +1,25 @@
+-- The first statement of a lease: up to $1 lanes with due work that no other worker is leasing
+-- from, least recently leased first (a round over the lanes with due work), each locked until
+-- the lease commits, so two workers never count one lane's room at once. $2 is the configured
+-- in-flight limit for a subscription without its own, and for the Slack lane.
+--
+-- may_settle: this lease holds the lane's exclusive advisory lock, so no statement waking the
+-- lane is running (see ih_wake_lanes) and the next statement, which reads with a snapshot
+-- taken after this one, may mark the lane empty or due later. Without it the lane stays due.
+-- The lock is taken outside the locking subquery, so only on lanes this lease keeps.
+with picked as materialized (
+  select l.id, l.last_leased_at
+  from lanes l
+  where l.next_due_at <= now()
+    and l.next_allowed_at <= now()
+  order by l.last_leased_at
+  limit $1
+  for no key update skip locked
+)
+select picked.id,
+       coalesce(s.max_in_flight, $2::integer) as max_in_flight,
+       s.rate_limit_per_second,
+       pg_try_advisory_xact_lock(1818324581, ih_lane_key(picked.id)) as may_settle
+from picked
+left join subscriptions s on s.id = picked.id
+order by picked.last_leased_at
