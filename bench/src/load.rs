@@ -41,6 +41,14 @@ pub struct Scenario {
     pub fail_rate: f64,
     /// Receiver delay per request, in milliseconds.
     pub delay_ms: u64,
+    /// Subscriptions the events are spread over, round robin (each its own event type); 0 or
+    /// 1: one.
+    pub spread: usize,
+    /// Events queued before the run to another subscription (`/slow`), which answers after
+    /// `backlog_delay_ms`: a noisy neighbour. The report counts only the run's own events.
+    pub backlog: usize,
+    /// The noisy neighbour's answer delay, in milliseconds.
+    pub backlog_delay_ms: u64,
 }
 
 /// Where the API is.
@@ -160,11 +168,20 @@ impl Client {
 /// Publish start times by event id.
 type Started = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// The event type of event `n`: the run's type, or one of its `spread` types.
+fn event_type_of(event_type: &str, spread: usize, n: usize) -> String {
+    if spread > 1 {
+        format!("{event_type}_s{}", n % spread)
+    } else {
+        event_type.to_owned()
+    }
+}
+
 /// Publishes events `first..first + count` in one request; returns how many the API refused
 /// with an error status (a load generator counts those rather than stopping).
 async fn publish_one(
     client: &Client,
-    event_type: &str,
+    (event_type, spread): (&str, usize),
     first: usize,
     count: usize,
     started: &Started,
@@ -174,12 +191,20 @@ async fn publish_one(
         client
             .try_post(
                 "/api/v1/events",
-                json!({"event_type": event_type, "payload": {"n": first, "note": "bench"}}),
+                json!({
+                    "event_type": event_type_of(event_type, spread, first),
+                    "payload": {"n": first, "note": "bench"},
+                }),
             )
             .await
     } else {
         let events: Vec<Value> = (first..first + count)
-            .map(|n| json!({"event_type": event_type, "payload": {"n": n, "note": "bench"}}))
+            .map(|n| {
+                json!({
+                    "event_type": event_type_of(event_type, spread, n),
+                    "payload": {"n": n, "note": "bench"},
+                })
+            })
             .collect();
         client
             .try_post("/api/v1/events/batch", json!({"events": events}))
@@ -233,18 +258,47 @@ pub async fn run(target: Target, scenario: Scenario) -> anyhow::Result<Report> {
     let behaviour = Behaviour {
         fail_rate: scenario.fail_rate,
         delay: Duration::from_millis(scenario.delay_ms),
+        slow_delay: Duration::from_millis(scenario.backlog_delay_ms),
     };
     let (sink_address, arrivals) = sink::start("127.0.0.1:0", behaviour).await?;
     let event_type = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let mut subscriptions = Vec::new();
+    let spread = scenario.spread.max(1);
     for endpoint in 0..scenario.endpoints.max(1) {
+        for part in 0..spread {
+            let created = client
+                .post(
+                    "/api/v1/subscriptions",
+                    json!({
+                        "url": format!("http://{sink_address}/e{endpoint}"),
+                        "events": [event_type_of(&event_type, spread, part)],
+                    }),
+                )
+                .await?;
+            subscriptions.push(created["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    if scenario.backlog > 0 {
+        let slow_type = format!("{event_type}_slow");
         let created = client
             .post(
                 "/api/v1/subscriptions",
-                json!({"url": format!("http://{sink_address}/e{endpoint}"), "events": [event_type]}),
+                json!({"url": format!("http://{sink_address}{}", sink::SLOW), "events": [slow_type]}),
             )
             .await?;
         subscriptions.push(created["id"].as_str().unwrap_or_default().to_owned());
+        // the backlog's publish times are not the run's: they stay out of its latencies
+        let ignored: Started = Arc::default();
+        for first in (0..scenario.backlog).step_by(100) {
+            let count = 100.min(scenario.backlog - first);
+            publish_one(&client, (&slow_type, 1), first, count, &ignored).await?;
+        }
+        // the run starts once the neighbour's requests are on the wire
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while arrivals.slow.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(scenario.backlog_delay_ms / 2)).await;
     }
     for other in 0..scenario.other_subscriptions {
         let created = client
@@ -305,6 +359,7 @@ async fn publish_burst(
         let started = started.clone();
         let event_type = event_type.to_owned();
         let total = scenario.events;
+        let spread = scenario.spread;
         tasks.push(tokio::spawn(async move {
             let mut refused = 0;
             loop {
@@ -314,7 +369,8 @@ async fn publish_burst(
                 }
                 let first = request * batch;
                 let count = batch.min(total - first);
-                refused += publish_one(&client, &event_type, first, count, &started).await?;
+                refused +=
+                    publish_one(&client, (&event_type, spread), first, count, &started).await?;
             }
         }));
     }
@@ -344,7 +400,10 @@ async fn publish_steady(
         let client = client.clone();
         let started = started.clone();
         let event_type = event_type.to_owned();
-        tasks.spawn(async move { publish_one(&client, &event_type, n, 1, &started).await });
+        let spread = scenario.spread;
+        tasks.spawn(
+            async move { publish_one(&client, (&event_type, spread), n, 1, &started).await },
+        );
         while let Some(done) = tasks.try_join_next() {
             refused += done??;
         }

@@ -81,6 +81,15 @@ struct RunArgs {
     /// Receiver delay per request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Subscriptions the events are spread over, round robin (each its own event type).
+    #[arg(long, default_value_t = 1)]
+    spread: usize,
+    /// Events queued first to a noisy neighbour answering after `--backlog-delay-ms`.
+    #[arg(long, default_value_t = 0)]
+    backlog: usize,
+    /// The noisy neighbour's answer delay, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    backlog_delay_ms: u64,
     /// Seconds without a new arrival before the run stops waiting.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -102,6 +111,9 @@ async fn main() -> anyhow::Result<()> {
                 duration_seconds: args.duration,
                 fail_rate: args.fail_rate,
                 delay_ms: args.delay_ms,
+                spread: args.spread,
+                backlog: args.backlog,
+                backlog_delay_ms: args.backlog_delay_ms,
             };
             let target = load::Target {
                 api_url: args.api_url,

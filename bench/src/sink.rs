@@ -24,7 +24,12 @@ pub struct Behaviour {
     pub fail_rate: f64,
     /// Delay before every answer.
     pub delay: Duration,
+    /// Delay before every answer on [`SLOW`] (a noisy neighbour) instead.
+    pub slow_delay: Duration,
 }
+
+/// The path of the noisy neighbour's subscription: its arrivals are counted apart.
+pub const SLOW: &str = "/slow";
 
 /// What the sink saw.
 #[derive(Default)]
@@ -37,6 +42,8 @@ pub struct Arrivals {
     pub failed: AtomicU64,
     /// Every request.
     pub requests: AtomicU64,
+    /// Requests to [`SLOW`].
+    pub slow: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -58,6 +65,11 @@ fn fails(counter: u64, rate: f64) -> bool {
 #[handler]
 async fn receive(request: &Request, state: Data<&SinkState>) -> Response {
     let now = Instant::now();
+    if request.uri().path() == SLOW {
+        state.arrivals.slow.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(state.behaviour.slow_delay).await;
+        return Response::builder().status(StatusCode::OK).finish();
+    }
     let count = state.arrivals.requests.fetch_add(1, Ordering::Relaxed);
     if !state.behaviour.delay.is_zero() {
         tokio::time::sleep(state.behaviour.delay).await;

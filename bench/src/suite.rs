@@ -51,7 +51,8 @@ pub const TOKEN: &str = "bench-admin-token-0123456789";
 struct Plan {
     scenario: Scenario,
     workers: usize,
-    worker_concurrency: usize,
+    /// What the scenario needs besides the defaults (the history kept, retries sooner); never
+    /// a speed setting: the suite measures what a user gets.
     worker_env: Vec<(&'static str, &'static str)>,
     /// `ih` on an SQLite file instead of `ih-api` and `ih-worker` on Postgres.
     embedded: bool,
@@ -79,14 +80,16 @@ pub fn scenario(label: &str) -> Scenario {
         duration_seconds: 0.0,
         fail_rate: 0.0,
         delay_ms: 0,
+        spread: 0,
+        backlog: 0,
+        backlog_delay_ms: 0,
     }
 }
 
 fn plans() -> Vec<Plan> {
-    let plan = |scenario: Scenario, workers: usize, worker_concurrency: usize| Plan {
+    let plan = |scenario: Scenario, workers: usize| Plan {
         scenario,
         workers,
-        worker_concurrency,
         worker_env: vec![],
         embedded: false,
         history: 0,
@@ -98,7 +101,6 @@ fn plans() -> Vec<Plan> {
                 ..scenario("burst 20k single, c32")
             },
             1,
-            128,
         ),
         plan(
             Scenario {
@@ -107,7 +109,6 @@ fn plans() -> Vec<Plan> {
                 ..scenario("burst 20k single, c32, 1,000 other subscriptions")
             },
             1,
-            128,
         ),
         plan(
             Scenario {
@@ -116,7 +117,6 @@ fn plans() -> Vec<Plan> {
                 ..scenario("burst 20k single, c32, 10,000 other subscriptions")
             },
             1,
-            128,
         ),
         Plan {
             history: 2_000_000,
@@ -127,7 +127,6 @@ fn plans() -> Vec<Plan> {
                     ..scenario("burst 20k single, c32, 2M past events")
                 },
                 1,
-                128,
             )
         },
         Plan {
@@ -139,7 +138,6 @@ fn plans() -> Vec<Plan> {
                     ..scenario("burst 20k single, c32, 10M past events")
                 },
                 1,
-                128,
             )
         },
         plan(
@@ -150,7 +148,6 @@ fn plans() -> Vec<Plan> {
                 ..scenario("batch 100k in 100s")
             },
             1,
-            256,
         ),
         plan(
             Scenario {
@@ -159,7 +156,6 @@ fn plans() -> Vec<Plan> {
                 ..scenario("fan-out 2k x 10")
             },
             1,
-            256,
         ),
         plan(
             Scenario {
@@ -168,7 +164,6 @@ fn plans() -> Vec<Plan> {
                 ..scenario("steady 500/s 20 s")
             },
             1,
-            128,
         ),
         plan(
             Scenario {
@@ -177,7 +172,6 @@ fn plans() -> Vec<Plan> {
                 ..scenario("steady 2000/s 20 s")
             },
             1,
-            128,
         ),
     ];
     for workers in [1, 2, 4] {
@@ -185,12 +179,30 @@ fn plans() -> Vec<Plan> {
             Scenario {
                 events: 3_000,
                 delay_ms: 50,
+                spread: 10,
                 ..scenario(&format!("50 ms receiver, {workers} worker(s)"))
             },
             workers,
-            32,
         ));
     }
+    plans.push(plan(
+        Scenario {
+            events: 20_000,
+            spread: 1_000,
+            ..scenario("burst 20k spread over 1,000 subscriptions, c32")
+        },
+        1,
+    ));
+    plans.push(plan(
+        Scenario {
+            rate: 100.0,
+            duration_seconds: 20.0,
+            backlog: 30_000,
+            backlog_delay_ms: 1_500,
+            ..scenario("noisy neighbour: 100/s beside a 30,000-row backlog answering in 1.5 s")
+        },
+        1,
+    ));
     let failing = [
         ("IH_DELIVERY_BACKOFF_BASE_SECONDS", "1"),
         ("IH_DELIVERY_MAX_ATTEMPTS", "20"),
@@ -210,7 +222,6 @@ fn plans() -> Vec<Plan> {
                     ..scenario(label)
                 },
                 1,
-                128,
             )
         });
     }
@@ -280,7 +291,6 @@ fn fresh_sqlite_file() -> anyhow::Result<String> {
 
 /// `ih` on a fresh SQLite file (it creates the file and its schema at start).
 fn start_embedded(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
-    let concurrency = plan.worker_concurrency.to_string();
     let ih = Command::new(binary("ih")?)
         .env_clear()
         .env("IH_DATABASE_URL", fresh_sqlite_file()?)
@@ -288,10 +298,6 @@ fn start_embedded(args: &SuiteArgs, plan: &Plan) -> anyhow::Result<Stack> {
         .env("IH_ALLOWED_DESTINATION_CIDRS", "127.0.0.1/32")
         .env("IH_LOG_LEVEL", "warn")
         .env("IH_API_ADDR", format!("127.0.0.1:{}", args.api_port))
-        .env("IH_WORKER_CONCURRENCY", &concurrency)
-        .env("IH_WORKER_BATCH_SIZE", &concurrency)
-        .env("IH_SUBSCRIPTION_MAX_IN_FLIGHT", &concurrency)
-        .env("IH_DELIVERY_POLL_INTERVAL_SECONDS", "1")
         .envs(plan.worker_env.iter().map(|(k, v)| (*k, *v)))
         .stdout(Stdio::null())
         .spawn()?;
@@ -315,12 +321,42 @@ pub fn start_postgres_stack(
     let plan = Plan {
         scenario: scenario("soak"),
         workers: 1,
-        worker_concurrency: 128,
         worker_env: vec![],
         embedded: false,
         history: 0,
     };
     start_services(database_url, api_port, &plan, worker_env)
+}
+
+/// Where worker `index` of a stack serves `/metrics`.
+fn worker_metrics_port(api_port: u16, index: usize) -> u16 {
+    api_port + 1000 + u16::try_from(index).unwrap_or(u16::MAX - api_port - 1000)
+}
+
+/// Rows the workers handed back (`ih_deliveries_deferred_total`, summed over them); none for
+/// the embedded mode, whose worker shares the API's process.
+async fn handed_back(client: &reqwest::Client, api_port: u16, plan: &Plan) -> Option<f64> {
+    if plan.embedded {
+        return None;
+    }
+    let mut total = 0.0;
+    for index in 0..plan.workers {
+        let port = worker_metrics_port(api_port, index);
+        let text = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        total += text
+            .lines()
+            .filter(|line| line.starts_with("ih_deliveries_deferred_total"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Some(total)
 }
 
 fn start_services(
@@ -340,7 +376,6 @@ fn start_services(
         .env_clear()
         .envs(common.iter().cloned())
         .env("IH_API_ADDR", format!("127.0.0.1:{api_port}"))
-        .env("IH_DATABASE_MAX_CONNECTIONS", "24")
         .stdout(Stdio::null())
         .spawn()?;
     stack.children.push(api);
@@ -350,15 +385,11 @@ fn start_services(
             .envs(common.iter().cloned())
             .envs(plan.worker_env.iter().map(|(k, v)| (*k, *v)))
             .envs(extra_env.iter().map(|(k, v)| (*k, *v)))
-            .env("IH_WORKER_METRICS_ADDR", "127.0.0.1:0")
-            .env("IH_WORKER_ID", format!("bench-{index}"))
             .env(
-                "IH_SUBSCRIPTION_MAX_IN_FLIGHT",
-                plan.worker_concurrency.to_string(),
+                "IH_WORKER_METRICS_ADDR",
+                format!("127.0.0.1:{}", worker_metrics_port(api_port, index)),
             )
-            .env("IH_DELIVERY_POLL_INTERVAL_SECONDS", "1")
-            .arg(format!("--concurrency={}", plan.worker_concurrency))
-            .arg(format!("--batch-size={}", plan.worker_concurrency.min(256)))
+            .env("IH_WORKER_ID", format!("bench-{index}"))
             .stdout(Stdio::null())
             .spawn()?;
         stack.children.push(worker);
@@ -385,7 +416,7 @@ pub struct Row {
     cpu: String,
 }
 
-fn settings(scenario: &Scenario, workers: usize, concurrency: usize) -> String {
+fn settings(scenario: &Scenario, workers: usize) -> String {
     let load = if scenario.rate > 0.0 {
         format!("{}/s for {} s", scenario.rate, scenario.duration_seconds)
     } else {
@@ -398,8 +429,21 @@ fn settings(scenario: &Scenario, workers: usize, concurrency: usize) -> String {
         (0, 0.0) => String::new(),
         (delay, rate) => format!(", receiver {delay} ms / {:.0} % fail", rate * 100.0),
     };
+    let spread = if scenario.spread > 1 {
+        format!(" spread over {} subscriptions", scenario.spread)
+    } else {
+        String::new()
+    };
+    let neighbour = if scenario.backlog > 0 {
+        format!(
+            ", beside {} queued to one answering in {} ms",
+            scenario.backlog, scenario.backlog_delay_ms
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{load}, {} endpoint(s), {workers} worker(s) × {concurrency}{receiver}",
+        "{load}{spread}, {} endpoint(s), {workers} worker(s){receiver}{neighbour}",
         scenario.endpoints
     )
 }
@@ -610,20 +654,22 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 drain_timeout: Duration::from_secs(30),
             };
             let report = load::run(target, plan.scenario.clone()).await?;
+            let handed_back = handed_back(&client, args.api_port, &plan).await;
             drop(stack);
             println!("{}", serde_json::to_string(&report)?);
             println!(
-                "  {} run {run}: {:.0} deliveries/s, p50 {:.1} ms, p99 {:.1} ms, lost {}, duplicates {}",
+                "  {} run {run}: {:.0} deliveries/s, p50 {:.1} ms, p99 {:.1} ms, lost {}, duplicates {}, handed back {}",
                 plan.scenario.label,
                 report.delivery_rate,
                 report.latency_ms.p50,
                 report.latency_ms.p99,
                 report.lost,
-                report.duplicates
+                report.duplicates,
+                handed_back.map_or_else(|| "-".to_owned(), |n| format!("{n:.0}")),
             );
             reports.push(report);
         }
-        let mut described = settings(&plan.scenario, plan.workers, plan.worker_concurrency);
+        let mut described = settings(&plan.scenario, plan.workers);
         if plan.embedded {
             described = described.replace("1 worker(s)", "ih (API + worker)");
         }

@@ -248,7 +248,9 @@ pub struct Settings {
     /// SIGTERM before their leases are handed back.
     pub worker_shutdown_grace_seconds: f64,
     /// `IH_SUBSCRIPTION_MAX_IN_FLIGHT`: most requests in flight to one subscription at once,
-    /// across every worker, unless the subscription has its own `max_in_flight`.
+    /// across every worker, unless the subscription has its own `max_in_flight`. The default
+    /// leaves a quarter of a default worker's slots to the other subscriptions, so one slow
+    /// endpoint cannot hold them all.
     pub subscription_max_in_flight: u32,
     /// `IH_OTLP_ENDPOINT` (or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`): OTLP/HTTP base URL;
     /// traces are exported only when set.
@@ -310,12 +312,12 @@ impl Default for Settings {
             encryption_keys: None,
             max_payload_bytes: 256 * 1024,
             max_batch_bytes: 4 * 1024 * 1024,
-            worker_concurrency: 64,
-            worker_batch_size: 32,
+            worker_concurrency: 512,
+            worker_batch_size: 512,
             worker_lease_seconds: 30.0,
             worker_id: None,
             worker_shutdown_grace_seconds: 25.0,
-            subscription_max_in_flight: 16,
+            subscription_max_in_flight: 384,
             otlp_endpoint: None,
             otel_sample_ratio: 1.0,
             api_max_in_flight: 256,

@@ -55,7 +55,8 @@ async fn a_killed_hub_delivers_every_acknowledged_event_after_a_restart() {
         std::env::temp_dir().join(format!("ih_crash_{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&directory).unwrap();
     let receiver = Receiver::start().await;
-    // slow enough that deliveries are in flight, and many still queued, at the kill
+    // slow enough, with the subscription's in-flight limit below, that deliveries are in
+    // flight, and many still queued, at the kill
     receiver.reply_with(|_, _| Reply::status(200).delayed(Duration::from_millis(20)));
     let client = client();
 
@@ -70,7 +71,7 @@ async fn a_killed_hub_delivers_every_acknowledged_event_after_a_restart() {
     let created = client
         .post(format!("{base}/api/v1/subscriptions"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"url": receiver.url("/hook"), "events": ["load"]}))
+        .json(&json!({"url": receiver.url("/hook"), "events": ["load"], "max_in_flight": 4}))
         .send()
         .await
         .unwrap();

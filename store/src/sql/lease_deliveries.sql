@@ -6,9 +6,10 @@
 -- statement (leased_events.sql): joined here, the partitioned events table would be opened
 -- whole at every lease.
 --
--- Every lane given is written: last_leased_at moves it to the end of the round, and
--- next_due_at becomes its earliest pending row left (null when none) where $3 says the lane
--- may settle, or stays due where it may not (see lease_lanes.sql).
+-- Every lane given is written: a lane that gave rows goes to the end of the round
+-- (last_leased_at), one that gave none (at its limit) keeps its place; next_due_at becomes its
+-- earliest pending row left (null when none) where $3 says the lane may settle, or stays due
+-- where it may not (see lease_lanes.sql).
 with lane as (
   select *
   from unnest($1::uuid[], $2::integer[], $3::boolean[])
@@ -22,7 +23,7 @@ room as materialized (
   from lane
 ),
 picked as materialized (
-  select due.id
+  select due.id, room.id as lane
   from room
   cross join lateral (
     select d.id
@@ -44,14 +45,17 @@ leased as (
       next_attempt_at = now() + make_interval(secs => $7),
       attempts = d.attempts + 1,
       updated_at = now()
-  from picked
-  where d.id = picked.id
+  -- by key: a join to the CTE is planned from the table's statistics, and a queue table's
+  -- swing so much that Postgres once joined by reading the whole table (600 ms a lease)
+  where d.id = any(array(select id from picked))
   returning d.id, d.lease_token, d.attempts, d.target, d.subscription_id, d.event_id
 ),
 settled as (
   update lanes l
   -- the lanes of one lease keep their given order in the round
-  set last_leased_at = now() + make_interval(secs => room.position / 1000000.0),
+  set last_leased_at = case when exists (select 1 from picked where picked.lane = room.id)
+                            then now() + make_interval(secs => room.position / 1000000.0)
+                            else l.last_leased_at end,
       next_due_at = case when room.may_settle then rest.next_due_at
                          else least(coalesce(rest.next_due_at, now()), now()) end
   from room
@@ -65,6 +69,7 @@ settled as (
     limit 1
   ) rest on true
   where l.id = room.id
+    and l.id = any($1::uuid[])
 )
 select id, lease_token, attempts, target, subscription_id, event_id
 from leased

@@ -69,6 +69,7 @@ impl SqliteDb {
         }
         let quota = lane_quota(request.limit, lanes.len());
         let mut leased: Vec<LeasedDelivery> = Vec::new();
+        let mut served = Vec::new();
         for (lane, max_in_flight) in &lanes {
             let want = quota.min(request.limit.saturating_sub(leased.len()));
             if want == 0 {
@@ -113,14 +114,17 @@ impl SqliteDb {
             .bind(max_in_flight)
             .fetch_all(&mut *transaction)
             .await?;
+            if !rows.is_empty() {
+                served.push(*lane);
+            }
             leased.extend(rows);
         }
-        // the lanes of one lease keep their order in the round (a millisecond apart: the
-        // stored times' precision)
-        let round: Vec<Value> = lanes
+        // the lanes that gave rows go to the end of the round, in their order (a millisecond
+        // apart: the stored times' precision); a lane at its limit keeps its place
+        let round: Vec<Value> = served
             .iter()
             .enumerate()
-            .map(|(position, (lane, _))| {
+            .map(|(position, lane)| {
                 let after = Duration::from_millis(u64::try_from(position).unwrap_or(u64::MAX));
                 json!({"id": blob_hex(*lane), "after": plus(after)})
             })
