@@ -306,6 +306,9 @@ pub struct CreateSubscription {
     /// Most requests in flight to this subscription at once, across every worker (1 to
     /// 10,000); absent: `IH_SUBSCRIPTION_MAX_IN_FLIGHT`.
     pub max_in_flight: Option<i64>,
+    /// Most deliveries a second to this subscription, across every worker (0.01 to 100,000);
+    /// absent: no limit.
+    pub rate_limit_per_second: Option<f64>,
 }
 
 /// `PATCH /subscriptions/{id}`: absent fields are kept.
@@ -323,6 +326,8 @@ pub struct UpdateSubscription {
     pub headers: Option<BTreeMap<String, Text>>,
     /// New in-flight limit; `null` returns to `IH_SUBSCRIPTION_MAX_IN_FLIGHT`.
     pub max_in_flight: MaybeUndefined<i64>,
+    /// New rate limit; `null` removes it.
+    pub rate_limit_per_second: MaybeUndefined<f64>,
 }
 
 /// A subscription. Its secret is never shown after creation.
@@ -357,6 +362,8 @@ pub struct Subscription {
     /// Its own limit of requests in flight across every worker; `null`: the service's
     /// `IH_SUBSCRIPTION_MAX_IN_FLIGHT`.
     pub max_in_flight: Option<i32>,
+    /// Most deliveries a second, across every worker; `null`: no limit.
+    pub rate_limit_per_second: Option<f64>,
 }
 
 impl From<db::SubscriptionRow> for Subscription {
@@ -376,6 +383,7 @@ impl From<db::SubscriptionRow> for Subscription {
             created_at: row.created_at,
             updated_at: row.updated_at,
             max_in_flight: row.max_in_flight,
+            rate_limit_per_second: row.rate_limit_per_second,
         }
     }
 }

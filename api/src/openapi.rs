@@ -16,7 +16,7 @@ use shared::domain::{
 use crate::{
     body::MAX_BATCH_EVENTS,
     models::MAX_PAGE_SIZE,
-    routes::subscriptions::{MAX_DESCRIPTION_LENGTH, MAX_IN_FLIGHT_LIMIT},
+    routes::subscriptions::{MAX_DESCRIPTION_LENGTH, MAX_IN_FLIGHT_LIMIT, RATE_LIMIT_RANGE},
 };
 
 /// `shared::domain::EventType`.
@@ -204,6 +204,11 @@ pub fn constrain(generated: &str) -> String {
             &mut document,
             &property("max_in_flight"),
             &json!({"minimum": 1, "maximum": MAX_IN_FLIGHT_LIMIT}),
+        );
+        merge(
+            &mut document,
+            &property("rate_limit_per_second"),
+            &json!({"minimum": RATE_LIMIT_RANGE.0, "maximum": RATE_LIMIT_RANGE.1}),
         );
     }
     merge(

@@ -13,7 +13,7 @@ pub mod subscriptions {
     use sea_orm::entity::prelude::*;
 
     /// A subscription row, secrets included: only the secret maintenance reads those.
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "subscriptions")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -34,6 +34,7 @@ pub mod subscriptions {
         pub updated_at: DateTimeUtc,
         pub deleted_at: Option<DateTimeUtc>,
         pub max_in_flight: Option<i32>,
+        pub rate_limit_per_second: Option<f64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::{Db, DbError};
+use crate::{Db, DbError, orm::BEGIN_PLANNED_ONCE};
 use shared::{
     crypto::{CryptoError, SecretCipher},
     state::{AttemptOutcome, DeadReason, DeliveryStatus, Target},
@@ -71,7 +71,18 @@ pub struct LeaseRequest<'a> {
 struct LeasableLane {
     id: Uuid,
     max_in_flight: i32,
+    rate_limit_per_second: Option<f64>,
     may_settle: bool,
+}
+
+/// What a lease took, and when leasing again is worth it.
+#[derive(Clone, Debug, Default)]
+pub struct Leased {
+    /// The rows leased.
+    pub deliveries: Vec<LeasedDelivery>,
+    /// The earliest time after now at which one of the lanes leased from has a row due or is
+    /// allowed again by its rate limit (the poll interval would come later).
+    pub lease_again_at: Option<DateTime<Utc>>,
 }
 
 /// How many rows one lane may give to a lease of `limit` rows over `lanes` lanes: an equal
@@ -86,15 +97,14 @@ pub(crate) fn lane_quota(limit: usize, lanes: usize) -> usize {
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails; nothing is leased then.
-pub async fn lease_deliveries(
-    db: &Db,
-    request: &LeaseRequest<'_>,
-) -> Result<Vec<LeasedDelivery>, DbError> {
+pub async fn lease_deliveries(db: &Db, request: &LeaseRequest<'_>) -> Result<Leased, DbError> {
     let pool = match db {
         Db::Postgres(pool) => pool,
         Db::Sqlite(sqlite) => return sqlite.lease_deliveries(request).await,
     };
-    let mut transaction = pool.begin().await?;
+    // planned once: its plan is the same whatever the lanes (each read by key), and planning
+    // it cost as much as running it
+    let mut transaction = pool.begin_with(BEGIN_PLANNED_ONCE).await?;
     let lanes: Vec<LeasableLane> = sqlx::query_as(include_str!("sql/lease_lanes.sql"))
         .bind(i64::try_from(LANES_PER_LEASE).unwrap_or(i64::MAX))
         .bind(i32::try_from(request.max_in_flight).unwrap_or(i32::MAX))
@@ -102,7 +112,7 @@ pub async fn lease_deliveries(
         .await?;
     if lanes.is_empty() {
         transaction.commit().await?;
-        return Ok(Vec::new());
+        return Ok(Leased::default());
     }
     let quota = lane_quota(request.limit, lanes.len());
     let leased: Vec<LeasedRow> = sqlx::query_as(include_str!("sql/lease_deliveries.sql"))
@@ -118,12 +128,19 @@ pub async fn lease_deliveries(
         .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
         .bind(request.worker_id)
         .bind(request.lease.as_secs_f64())
+        .bind(
+            lanes
+                .iter()
+                .map(|lane| lane.rate_limit_per_second)
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *transaction)
         .await?;
     transaction.commit().await?;
+    let lease_again_at = leased.first().and_then(|row| row.lease_again_at);
     let ids: Vec<Uuid> = leased.iter().map(|row| row.event_id).collect();
     let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
-        return Ok(Vec::new());
+        return Ok(Leased::default());
     };
     let events: HashMap<Uuid, LeasedEvent> =
         sqlx::query_as::<_, LeasedEvent>(include_str!("sql/leased_events.sql"))
@@ -135,7 +152,7 @@ pub async fn lease_deliveries(
             .into_iter()
             .map(|event| (event.id, event))
             .collect();
-    Ok(leased
+    let deliveries = leased
         .into_iter()
         .filter_map(|row| {
             // an event is removed only with no live delivery left (see retention), so every
@@ -154,7 +171,11 @@ pub async fn lease_deliveries(
                 traceparent: event.traceparent.clone(),
             })
         })
-        .collect())
+        .collect();
+    Ok(Leased {
+        deliveries,
+        lease_again_at,
+    })
 }
 
 /// A row the lease statement took.
@@ -166,6 +187,7 @@ struct LeasedRow {
     target: Target,
     subscription_id: Option<Uuid>,
     event_id: Uuid,
+    lease_again_at: Option<DateTime<Utc>>,
 }
 
 /// The event of a leased row.

@@ -23,3 +23,8 @@ pub(crate) fn time(at: DateTime<Utc>) -> String {
 pub(crate) fn plus(delay: Duration) -> String {
     format!("+{:.3} seconds", delay.as_secs_f64())
 }
+
+/// An SQLite date modifier moving a time by `seconds`, either way.
+pub(crate) fn shift(seconds: f64) -> String {
+    format!("{seconds:+.3} seconds")
+}

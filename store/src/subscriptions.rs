@@ -64,10 +64,12 @@ pub struct SubscriptionRow {
     pub updated_at: DateTime<Utc>,
     /// Its own limit of requests in flight across the fleet (none: the configured default).
     pub max_in_flight: Option<i32>,
+    /// Most deliveries a second, across the fleet (none: no limit).
+    pub rate_limit_per_second: Option<f64>,
 }
 
 /// The columns of a [`SubscriptionRow`]: never the secrets.
-const ROW_COLUMNS: [Column; 14] = [
+const ROW_COLUMNS: [Column; 15] = [
     Column::Id,
     Column::Url,
     Column::EventTypes,
@@ -82,6 +84,7 @@ const ROW_COLUMNS: [Column; 14] = [
     Column::CreatedAt,
     Column::UpdatedAt,
     Column::MaxInFlight,
+    Column::RateLimitPerSecond,
 ];
 
 /// Subscriptions that are not deleted, as [`SubscriptionRow`] columns.
@@ -155,6 +158,8 @@ pub struct NewSubscription {
     pub headers: BTreeMap<String, String>,
     /// Its own in-flight limit (none: the configured default).
     pub max_in_flight: Option<i32>,
+    /// Most deliveries a second (none: no limit).
+    pub rate_limit_per_second: Option<f64>,
 }
 
 /// Stores a new subscription, with its lane (see `crate::queue`).
@@ -176,6 +181,7 @@ pub async fn insert_subscription(
         description: Set(subscription.description.clone()),
         headers: Set(json(&subscription.headers)?),
         max_in_flight: Set(subscription.max_in_flight),
+        rate_limit_per_second: Set(subscription.rate_limit_per_second),
         // the database's defaults: its clock, in its stored form
         created_at: NotSet,
         updated_at: NotSet,
@@ -243,6 +249,8 @@ pub struct SubscriptionPatch {
     pub headers: Option<BTreeMap<String, String>>,
     /// `Some(None)` returns to the configured in-flight limit.
     pub max_in_flight: Option<Option<i32>>,
+    /// `Some(None)` removes the rate limit.
+    pub rate_limit_per_second: Option<Option<f64>>,
 }
 
 /// The reason a subscription disabled by hand shows.
@@ -275,6 +283,9 @@ pub async fn update_subscription(
     }
     if let Some(max_in_flight) = patch.max_in_flight {
         update = update.col_expr(Column::MaxInFlight, Expr::value(max_in_flight));
+    }
+    if let Some(rate) = patch.rate_limit_per_second {
+        update = update.col_expr(Column::RateLimitPerSecond, Expr::value(rate));
     }
     match patch.enabled {
         // re-enabling clears why it was disabled

@@ -92,6 +92,7 @@ async fn lease(
         },
     )
     .await
+    .map(|leased| leased.deliveries)
 }
 
 fn new_subscription(event_types: &[&str]) -> NewSubscription {
@@ -104,6 +105,7 @@ fn new_subscription(event_types: &[&str]) -> NewSubscription {
         description: Some("orders".to_owned()),
         headers: BTreeMap::from([("X-Team".to_owned(), "payments".to_owned())]),
         max_in_flight: None,
+        rate_limit_per_second: None,
     }
 }
 
@@ -264,6 +266,7 @@ async fn subscriptions_are_created_read_listed_changed_and_deleted(test: TestDb)
         headers: Some(BTreeMap::new()),
         enabled: None,
         max_in_flight: Some(Some(7)),
+        rate_limit_per_second: Some(Some(0.5)),
     };
     let changed = db::update_subscription(db, created.id, &patch)
         .await
@@ -274,6 +277,10 @@ async fn subscriptions_are_created_read_listed_changed_and_deleted(test: TestDb)
     assert_eq!(changed.description, None);
     assert!(changed.headers.0.is_empty());
     assert!(changed.enabled);
+    assert_eq!(
+        (changed.max_in_flight, changed.rate_limit_per_second),
+        (Some(7), Some(0.5))
+    );
     assert!(changed.updated_at >= created.updated_at);
     let untouched = db::update_subscription(db, created.id, &SubscriptionPatch::default())
         .await

@@ -158,10 +158,15 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tracing::info!(worker.id = %config.worker_id, concurrency = config.concurrency, "worker started");
 
-    // the last lease took rows: there may be more due, lease again as soon as a slot is free
+    // the last lease took all it asked for: there may be more due, lease again as soon as a
+    // slot is free (a lease that took less comes back on the next wake-up: a publish, a
+    // written flush, a lane due or allowed again, the poll)
     let mut more = false;
     let mut error_backoff = Duration::from_millis(100);
     let mut next_rescue = Instant::now();
+    // when a lane leased from last is due again, or allowed by its rate limit: sooner than
+    // the poll
+    let mut lease_again_at: Option<Instant> = None;
     loop {
         options.heartbeat.beat();
         if more && slots.available_permits() > 0 {
@@ -172,11 +177,13 @@ pub async fn run(
                 permit = slots.clone().acquire_owned() => drop(permit),
             }
         } else {
+            let poll = Instant::now() + jittered(config.poll_interval);
+            let until = lease_again_at.map_or(poll, |at| at.min(poll));
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = wake.next() => {}
                 () = flushed.notified() => {}
-                () = tokio::time::sleep(jittered(config.poll_interval)) => {}
+                () = tokio::time::sleep_until(until.into()) => {}
             }
         }
         if shutdown.is_cancelled() {
@@ -209,7 +216,18 @@ pub async fn run(
             max_in_flight: config.subscription_max_in_flight,
         };
         let leased = match db::lease_deliveries(&pool, &request).await {
-            Ok(leased) => leased,
+            Ok(db::Leased {
+                deliveries,
+                lease_again_at: again,
+            }) => {
+                if let Some(at) = again {
+                    let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                    lease_again_at = Some(Instant::now() + wait);
+                } else if lease_again_at.is_some_and(|at| at <= Instant::now()) {
+                    lease_again_at = None;
+                }
+                deliveries
+            }
             Err(error) => {
                 tracing::warn!(error.message = %error, "lease failed; backing off");
                 more = false;
@@ -223,7 +241,7 @@ pub async fn run(
         };
         error_backoff = Duration::from_millis(100);
         let leased_at = Instant::now();
-        more = !leased.is_empty();
+        more = leased.len() == permits.len();
         metrics::histogram!("ih_lease_batch_size").record(leased.len() as f64);
         if leased.is_empty() {
             continue;

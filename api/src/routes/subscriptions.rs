@@ -25,6 +25,8 @@ use crate::{
 pub const SECRET_ROTATION_GRACE_SECONDS: f64 = 24.0 * 3600.0;
 /// Longest description.
 pub const MAX_DESCRIPTION_LENGTH: usize = 1000;
+/// The range of a subscription's rate limit, deliveries a second: from one every 100 s.
+pub const RATE_LIMIT_RANGE: (f64, f64) = (0.01, 100_000.0);
 /// Highest in-flight limit a subscription may be given.
 pub const MAX_IN_FLIGHT_LIMIT: i64 = shared::config::MAX_SUBSCRIPTION_IN_FLIGHT as i64;
 
@@ -79,6 +81,21 @@ fn max_in_flight(value: Option<i64>, errors: &mut Vec<ValidationError>) -> Optio
     }
 }
 
+/// A subscription's rate limit, within [`RATE_LIMIT_RANGE`].
+fn rate_limit(value: Option<f64>, errors: &mut Vec<ValidationError>) -> Option<f64> {
+    let value = value?;
+    let (lowest, highest) = RATE_LIMIT_RANGE;
+    if (lowest..=highest).contains(&value) {
+        Some(value)
+    } else {
+        errors.push(ValidationError::new(
+            "rate_limit_per_second",
+            format!("must be between {lowest} and {highest}"),
+        ));
+        None
+    }
+}
+
 /// Collects the result of one field's check, so every invalid field is reported at once.
 fn collect<T>(result: Result<T, ValidationError>, errors: &mut Vec<ValidationError>) -> Option<T> {
     result.map_err(|error| errors.push(error)).ok()
@@ -120,6 +137,7 @@ impl SubscriptionsApi {
         );
         validate_description(request.description.as_deref(), &mut errors);
         let limit = max_in_flight(request.max_in_flight, &mut errors);
+        let rate = rate_limit(request.rate_limit_per_second, &mut errors);
         let (Some(url), Some(secret), Some(events), Some(headers), true) =
             (url, secret, events, headers, errors.is_empty())
         else {
@@ -137,6 +155,7 @@ impl SubscriptionsApi {
                 description: request.description.map(|text| text.0),
                 headers: headers.as_map().clone(),
                 max_in_flight: limit,
+                rate_limit_per_second: rate,
             },
         )
         .await?;
@@ -241,6 +260,11 @@ impl SubscriptionsApi {
             MaybeUndefined::Null => Some(None),
             MaybeUndefined::Value(value) => Some(max_in_flight(Some(value), &mut errors)),
         };
+        let rate = match request.rate_limit_per_second {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(value) => Some(rate_limit(Some(value), &mut errors)),
+        };
         if !errors.is_empty() {
             return Err(errors.into());
         }
@@ -251,6 +275,7 @@ impl SubscriptionsApi {
             description,
             headers: headers.map(|headers| headers.as_map().clone()),
             max_in_flight: limit,
+            rate_limit_per_second: rate,
         };
         let row = db::update_subscription(&self.state.pool, id.0, &patch)
             .await?

@@ -99,6 +99,53 @@ async fn a_subscriptions_in_flight_limit_is_set_changed_and_returned_to_the_defa
 }
 
 #[tokio::test]
+async fn a_subscriptions_rate_limit_is_set_changed_and_removed() {
+    let app = TestApp::spawn().await;
+    let (status, created) = app
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"url": "https://example.com/hook", "events": ["a"], "rate_limit_per_second": 2.5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["rate_limit_per_second"], 2.5);
+    let path = format!("/api/v1/subscriptions/{}", uuid(&created["id"]));
+    for refused in [json!(0), json!(0.001), json!(100_001), json!(-5)] {
+        let (status, problem) = app
+            .admin(
+                Method::PATCH,
+                &path,
+                Some(json!({"rate_limit_per_second": refused})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{refused}: {problem}"
+        );
+        assert_eq!(problem["details"][0]["field"], "rate_limit_per_second");
+    }
+    let (status, changed) = app
+        .admin(
+            Method::PATCH,
+            &path,
+            Some(json!({"rate_limit_per_second": 100})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["rate_limit_per_second"], 100.0);
+    let (_, removed) = app
+        .admin(
+            Method::PATCH,
+            &path,
+            Some(json!({"rate_limit_per_second": null})),
+        )
+        .await;
+    assert_eq!(removed["rate_limit_per_second"], Value::Null);
+}
+
+#[tokio::test]
 async fn invalid_subscriptions_are_refused_naming_every_bad_field() {
     let app = TestApp::spawn().await;
     let cases: Vec<(Value, Vec<&str>)> = vec![

@@ -5,7 +5,9 @@ create table lanes (
   id               blob        not null primary key,
   next_due_at      text,
   last_leased_at   text        not null default '0000-01-01T00:00:00.000Z',
-  next_allowed_at  text        not null default '0000-01-01T00:00:00.000Z'
+  next_allowed_at  text        not null default '0000-01-01T00:00:00.000Z',
+  -- unused here: the lease marks a lane empty at once, its writes being serialised
+  empty_since      text
 );
 create index lanes_due_idx on lanes (last_leased_at) where next_due_at is not null;
 

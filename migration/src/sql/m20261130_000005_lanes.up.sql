@@ -12,7 +12,10 @@ create table lanes (
   next_due_at      timestamptz,
   last_leased_at   timestamptz not null default '-infinity',
   -- the rate limit's clock: the lane is not leased from before it
-  next_allowed_at  timestamptz not null default '-infinity'
+  next_allowed_at  timestamptz not null default '-infinity',
+  -- since when the lane has had nothing due: a lane is marked empty only after a second of
+  -- it, so a lane with steady traffic stays due and its publishes never write it
+  empty_since      timestamptz
 ) with (fillfactor = 50);
 create index lanes_due_idx on lanes (last_leased_at) where next_due_at is not null;
 

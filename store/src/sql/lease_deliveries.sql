@@ -1,26 +1,45 @@
 -- The second statement of a lease (after lease_lanes.sql, in its transaction): from each lane,
 -- in the order given, its oldest due rows, as many as its room allows (its in-flight limit
--- less its leased rows, counted through deliveries_leased_idx) and at most $4 each; $5 rows
--- in all. The rows are leased to worker $6 for $7 seconds, one attempt counted, and the lease
--- commits at once: no lock is held while the requests run. The events are read by the next
+-- less its leased rows, counted through deliveries_leased_idx), its rate limit allows, and
+-- at most $4 each; $5 rows in all. The rows are leased to worker $6 for $7 seconds, one
+-- attempt counted, and the lease commits at once: no lock is held while the requests run. The events are read by the next
 -- statement (leased_events.sql): joined here, the partitioned events table would be opened
 -- whole at every lease.
 --
--- Every lane given is written: a lane that gave rows goes to the end of the round
--- (last_leased_at), one that gave none (at its limit) keeps its place; next_due_at becomes its
+-- Every lane given is written: a lane goes to the end of the round (last_leased_at) unless it
+-- gave no rows while it still has rows due (held back by its limits); next_due_at becomes its
 -- earliest pending row left (null when none) where $3 says the lane may settle, or stays due
--- where it may not (see lease_lanes.sql).
+-- where it may not (see lease_lanes.sql); empty_since starts when nothing is left due.
+--
+-- A rate limit of r a second ($8, null for none) is a clock, next_allowed_at, that each row
+-- leased moves 1/r on; the lane is not leased from while the clock is ahead of now (see
+-- lease_lanes.sql). A lease may take what brings the clock to 100 ms past now, from a clock no
+-- more than 100 ms behind: a lease that comes late catches up once, so the rate holds over
+-- time, and never more than 200 ms of the rate goes at once. The statement answers, with each
+-- row, the earliest time one of its lanes is due or allowed again after now: when to lease
+-- next.
 with lane as (
   select *
-  from unnest($1::uuid[], $2::integer[], $3::boolean[])
-    with ordinality as t(id, max_in_flight, may_settle, position)
+  from unnest($1::uuid[], $2::integer[], $3::boolean[], $8::float8[])
+    with ordinality as t(id, max_in_flight, may_settle, rate, position)
+),
+clock as (
+  select lane.*,
+         (select greatest(l.next_allowed_at, now() - interval '100 ms')
+          from lanes l
+          where l.id = lane.id) as start
+  from lane
 ),
 room as materialized (
-  select lane.id, lane.may_settle, lane.position,
-         greatest(lane.max_in_flight
-                  - (select count(*) from deliveries d
-                     where d.lane = lane.id and d.status = 'leased'), 0) as room
-  from lane
+  select lane.id, lane.may_settle, lane.position, lane.rate, lane.start,
+         greatest(least(
+           lane.max_in_flight
+             - (select count(*) from deliveries d
+                where d.lane = lane.id and d.status = 'leased'),
+           case when lane.rate is null then $4::bigint
+                else greatest(floor(extract(epoch from now() + interval '100 ms' - lane.start)
+                                    * lane.rate), 1)::bigint end), 0) as room
+  from clock lane
 ),
 picked as materialized (
   select due.id, room.id as lane
@@ -32,7 +51,7 @@ picked as materialized (
       and d.status = 'pending'
       and d.next_attempt_at <= now()
     order by d.next_attempt_at, d.id
-    limit least(room.room, $4)
+    limit least(room.room, $4::bigint)
     for no key update skip locked
   ) due
   limit $5
@@ -54,10 +73,20 @@ settled as (
   update lanes l
   -- the lanes of one lease keep their given order in the round
   set last_leased_at = case when exists (select 1 from picked where picked.lane = room.id)
+                                 or rest.next_due_at is null or rest.next_due_at > now()
                             then now() + make_interval(secs => room.position / 1000000.0)
                             else l.last_leased_at end,
       next_due_at = case when room.may_settle then rest.next_due_at
-                         else least(coalesce(rest.next_due_at, now()), now()) end
+                         else least(coalesce(rest.next_due_at, now()), now()) end,
+      empty_since = case when rest.next_due_at <= now() or room.may_settle then null
+                         when exists (select 1 from picked where picked.lane = room.id)
+                         then now()
+                         else coalesce(l.empty_since, now()) end,
+      next_allowed_at = case when room.rate is null then l.next_allowed_at
+                             else room.start
+                                  + make_interval(secs => (select count(*) from picked
+                                                           where picked.lane = room.id)
+                                                          / room.rate) end
   from room
   left join lateral (
     select d.next_attempt_at as next_due_at
@@ -70,6 +99,10 @@ settled as (
   ) rest on true
   where l.id = room.id
     and l.id = any($1::uuid[])
+  returning l.next_due_at, l.next_allowed_at
 )
-select id, lease_token, attempts, target, subscription_id, event_id
+select id, lease_token, attempts, target, subscription_id, event_id,
+       (select min(later) from settled,
+               lateral (values (settled.next_due_at), (settled.next_allowed_at)) as t(later)
+        where later > now()) as lease_again_at
 from leased

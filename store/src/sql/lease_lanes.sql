@@ -3,12 +3,14 @@
 -- the lease commits, so two workers never count one lane's room at once. $2 is the configured
 -- in-flight limit for a subscription without its own, and for the Slack lane.
 --
--- may_settle: this lease holds the lane's exclusive advisory lock, so no statement waking the
--- lane is running (see ih_wake_lanes) and the next statement, which reads with a snapshot
--- taken after this one, may mark the lane empty or due later. Without it the lane stays due.
--- The lock is taken outside the locking subquery, so only on lanes this lease keeps.
+-- may_settle: the lane has had nothing due for a second, and this lease holds its exclusive
+-- advisory lock, so no statement waking the lane is running (see ih_wake_lanes) and the next
+-- statement, which reads with a snapshot taken after this one, may mark the lane empty or due
+-- later. Otherwise the lane stays due: a lane with steady traffic is never marked empty, so
+-- its publishes neither write it nor wait for this lock. The lock is taken outside the
+-- locking subquery, so only on lanes this lease keeps.
 with picked as materialized (
-  select l.id, l.last_leased_at
+  select l.id, l.last_leased_at, l.empty_since
   from lanes l
   where l.next_due_at <= now()
     and l.next_allowed_at <= now()
@@ -19,7 +21,9 @@ with picked as materialized (
 select picked.id,
        coalesce(s.max_in_flight, $2::integer) as max_in_flight,
        s.rate_limit_per_second,
-       pg_try_advisory_xact_lock(1818324581, ih_lane_key(picked.id)) as may_settle
+       case when picked.empty_since <= now() - interval '1 second'
+            then pg_try_advisory_xact_lock(1818324581, ih_lane_key(picked.id))
+            else false end as may_settle
 from picked
 left join subscriptions s on s.id = picked.id
 order by picked.last_leased_at

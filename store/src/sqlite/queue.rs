@@ -7,14 +7,28 @@ use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, plus, time};
 use crate::{
-    Completion, DbError, DeliverySubscription, LANES_PER_LEASE, LeaseRequest, LeasedDelivery,
-    QueueSample, Written,
+    Completion, DbError, DeliverySubscription, LANES_PER_LEASE, LeaseRequest, Leased,
+    LeasedDelivery, QueueSample, Written,
     queue::{StoredDeliverySubscription, lane_of, lane_quota},
+    stored_time::shift,
 };
 use shared::{
     crypto::SecretCipher,
     state::{DeliveryStatus, Target},
 };
+
+/// A lane the lease may take rows from.
+#[derive(sqlx::FromRow)]
+struct LaneToLease {
+    id: Uuid,
+    max_in_flight: i64,
+    rate_limit_per_second: Option<f64>,
+    /// Seconds the rate limit's clock is behind now.
+    clock_behind: f64,
+}
+
+/// How far behind now a rate limit's clock may start a lease (see lease_deliveries.sql).
+const RATE_CATCH_UP: f64 = 0.1;
 
 #[derive(sqlx::FromRow)]
 struct CompletedRow {
@@ -44,11 +58,13 @@ impl SqliteDb {
     pub(crate) async fn lease_deliveries(
         &self,
         request: &LeaseRequest<'_>,
-    ) -> Result<Vec<LeasedDelivery>, DbError> {
+    ) -> Result<Leased, DbError> {
         let token = Uuid::new_v4();
         let mut transaction = self.write().await?;
-        let lanes: Vec<(Uuid, i64)> = sqlx::query_as(concat!(
-            "select l.id, coalesce(s.max_in_flight, ?2)
+        let lanes: Vec<LaneToLease> = sqlx::query_as(concat!(
+            "select l.id, coalesce(s.max_in_flight, ?2) as max_in_flight,
+                    s.rate_limit_per_second,
+                    (julianday('now') - julianday(l.next_allowed_at)) * 86400.0 as clock_behind
              from lanes l
              left join subscriptions s on s.id = l.id
              where l.next_due_at <= ",
@@ -65,13 +81,21 @@ impl SqliteDb {
         .await?;
         if lanes.is_empty() {
             transaction.commit().await?;
-            return Ok(Vec::new());
+            return Ok(Leased::default());
         }
         let quota = lane_quota(request.limit, lanes.len());
         let mut leased: Vec<LeasedDelivery> = Vec::new();
         let mut served = Vec::new();
-        for (lane, max_in_flight) in &lanes {
-            let want = quota.min(request.limit.saturating_sub(leased.len()));
+        let mut clocks = Vec::new();
+        for lane in &lanes {
+            let mut want = quota.min(request.limit.saturating_sub(leased.len()));
+            // the rate limit's clock, as on Postgres (see lease_deliveries.sql)
+            let clock = lane.rate_limit_per_second.map(|rate| {
+                let start_behind = lane.clock_behind.clamp(0.0, RATE_CATCH_UP);
+                let allowed = ((RATE_CATCH_UP + start_behind) * rate).floor().max(1.0);
+                want = want.min(allowed as usize);
+                (rate, start_behind)
+            });
             if want == 0 {
                 break;
             }
@@ -110,12 +134,16 @@ impl SqliteDb {
             .bind(request.worker_id)
             .bind(token)
             .bind(plus(request.lease))
-            .bind(lane)
-            .bind(max_in_flight)
+            .bind(lane.id)
+            .bind(lane.max_in_flight)
             .fetch_all(&mut *transaction)
             .await?;
+            if let Some((rate, start_behind)) = clock {
+                let moved = rows.len() as f64 / rate - start_behind;
+                clocks.push(json!({"id": blob_hex(lane.id), "at": shift(moved)}));
+            }
             if !rows.is_empty() {
-                served.push(*lane);
+                served.push(lane.id);
             }
             leased.extend(rows);
         }
@@ -138,9 +166,44 @@ impl SqliteDb {
         .bind(Value::Array(round).to_string())
         .execute(&mut *transaction)
         .await?;
-        settle_lanes(&mut transaction, lanes.iter().map(|(lane, _)| *lane)).await?;
+        if !clocks.is_empty() {
+            sqlx::query(
+                "update lanes
+                 set next_allowed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', c.value ->> 'at')
+                 from json_each(?1) as c
+                 where lanes.id = unhex(c.value ->> 'id')",
+            )
+            .bind(Value::Array(clocks).to_string())
+            .execute(&mut *transaction)
+            .await?;
+        }
+        let touched: Vec<Uuid> = lanes.iter().map(|lane| lane.id).collect();
+        settle_lanes(&mut transaction, touched.iter().copied()).await?;
+        let lease_again_at = if leased.is_empty() {
+            None
+        } else {
+            let touched: Vec<String> = touched.into_iter().map(blob_hex).collect();
+            sqlx::query_scalar(concat!(
+                "select min(at) from (
+                   select next_due_at as at from lanes
+                   where id in (select unhex(value) from json_each(?1)) and next_due_at > ",
+                now!(),
+                "
+                   union all
+                   select next_allowed_at from lanes
+                   where id in (select unhex(value) from json_each(?1)) and next_allowed_at > ",
+                now!(),
+                ")"
+            ))
+            .bind(json!(touched).to_string())
+            .fetch_one(&mut *transaction)
+            .await?
+        };
         transaction.commit().await?;
-        Ok(leased)
+        Ok(Leased {
+            deliveries: leased,
+            lease_again_at,
+        })
     }
 
     /// Rows whose lease expired, pending again and due at once (see the Postgres statement).

@@ -40,6 +40,17 @@ async fn limit_in_flight(db: &TestDb, subscription: Uuid, limit: i32) {
         .unwrap();
 }
 
+async fn limit_rate(db: &TestDb, subscription: Uuid, per_second: f64) {
+    let patch = SubscriptionPatch {
+        rate_limit_per_second: Some(Some(per_second)),
+        ..SubscriptionPatch::default()
+    };
+    db::update_subscription(&db.pool, subscription, &patch)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// A counter's value on a worker's `/metrics`, summed over its series.
 async fn counter(metrics_port: u16, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
@@ -113,6 +124,67 @@ async fn a_subscriptions_limit_holds_across_two_worker_processes_sqlite() {
     a_subscriptions_limit_holds_across_two_worker_processes(Backend::Sqlite).await;
 }
 
+async fn a_rate_limit_holds_across_two_worker_processes(backend: Backend) {
+    let db = TestDb::on(backend).await;
+    let receiver = Receiver::start().await;
+    let limited = subscribe(&db, &receiver.url("/limited"), SECRET, &["limited"]).await;
+    limit_rate(&db, limited, 20.0).await;
+    subscribe(&db, &receiver.url("/free"), SECRET, &["free"]).await;
+    publish(&db, "limited", &payloads(0, 60)).await;
+    publish(&db, "free", &payloads(0, 200)).await;
+    let workers: Vec<WorkerProcess> = (0..2)
+        .map(|n| WorkerProcess::spawn(&db.url, &format!("w{n}"), &[]))
+        .collect();
+    assert!(delivered_within(&db, 260, Duration::from_secs(30)).await);
+    drop(workers);
+
+    let arrivals = |path: &str| {
+        let mut times: Vec<Instant> = receiver
+            .received()
+            .into_iter()
+            .filter(|received| received.path == path)
+            .map(|received| received.at)
+            .collect();
+        times.sort();
+        times
+    };
+    let limited = arrivals("/limited");
+    let free = arrivals("/free");
+    assert_eq!((limited.len(), free.len()), (60, 200), "each sent once");
+    // 60 at 20 a second, after at most 200 ms of the rate at once: about 2.8 s
+    let span = limited[59].duration_since(limited[0]);
+    assert!(
+        (Duration::from_millis(2_400)..Duration::from_secs(5)).contains(&span),
+        "60 deliveries limited to 20 a second took {span:?}"
+    );
+    for (n, first) in limited.iter().enumerate() {
+        let within_a_second = limited[n..]
+            .iter()
+            .take_while(|at| at.duration_since(*first) < Duration::from_secs(1))
+            .count();
+        assert!(
+            within_a_second <= 24,
+            "{within_a_second} deliveries within a second of a subscription limited to 20"
+        );
+    }
+    // the other subscription was not held to the limit
+    let free_span = free[199].duration_since(free[0]);
+    assert!(
+        free_span < Duration::from_secs(2),
+        "200 unlimited deliveries took {free_span:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_across_two_worker_processes_postgres() {
+    a_rate_limit_holds_across_two_worker_processes(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_across_two_worker_processes_sqlite() {
+    a_rate_limit_holds_across_two_worker_processes(Backend::Sqlite).await;
+}
+
 async fn a_backlog_does_not_delay_another_subscriptions_deliveries(backend: Backend) {
     let db = TestDb::on(backend).await;
     let receiver = Receiver::start().await;
@@ -178,11 +250,11 @@ async fn a_backlog_does_not_delay_another_subscriptions_deliveries_sqlite() {
     a_backlog_does_not_delay_another_subscriptions_deliveries(Backend::Sqlite).await;
 }
 
-/// Leases empty lanes while publishes to them commit: every row must still be delivered. Each
-/// of 100 subscriptions gets two events in quick succession, so its lane is often leased
-/// empty while its second event's publish is committing; a lane marked empty over a row that
-/// lease could not see would hold the row until the subscription's next event, which never
-/// comes here.
+/// Leases mark lanes empty while publishes to them commit: every row must still be delivered.
+/// In each of ten rounds, the 100 subscriptions' lanes are made due with nothing in them for
+/// long enough to be marked empty (what a lane is a second after its last row), and each gets
+/// an event while the workers' leases mark them; a lane marked empty over a row that lease
+/// could not see would hold the row until the subscription's next event, which never comes.
 #[tokio::test]
 async fn rows_published_while_leases_empty_their_lanes_are_all_delivered() {
     const LANES: usize = 100;
@@ -202,22 +274,36 @@ async fn rows_published_while_leases_empty_their_lanes_are_all_delivered() {
         spawn_worker(&worker_settings(&db.url), None),
         spawn_worker(&worker_settings(&db.url), None),
     ];
-    let publishers: Vec<_> = (0..4)
-        .map(|publisher| {
-            let pool = db.pool.clone();
-            tokio::spawn(async move {
-                for n in (publisher..LANES).step_by(4) {
-                    let event_type = format!("t{n}");
-                    crate::support::publish_on(&pool, &event_type, &payloads(n, 1)).await;
-                    crate::support::publish_on(&pool, &event_type, &payloads(n + LANES, 1)).await;
-                }
+    let publish_to_every_lane = |round: usize| {
+        let publishers: Vec<_> = (0..4)
+            .map(|publisher| {
+                let pool = db.pool.clone();
+                tokio::spawn(async move {
+                    for n in (publisher..LANES).step_by(4) {
+                        let event_type = format!("t{n}");
+                        let payload = payloads(round * LANES + n, 1);
+                        crate::support::publish_on(&pool, &event_type, &payload).await;
+                    }
+                })
             })
-        })
-        .collect();
-    for publisher in publishers {
-        publisher.await.unwrap();
+            .collect();
+        async move {
+            for publisher in publishers {
+                publisher.await.unwrap();
+            }
+        }
+    };
+    const ROUNDS: usize = 10;
+    for round in 0..ROUNDS {
+        db.execute_script(
+            "update lanes set next_due_at = now(), empty_since = now() - interval '5 seconds'
+             where id <> '00000000-0000-0000-0000-000000000000'"
+                .to_owned(),
+        )
+        .await;
+        publish_to_every_lane(round).await;
     }
-    let expected = i64::try_from(LANES * 2).unwrap();
+    let expected = i64::try_from(LANES * ROUNDS).unwrap();
     assert!(
         delivered_within(&db, expected, Duration::from_secs(30)).await,
         "{} of {expected} delivered; lanes with rows not due: {:?}",
@@ -231,7 +317,7 @@ async fn rows_published_while_leases_empty_their_lanes_are_all_delivered() {
         )
         .await
     );
-    assert_eq!(receiver.count(), LANES * 2);
+    assert_eq!(receiver.count(), LANES * ROUNDS);
     for worker in workers {
         worker.stop().await;
     }

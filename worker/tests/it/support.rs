@@ -154,6 +154,7 @@ pub async fn subscribe_sealed(
             description: None,
             headers: BTreeMap::from([("x-team".to_owned(), "billing".to_owned())]),
             max_in_flight: None,
+            rate_limit_per_second: None,
         },
     )
     .await
