@@ -49,6 +49,11 @@ pub struct Scenario {
     pub backlog: usize,
     /// The noisy neighbour's answer delay, in milliseconds.
     pub backlog_delay_ms: u64,
+    /// Events queued before the run to a subscription (`/limited`) with a rate limit of
+    /// `limited_rate` a second; the report gives the rate they arrived at.
+    pub limited_events: usize,
+    /// That subscription's `rate_limit_per_second`.
+    pub limited_rate: f64,
 }
 
 /// Where the API is.
@@ -87,6 +92,8 @@ pub struct Report {
     pub latency_ms: Percentiles,
     /// CPU seconds and peak memory of the service processes during the run.
     pub processes: Vec<ProcessUsage>,
+    /// Deliveries a second to the rate-limited subscription, first to last arrival.
+    pub limited_rate: Option<f64>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -300,6 +307,25 @@ pub async fn run(target: Target, scenario: Scenario) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(scenario.backlog_delay_ms / 2)).await;
     }
+    if scenario.limited_events > 0 {
+        let limited_type = format!("{event_type}_limited");
+        let created = client
+            .post(
+                "/api/v1/subscriptions",
+                json!({
+                    "url": format!("http://{sink_address}{}", sink::LIMITED),
+                    "events": [limited_type],
+                    "rate_limit_per_second": scenario.limited_rate,
+                }),
+            )
+            .await?;
+        subscriptions.push(created["id"].as_str().unwrap_or_default().to_owned());
+        let ignored: Started = Arc::default();
+        for first in (0..scenario.limited_events).step_by(100) {
+            let count = 100.min(scenario.limited_events - first);
+            publish_one(&client, (&limited_type, 1), first, count, &ignored).await?;
+        }
+    }
     for other in 0..scenario.other_subscriptions {
         let created = client
             .post(
@@ -325,12 +351,17 @@ pub async fn run(target: Target, scenario: Scenario) -> anyhow::Result<Report> {
     let published = requested - rejected;
     let expected = published * scenario.endpoints.max(1);
     wait_for_arrivals(&arrivals, expected, target.drain_timeout).await;
+    let limited_rate = if scenario.limited_events > 0 {
+        Some(wait_for_limited(&arrivals, scenario.limited_events, target.drain_timeout).await)
+    } else {
+        None
+    };
     let usage_after = procstat::snapshot();
 
     for id in &subscriptions {
         let _ = client.delete(&format!("/api/v1/subscriptions/{id}")).await;
     }
-    Ok(report(
+    let mut report = report(
         scenario,
         (published, rejected),
         expected,
@@ -339,7 +370,37 @@ pub async fn run(target: Target, scenario: Scenario) -> anyhow::Result<Report> {
         first_publish,
         publish_elapsed,
         procstat::usage(&usage_before, &usage_after),
-    ))
+    );
+    report.limited_rate = limited_rate;
+    Ok(report)
+}
+
+/// Waits for the rate-limited subscription's deliveries; returns the rate they arrived at.
+async fn wait_for_limited(arrivals: &Arrivals, expected: usize, timeout: Duration) -> f64 {
+    let mut last_progress = Instant::now();
+    let mut last_count = 0;
+    loop {
+        let times = arrivals
+            .limited
+            .lock()
+            .map(|times| times.clone())
+            .unwrap_or_default();
+        if times.len() >= expected || last_progress.elapsed() > timeout {
+            let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+                return 0.0;
+            };
+            let span = last
+                .saturating_duration_since(*first)
+                .as_secs_f64()
+                .max(1e-9);
+            return (times.len().saturating_sub(1)) as f64 / span;
+        }
+        if times.len() != last_count {
+            last_count = times.len();
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Publishes `events` as fast as `concurrency` publishers go; returns (requested, refused).
@@ -483,5 +544,6 @@ fn report(
         latency_ms: percentiles(latencies),
         processes,
         scenario,
+        limited_rate: None,
     }
 }

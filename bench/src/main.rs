@@ -90,6 +90,12 @@ struct RunArgs {
     /// The noisy neighbour's answer delay, in milliseconds.
     #[arg(long, default_value_t = 1500)]
     backlog_delay_ms: u64,
+    /// Events queued first to a subscription limited to `--limited-rate` a second.
+    #[arg(long, default_value_t = 0)]
+    limited_events: usize,
+    /// That subscription's rate limit, deliveries a second.
+    #[arg(long, default_value_t = 200.0)]
+    limited_rate: f64,
     /// Seconds without a new arrival before the run stops waiting.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -114,6 +120,8 @@ async fn main() -> anyhow::Result<()> {
                 spread: args.spread,
                 backlog: args.backlog,
                 backlog_delay_ms: args.backlog_delay_ms,
+                limited_events: args.limited_events,
+                limited_rate: args.limited_rate,
             };
             let target = load::Target {
                 api_url: args.api_url,

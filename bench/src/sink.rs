@@ -30,6 +30,8 @@ pub struct Behaviour {
 
 /// The path of the noisy neighbour's subscription: its arrivals are counted apart.
 pub const SLOW: &str = "/slow";
+/// The path of the rate-limited subscription: its arrival times are kept apart.
+pub const LIMITED: &str = "/limited";
 
 /// What the sink saw.
 #[derive(Default)]
@@ -44,6 +46,8 @@ pub struct Arrivals {
     pub requests: AtomicU64,
     /// Requests to [`SLOW`].
     pub slow: AtomicU64,
+    /// When each request to [`LIMITED`] arrived.
+    pub limited: Mutex<Vec<Instant>>,
 }
 
 #[derive(Clone)]
@@ -65,6 +69,15 @@ fn fails(counter: u64, rate: f64) -> bool {
 #[handler]
 async fn receive(request: &Request, state: Data<&SinkState>) -> Response {
     let now = Instant::now();
+    if request.uri().path() == LIMITED {
+        state
+            .arrivals
+            .limited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(now);
+        return Response::builder().status(StatusCode::OK).finish();
+    }
     if request.uri().path() == SLOW {
         state.arrivals.slow.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(state.behaviour.slow_delay).await;

@@ -83,6 +83,8 @@ pub fn scenario(label: &str) -> Scenario {
         spread: 0,
         backlog: 0,
         backlog_delay_ms: 0,
+        limited_events: 0,
+        limited_rate: 0.0,
     }
 }
 
@@ -200,6 +202,15 @@ fn plans() -> Vec<Plan> {
             backlog: 30_000,
             backlog_delay_ms: 1_500,
             ..scenario("noisy neighbour: 100/s beside a 30,000-row backlog answering in 1.5 s")
+        },
+        1,
+    ));
+    plans.push(plan(
+        Scenario {
+            events: 20_000,
+            limited_events: 4_000,
+            limited_rate: 200.0,
+            ..scenario("burst 20k beside a subscription limited to 200/s")
         },
         1,
     ));
@@ -434,6 +445,14 @@ fn settings(scenario: &Scenario, workers: usize) -> String {
     } else {
         String::new()
     };
+    let limited = if scenario.limited_events > 0 {
+        format!(
+            ", beside {} queued to one limited to {}/s",
+            scenario.limited_events, scenario.limited_rate
+        )
+    } else {
+        String::new()
+    };
     let neighbour = if scenario.backlog > 0 {
         format!(
             ", beside {} queued to one answering in {} ms",
@@ -443,7 +462,7 @@ fn settings(scenario: &Scenario, workers: usize) -> String {
         String::new()
     };
     format!(
-        "{load}{spread}, {} endpoint(s), {workers} worker(s){receiver}{neighbour}",
+        "{load}{spread}, {} endpoint(s), {workers} worker(s){receiver}{neighbour}{limited}",
         scenario.endpoints
     )
 }
@@ -658,7 +677,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
             drop(stack);
             println!("{}", serde_json::to_string(&report)?);
             println!(
-                "  {} run {run}: {:.0} deliveries/s, p50 {:.1} ms, p99 {:.1} ms, lost {}, duplicates {}, handed back {}",
+                "  {} run {run}: {:.0} deliveries/s, p50 {:.1} ms, p99 {:.1} ms, lost {}, duplicates {}, handed back {}{}",
                 plan.scenario.label,
                 report.delivery_rate,
                 report.latency_ms.p50,
@@ -666,6 +685,10 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 report.lost,
                 report.duplicates,
                 handed_back.map_or_else(|| "-".to_owned(), |n| format!("{n:.0}")),
+                report
+                    .limited_rate
+                    .map(|rate| format!(", rate-limited subscription {rate:.1}/s"))
+                    .unwrap_or_default(),
             );
             reports.push(report);
         }

@@ -111,8 +111,12 @@ pub async fn lease_deliveries(db: &Db, request: &LeaseRequest<'_>) -> Result<Lea
         .fetch_all(&mut *transaction)
         .await?;
     if lanes.is_empty() {
+        let lease_again_at = next_allowed(&mut transaction).await?;
         transaction.commit().await?;
-        return Ok(Leased::default());
+        return Ok(Leased {
+            deliveries: Vec::new(),
+            lease_again_at,
+        });
     }
     let quota = lane_quota(request.limit, lanes.len());
     let leased: Vec<LeasedRow> = sqlx::query_as(include_str!("sql/lease_deliveries.sql"))
@@ -136,8 +140,11 @@ pub async fn lease_deliveries(db: &Db, request: &LeaseRequest<'_>) -> Result<Lea
         )
         .fetch_all(&mut *transaction)
         .await?;
+    let lease_again_at = match leased.first() {
+        Some(row) => row.lease_again_at,
+        None => next_allowed(&mut transaction).await?,
+    };
     transaction.commit().await?;
-    let lease_again_at = leased.first().and_then(|row| row.lease_again_at);
     let ids: Vec<Uuid> = leased.iter().map(|row| row.event_id).collect();
     let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
         return Ok(Leased::default());
@@ -176,6 +183,17 @@ pub async fn lease_deliveries(db: &Db, request: &LeaseRequest<'_>) -> Result<Lea
         deliveries,
         lease_again_at,
     })
+}
+
+/// When a lane held back by its rate limit is allowed again, for a lease that took nothing.
+async fn next_allowed(
+    connection: &mut sqlx::PgConnection,
+) -> Result<Option<DateTime<Utc>>, DbError> {
+    Ok(
+        sqlx::query_scalar(include_str!("sql/lanes_allowed_next.sql"))
+            .fetch_one(connection)
+            .await?,
+    )
 }
 
 /// A row the lease statement took.

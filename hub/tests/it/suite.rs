@@ -373,7 +373,7 @@ async fn both_backends_get_the_same_schema() {
         .await;
     postgres_indexes.sort();
     sqlite_indexes.sort();
-    assert_eq!(postgres_indexes.len(), 14);
+    assert_eq!(postgres_indexes.len(), 15);
     assert_eq!(postgres_indexes, sqlite_indexes);
 }
 

@@ -10,6 +10,8 @@ create table lanes (
   empty_since      text
 );
 create index lanes_due_idx on lanes (last_leased_at) where next_due_at is not null;
+-- lanes with due work held back by their rate limit's clock, earliest first: when to lease next
+create index lanes_allowed_idx on lanes (next_allowed_at) where next_due_at is not null;
 
 insert into lanes (id) values (x'00000000000000000000000000000000');
 insert into lanes (id) select id from subscriptions;

@@ -80,8 +80,12 @@ impl SqliteDb {
         .fetch_all(&mut *transaction)
         .await?;
         if lanes.is_empty() {
+            let lease_again_at = next_allowed(&mut transaction).await?;
             transaction.commit().await?;
-            return Ok(Leased::default());
+            return Ok(Leased {
+                deliveries: Vec::new(),
+                lease_again_at,
+            });
         }
         let quota = lane_quota(request.limit, lanes.len());
         let mut leased: Vec<LeasedDelivery> = Vec::new();
@@ -180,7 +184,7 @@ impl SqliteDb {
         let touched: Vec<Uuid> = lanes.iter().map(|lane| lane.id).collect();
         settle_lanes(&mut transaction, touched.iter().copied()).await?;
         let lease_again_at = if leased.is_empty() {
-            None
+            next_allowed(&mut transaction).await?
         } else {
             let touched: Vec<String> = touched.into_iter().map(blob_hex).collect();
             sqlx::query_scalar(concat!(
@@ -527,4 +531,19 @@ pub(crate) async fn settle_lanes(
     .execute(&mut **transaction)
     .await?;
     Ok(())
+}
+
+/// When a lane held back by its rate limit is allowed again, for a lease that took nothing
+/// (see the Postgres statement `lanes_allowed_next.sql`).
+async fn next_allowed(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, DbError> {
+    Ok(sqlx::query_scalar(concat!(
+        "select min(next_allowed_at) from lanes where next_due_at <= ",
+        now!(),
+        " and next_allowed_at > ",
+        now!()
+    ))
+    .fetch_one(&mut **transaction)
+    .await?)
 }
