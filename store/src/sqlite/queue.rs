@@ -90,7 +90,7 @@ impl SqliteDb {
         let quota = lane_quota(request.limit, lanes.len());
         let mut leased: Vec<LeasedDelivery> = Vec::new();
         let mut served = Vec::new();
-        let mut clocks = Vec::new();
+        let mut clocks: HashMap<Uuid, String> = HashMap::new();
         for lane in &lanes {
             let mut want = quota.min(request.limit.saturating_sub(leased.len()));
             // the rate limit's clock, as on Postgres (see lease_deliveries.sql)
@@ -144,7 +144,7 @@ impl SqliteDb {
             .await?;
             if let Some((rate, start_behind)) = clock {
                 let moved = rows.len() as f64 / rate - start_behind;
-                clocks.push(json!({"id": blob_hex(lane.id), "at": shift(moved)}));
+                clocks.insert(lane.id, shift(moved));
             }
             if !rows.is_empty() {
                 served.push(lane.id);
@@ -152,35 +152,33 @@ impl SqliteDb {
             leased.extend(rows);
         }
         // the lanes that gave rows go to the end of the round, in their order (a millisecond
-        // apart: the stored times' precision); a lane at its limit keeps its place
-        let round: Vec<Value> = served
+        // apart: the stored times' precision), and a lane at its limit keeps its place; a
+        // rate-limited lane's clock moves on: one statement for both (a null modifier keeps
+        // the stored value)
+        let round: Vec<Value> = lanes
             .iter()
-            .enumerate()
-            .map(|(position, lane)| {
-                let after = Duration::from_millis(u64::try_from(position).unwrap_or(u64::MAX));
-                json!({"id": blob_hex(*lane), "after": plus(after)})
+            .map(|lane| {
+                let after = served.iter().position(|id| *id == lane.id).map(|position| {
+                    plus(Duration::from_millis(
+                        u64::try_from(position).unwrap_or(u64::MAX),
+                    ))
+                });
+                let at = clocks.get(&lane.id);
+                json!({"id": blob_hex(lane.id), "after": after, "at": at})
             })
             .collect();
         sqlx::query(
             "update lanes
-             set last_leased_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', r.value ->> 'after')
+             set last_leased_at = coalesce(
+                   strftime('%Y-%m-%dT%H:%M:%fZ', 'now', r.value ->> 'after'), last_leased_at),
+                 next_allowed_at = coalesce(
+                   strftime('%Y-%m-%dT%H:%M:%fZ', 'now', r.value ->> 'at'), next_allowed_at)
              from json_each(?1) as r
              where lanes.id = unhex(r.value ->> 'id')",
         )
         .bind(Value::Array(round).to_string())
         .execute(&mut *transaction)
         .await?;
-        if !clocks.is_empty() {
-            sqlx::query(
-                "update lanes
-                 set next_allowed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', c.value ->> 'at')
-                 from json_each(?1) as c
-                 where lanes.id = unhex(c.value ->> 'id')",
-            )
-            .bind(Value::Array(clocks).to_string())
-            .execute(&mut *transaction)
-            .await?;
-        }
         let touched: Vec<Uuid> = lanes.iter().map(|lane| lane.id).collect();
         settle_lanes(&mut transaction, touched.iter().copied()).await?;
         let lease_again_at = if leased.is_empty() {
