@@ -50,8 +50,9 @@ pub(crate) fn lane_of(subscription_id: Option<Uuid>) -> Uuid {
 }
 
 /// Most lanes one lease takes rows from: a round over the lanes with due work goes this many
-/// at a time.
-pub const LANES_PER_LEASE: usize = 32;
+/// at a time (with 32, a burst spread over 1,000 subscriptions waited 130 ms at the median,
+/// with 128 about 55 ms).
+pub const LANES_PER_LEASE: usize = 128;
 
 /// What one lease asks for.
 #[derive(Clone, Copy, Debug)]
