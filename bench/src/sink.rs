@@ -116,6 +116,9 @@ async fn receive(request: &Request, state: Data<&SinkState>) -> Response {
     Response::builder().status(StatusCode::OK).finish()
 }
 
+/// The sink's accept queue (the kernel caps it at `net.core.somaxconn`).
+const SINK_BACKLOG: u32 = 4096;
+
 /// Starts the sink on `address`; returns where it listens and what it records.
 ///
 /// # Errors
@@ -124,7 +127,17 @@ pub async fn start(
     address: &str,
     behaviour: Behaviour,
 ) -> anyhow::Result<(SocketAddr, Arc<Arrivals>)> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    // a deep accept queue: a worker with hundreds of free slots opens hundreds of connections
+    // at once, and a SYN dropped at a full queue comes back 1, 3 or 7 s later, which would be
+    // measured as the service's latency
+    let address: SocketAddr = address.parse()?;
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(address)?;
+    let listener = socket.listen(SINK_BACKLOG)?;
     let local = listener.local_addr()?;
     let arrivals = Arc::new(Arrivals::default());
     let app = Route::new().at("/*path", receive).data(SinkState {
