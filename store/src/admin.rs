@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{
     Db, DbError, DeliveryRow, Page,
     entity::{attempts, dead_letters, deliveries, events, subscriptions},
-    orm::{Planning, newest_first, parse_state},
+    orm::{BEGIN_PLANNED_ONCE, Planning, newest_first, parse_state},
     retention::uuid_floor,
 };
 use shared::state::{AttemptOutcome, DeadReason, DeliveryStatus, Target};
@@ -465,11 +465,8 @@ pub async fn console_stats(db: &Db, window_seconds: f64) -> Result<ConsoleStats,
         Db::Postgres(pool) => pool,
         Db::Sqlite(sqlite) => return sqlite.console_stats(window_seconds).await,
     };
-    let mut transaction = pool.begin().await?;
     // both planned once per connection: without parameters, or for any window
-    sqlx::raw_sql(Planning::Once.setting())
-        .execute(&mut *transaction)
-        .await?;
+    let mut transaction = pool.begin_with(BEGIN_PLANNED_ONCE).await?;
     let (due, oldest_due_age_seconds, dead_letters): (i64, Option<f64>, i64) =
         sqlx::query_as(include_str!("sql/console_stats.sql"))
             .fetch_one(&mut *transaction)

@@ -59,17 +59,23 @@ pub(crate) enum Planning {
     EachCall,
 }
 
+/// The statements that make the rest of a transaction plan as [`Planning::Once`] says.
+macro_rules! planned_once {
+    () => {
+        "set local plan_cache_mode = force_generic_plan; set local jit = off"
+    };
+}
+
 /// Opens a Postgres transaction whose statements are planned once per connection (as
-/// [`Planning::Once`]), in the one round trip of its `begin`: for hot statements whose best
-/// plan does not depend on the values, where planning would cost as much as running.
-pub(crate) const BEGIN_PLANNED_ONCE: &str =
-    "begin; set local plan_cache_mode = force_generic_plan; set local jit = off";
+/// [`Planning::Once`]), in the one round trip of its `begin`: for statements whose best plan
+/// does not depend on the values, where planning would cost as much as running.
+pub(crate) const BEGIN_PLANNED_ONCE: &str = concat!("begin; ", planned_once!());
 
 impl Planning {
     /// The statements that make the rest of a transaction plan this way on Postgres.
     pub(crate) const fn setting(self) -> &'static str {
         match self {
-            Self::Once => "set local plan_cache_mode = force_generic_plan; set local jit = off",
+            Self::Once => planned_once!(),
             Self::EachCall => "set local plan_cache_mode = auto",
         }
     }
