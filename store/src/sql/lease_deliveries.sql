@@ -72,22 +72,24 @@ leased as (
 settled as (
   update lanes l
   -- the lanes of one lease keep their given order in the round
-  set last_leased_at = case when exists (select 1 from picked where picked.lane = room.id)
+  set last_leased_at = case when took.taken > 0
                                  or rest.next_due_at is null or rest.next_due_at > now()
                             then now() + make_interval(secs => room.position / 1000000.0)
                             else l.last_leased_at end,
       next_due_at = case when room.may_settle then rest.next_due_at
                          else least(coalesce(rest.next_due_at, now()), now()) end,
       empty_since = case when rest.next_due_at <= now() or room.may_settle then null
-                         when exists (select 1 from picked where picked.lane = room.id)
-                         then now()
+                         when took.taken > 0 then now()
                          else coalesce(l.empty_since, now()) end,
       next_allowed_at = case when room.rate is null then l.next_allowed_at
-                             else room.start
-                                  + make_interval(secs => (select count(*) from picked
-                                                           where picked.lane = room.id)
-                                                          / room.rate) end
+                             else room.start + make_interval(secs => took.taken / room.rate) end
   from room
+  -- the rows this lease took from the lane
+  cross join lateral (
+    select count(*) as taken
+    from picked
+    where picked.lane = room.id
+  ) took
   left join lateral (
     select d.next_attempt_at as next_due_at
     from deliveries d
