@@ -377,30 +377,23 @@ pub async fn run(target: Target, scenario: Scenario) -> anyhow::Result<Report> {
 
 /// Waits for the rate-limited subscription's deliveries; returns the rate they arrived at.
 async fn wait_for_limited(arrivals: &Arrivals, expected: usize, timeout: Duration) -> f64 {
-    let mut last_progress = Instant::now();
-    let mut last_count = 0;
-    loop {
-        let times = arrivals
+    let limited = || {
+        arrivals
             .limited
             .lock()
             .map(|times| times.clone())
-            .unwrap_or_default();
-        if times.len() >= expected || last_progress.elapsed() > timeout {
-            let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
-                return 0.0;
-            };
-            let span = last
-                .saturating_duration_since(*first)
-                .as_secs_f64()
-                .max(1e-9);
-            return (times.len().saturating_sub(1)) as f64 / span;
-        }
-        if times.len() != last_count {
-            last_count = times.len();
-            last_progress = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .unwrap_or_default()
+    };
+    wait_for_count(|| limited().len(), expected, timeout).await;
+    let times = limited();
+    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+        return 0.0;
+    };
+    let span = last
+        .saturating_duration_since(*first)
+        .as_secs_f64()
+        .max(1e-9);
+    (times.len().saturating_sub(1)) as f64 / span
 }
 
 /// Publishes `events` as fast as `concurrency` publishers go; returns (requested, refused).
@@ -476,14 +469,22 @@ async fn publish_steady(
 }
 
 async fn wait_for_arrivals(arrivals: &Arrivals, expected: usize, timeout: Duration) {
-    let mut last_progress = Instant::now();
-    let mut last_count = 0;
-    loop {
-        let count = arrivals
+    let count = || {
+        arrivals
             .first
             .lock()
             .map(|first| first.len())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    };
+    wait_for_count(count, expected, timeout).await;
+}
+
+/// Polls `count` until it reaches `expected`, or has not grown for `timeout`.
+async fn wait_for_count(count: impl Fn() -> usize, expected: usize, timeout: Duration) {
+    let mut last_progress = Instant::now();
+    let mut last_count = 0;
+    loop {
+        let count = count();
         if count >= expected {
             return;
         }
