@@ -114,15 +114,7 @@ async fn a_subscriptions_limit_holds_across_two_worker_processes(backend: Backen
     drop(workers);
 }
 
-#[tokio::test]
-async fn a_subscriptions_limit_holds_across_two_worker_processes_postgres() {
-    a_subscriptions_limit_holds_across_two_worker_processes(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn a_subscriptions_limit_holds_across_two_worker_processes_sqlite() {
-    a_subscriptions_limit_holds_across_two_worker_processes(Backend::Sqlite).await;
-}
+on_both_backends!(a_subscriptions_limit_holds_across_two_worker_processes);
 
 async fn a_rate_limit_holds_across_two_worker_processes(backend: Backend) {
     let db = TestDb::on(backend).await;
@@ -162,8 +154,11 @@ async fn a_rate_limit_holds_across_two_worker_processes(backend: Backend) {
             .iter()
             .take_while(|at| at.duration_since(*first) < Duration::from_secs(1))
             .count();
+        // the lease's bound: a second of the rate, 200 ms more at once (see
+        // lease_deliveries.sql), one for the rounding; and one for the arrivals' jitter (two
+        // leases' requests can land closer together than they were leased)
         assert!(
-            within_a_second <= 24,
+            within_a_second <= 26,
             "{within_a_second} deliveries within a second of a subscription limited to 20"
         );
     }
@@ -175,15 +170,7 @@ async fn a_rate_limit_holds_across_two_worker_processes(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn a_rate_limit_holds_across_two_worker_processes_postgres() {
-    a_rate_limit_holds_across_two_worker_processes(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn a_rate_limit_holds_across_two_worker_processes_sqlite() {
-    a_rate_limit_holds_across_two_worker_processes(Backend::Sqlite).await;
-}
+on_both_backends!(a_rate_limit_holds_across_two_worker_processes);
 
 async fn a_backlog_does_not_delay_another_subscriptions_deliveries(backend: Backend) {
     let db = TestDb::on(backend).await;
@@ -240,15 +227,7 @@ async fn a_backlog_does_not_delay_another_subscriptions_deliveries(backend: Back
     worker.stop().await;
 }
 
-#[tokio::test]
-async fn a_backlog_does_not_delay_another_subscriptions_deliveries_postgres() {
-    a_backlog_does_not_delay_another_subscriptions_deliveries(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn a_backlog_does_not_delay_another_subscriptions_deliveries_sqlite() {
-    a_backlog_does_not_delay_another_subscriptions_deliveries(Backend::Sqlite).await;
-}
+on_both_backends!(a_backlog_does_not_delay_another_subscriptions_deliveries);
 
 /// Leases mark lanes empty while publishes to them commit: every row must still be delivered.
 /// In each of ten rounds, the 100 subscriptions' lanes are made due with nothing in them for
