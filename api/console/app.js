@@ -193,6 +193,21 @@ function secretBox(title, secret) {
     el('code', { className: 'mono', id: 'secret-value', text: secret }));
 }
 
+// A subscription's endpoint health in words: since when it fails, when its circuit opened,
+// why it is disabled.
+function endpointState(subscription) {
+  switch (subscription.state) {
+    case 'disabled':
+      return 'disabled' + (subscription.disabled_reason ? ' (' + subscription.disabled_reason + ')' : '');
+    case 'circuit_open':
+      return 'circuit open since ' + when(subscription.circuit_opened_at);
+    case 'failing':
+      return 'failing since ' + when(subscription.failing_since);
+    default:
+      return subscription.state;
+  }
+}
+
 async function subscriptions() {
   const cursor = cursorOf('subscriptions');
   const page = await api('GET', '/subscriptions' + query({ cursor, limit: 50 }));
@@ -215,7 +230,7 @@ async function subscriptions() {
     return el('tr', { 'data-id': subscription.id },
       cell(subscription.url, 'mono'),
       cell(subscription.events.join(', ')),
-      cell(subscription.enabled ? 'enabled' : 'disabled' + (subscription.disabled_reason ? ' (' + subscription.disabled_reason + ')' : '')),
+      cell(endpointState(subscription), 'state-' + subscription.state),
       cell(String(subscription.consecutive_failures)),
       cell(when(subscription.last_success_at)),
       el('td', {}, el('div', { className: 'actions' },

@@ -154,6 +154,21 @@ documented_state! {
     }
 }
 
+documented_state! {
+    /// A subscription's endpoint health.
+    EndpointState mirrors state::EndpointState {
+        /// Its last attempt delivered, or none was made yet.
+        Healthy,
+        /// Attempts have failed since its last success.
+        Failing,
+        /// Failures opened its circuit: deliveries wait while one probe at a time, at growing
+        /// intervals, tests the endpoint; the first success closes it.
+        CircuitOpen,
+        /// Disabled (`disabled_reason` says why); enabling it sends what it kept.
+        Disabled,
+    }
+}
+
 /// A delivery of an event to one target.
 #[derive(Object, Debug)]
 pub struct Delivery {
@@ -364,11 +379,20 @@ pub struct Subscription {
     pub max_in_flight: Option<i32>,
     /// Most deliveries a second, across every worker; `null`: no limit.
     pub rate_limit_per_second: Option<f64>,
+    /// Its endpoint's health.
+    pub state: EndpointState,
+    /// The first failed attempt since the last success; `null` when not failing.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// When its circuit opened; `null` when closed.
+    pub circuit_opened_at: Option<DateTime<Utc>>,
 }
 
 impl From<db::SubscriptionRow> for Subscription {
     fn from(row: db::SubscriptionRow) -> Self {
         Self {
+            state: row.state().into(),
+            failing_since: row.failing_since,
+            circuit_opened_at: row.circuit_opened_at,
             id: row.id,
             url: row.url,
             events: row.event_types.0,
@@ -609,6 +633,9 @@ mod tests {
         }
         for state in state::DeadReasonKind::ALL {
             assert_eq!(written(&DeadReasonKind::from(*state)), state.as_str());
+        }
+        for state in state::EndpointState::ALL {
+            assert_eq!(written(&EndpointState::from(*state)), state.as_str());
         }
     }
 }

@@ -54,6 +54,10 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IH_WORKER_ID",
     "IH_WORKER_SHUTDOWN_GRACE_SECONDS",
     "IH_SUBSCRIPTION_MAX_IN_FLIGHT",
+    "IH_CIRCUIT_BREAKER_FAILURES",
+    "IH_CIRCUIT_BREAKER_WINDOW_SECONDS",
+    "IH_CIRCUIT_BREAKER_PROBE_SECONDS",
+    "IH_SUBSCRIPTION_DISABLE_AFTER_HOURS",
     "IH_OTLP_ENDPOINT",
     "IH_OTEL_SAMPLE_RATIO",
     "IH_API_MAX_IN_FLIGHT",
@@ -252,6 +256,17 @@ pub struct Settings {
     /// leaves a quarter of a default worker's slots to the other subscriptions, so one slow
     /// endpoint cannot hold them all.
     pub subscription_max_in_flight: u32,
+    /// `IH_CIRCUIT_BREAKER_FAILURES`: failed attempts within the window that open a
+    /// subscription's circuit.
+    pub circuit_breaker_failures: u32,
+    /// `IH_CIRCUIT_BREAKER_WINDOW_SECONDS`: the time those failures must fall within.
+    pub circuit_breaker_window_seconds: f64,
+    /// `IH_CIRCUIT_BREAKER_PROBE_SECONDS`: the wait before an open circuit's first probe; each
+    /// failed probe doubles it, up to 300 s.
+    pub circuit_breaker_probe_seconds: f64,
+    /// `IH_SUBSCRIPTION_DISABLE_AFTER_HOURS`: how long a subscription may fail without a
+    /// success before it is disabled (its pending deliveries are kept).
+    pub subscription_disable_after_hours: f64,
     /// `IH_OTLP_ENDPOINT` (or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`): OTLP/HTTP base URL;
     /// traces are exported only when set.
     #[serde(deserialize_with = "lenient_optional_string")]
@@ -318,6 +333,10 @@ impl Default for Settings {
             worker_id: None,
             worker_shutdown_grace_seconds: 25.0,
             subscription_max_in_flight: 384,
+            circuit_breaker_failures: 20,
+            circuit_breaker_window_seconds: 60.0,
+            circuit_breaker_probe_seconds: 5.0,
+            subscription_disable_after_hours: 120.0,
             otlp_endpoint: None,
             otel_sample_ratio: 1.0,
             api_max_in_flight: 256,
@@ -519,6 +538,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Most requests in flight to one subscription.
     pub subscription_max_in_flight: u32,
+    /// When a circuit opens and is probed, and when a failing subscription is disabled.
+    pub endpoint_health: EndpointHealth,
     /// The Slack connector, when configured.
     pub slack: Option<SlackConnector>,
     /// Trace export, when an endpoint is configured.
@@ -528,6 +549,24 @@ pub struct WorkerConfig {
     /// What retention keeps, and for how long.
     pub retention: Retention,
 }
+
+/// When a subscription's circuit opens, how it is probed, and when a failing subscription is
+/// disabled. A failure is an attempt that did not deliver; a success ends the run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EndpointHealth {
+    /// Failures within [`window`](Self::window) that open the circuit.
+    pub failures: u32,
+    /// The time the failures must fall within.
+    pub window: Duration,
+    /// The delay before the first probe; each failed probe doubles it, up to
+    /// [`MAX_PROBE_INTERVAL`].
+    pub first_probe: Duration,
+    /// How long a subscription may fail, without a success, before it is disabled.
+    pub disable_after: Duration,
+}
+
+/// The longest wait between two probes of an open circuit.
+pub const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// How long finished work is kept (`IH_RETENTION`, `IH_DEAD_LETTER_RETENTION`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -677,6 +716,25 @@ fn positive_seconds(problems: &mut Problems, variable: &str, value: f64) -> Dura
             "{variable}: must be a positive number of seconds, got {value}"
         ));
         Duration::from_secs(1)
+    }
+}
+
+/// `value` seconds, which must lie in `bounds`.
+fn bounded_seconds(
+    problems: &mut Problems,
+    variable: &str,
+    value: f64,
+    bounds: std::ops::RangeInclusive<f64>,
+) -> Duration {
+    if bounds.contains(&value) {
+        Duration::from_secs_f64(value)
+    } else {
+        problems.push(format!(
+            "{variable}: must be between {} and {} seconds, got {value}",
+            bounds.start(),
+            bounds.end()
+        ));
+        Duration::from_secs_f64(*bounds.start())
     }
 }
 
@@ -975,6 +1033,7 @@ impl WorkerConfig {
                 "IH_SUBSCRIPTION_MAX_IN_FLIGHT: must be between 1 and {MAX_SUBSCRIPTION_IN_FLIGHT}"
             ));
         }
+        let endpoint_health = endpoint_health(&mut problems, settings);
         let slack = settings
             .slack_bot_token
             .clone()
@@ -1023,11 +1082,46 @@ impl WorkerConfig {
             destination_policy,
             shutdown_grace,
             subscription_max_in_flight: settings.subscription_max_in_flight,
+            endpoint_health,
             slack,
             tracing,
             secrets,
             retention,
         })
+    }
+}
+
+/// The circuit breaker's and the disabling's settings, each within its bounds.
+fn endpoint_health(problems: &mut Problems, settings: &Settings) -> EndpointHealth {
+    if !(1..=1_000_000).contains(&settings.circuit_breaker_failures) {
+        problems.push("IH_CIRCUIT_BREAKER_FAILURES: must be between 1 and 1000000");
+    }
+    let window = bounded_seconds(
+        problems,
+        "IH_CIRCUIT_BREAKER_WINDOW_SECONDS",
+        settings.circuit_breaker_window_seconds,
+        1.0..=86_400.0,
+    );
+    let first_probe = bounded_seconds(
+        problems,
+        "IH_CIRCUIT_BREAKER_PROBE_SECONDS",
+        settings.circuit_breaker_probe_seconds,
+        1.0..=MAX_PROBE_INTERVAL.as_secs_f64(),
+    );
+    let hours = settings.subscription_disable_after_hours;
+    let disable_after = if (1.0..=8760.0).contains(&hours) {
+        Duration::from_secs_f64(hours * 3600.0)
+    } else {
+        problems.push(format!(
+            "IH_SUBSCRIPTION_DISABLE_AFTER_HOURS: must be between 1 and 8760 hours, got {hours}"
+        ));
+        Duration::from_secs(3600)
+    };
+    EndpointHealth {
+        failures: settings.circuit_breaker_failures,
+        window,
+        first_probe,
+        disable_after,
     }
 }
 
@@ -1201,6 +1295,69 @@ mod tests {
                 .unwrap()
                 .subscription_max_in_flight,
             1
+        );
+    }
+
+    #[test]
+    fn the_circuit_breaker_and_the_disabling_are_bounded() {
+        assert_eq!(
+            WorkerConfig::from_settings(&Settings::default())
+                .unwrap()
+                .endpoint_health,
+            EndpointHealth {
+                failures: 20,
+                window: Duration::from_secs(60),
+                first_probe: Duration::from_secs(5),
+                disable_after: Duration::from_secs(120 * 3600),
+            }
+        );
+        type Change = fn(&mut Settings);
+        let refused: [(&str, Change); 8] = [
+            ("IH_CIRCUIT_BREAKER_FAILURES", |s| {
+                s.circuit_breaker_failures = 0
+            }),
+            ("IH_CIRCUIT_BREAKER_FAILURES", |s| {
+                s.circuit_breaker_failures = 1_000_001;
+            }),
+            ("IH_CIRCUIT_BREAKER_WINDOW_SECONDS", |s| {
+                s.circuit_breaker_window_seconds = 0.5;
+            }),
+            ("IH_CIRCUIT_BREAKER_WINDOW_SECONDS", |s| {
+                s.circuit_breaker_window_seconds = f64::NAN;
+            }),
+            ("IH_CIRCUIT_BREAKER_PROBE_SECONDS", |s| {
+                s.circuit_breaker_probe_seconds = 301.0;
+            }),
+            ("IH_CIRCUIT_BREAKER_PROBE_SECONDS", |s| {
+                s.circuit_breaker_probe_seconds = 0.0;
+            }),
+            ("IH_SUBSCRIPTION_DISABLE_AFTER_HOURS", |s| {
+                s.subscription_disable_after_hours = 0.5;
+            }),
+            ("IH_SUBSCRIPTION_DISABLE_AFTER_HOURS", |s| {
+                s.subscription_disable_after_hours = f64::INFINITY;
+            }),
+        ];
+        for (variable, change) in refused {
+            let error = WorkerConfig::from_settings(&settings_with(change)).unwrap_err();
+            assert!(error.to_string().contains(variable), "{variable}: {error}");
+        }
+        let settings = settings_with(|s| {
+            s.circuit_breaker_failures = 5;
+            s.circuit_breaker_window_seconds = 30.0;
+            s.circuit_breaker_probe_seconds = 1.0;
+            s.subscription_disable_after_hours = 24.0;
+        });
+        assert_eq!(
+            WorkerConfig::from_settings(&settings)
+                .unwrap()
+                .endpoint_health,
+            EndpointHealth {
+                failures: 5,
+                window: Duration::from_secs(30),
+                first_probe: Duration::from_secs(1),
+                disable_after: Duration::from_secs(24 * 3600),
+            }
         );
     }
 

@@ -126,6 +126,33 @@ state_enum! {
 }
 
 state_enum! {
+    /// A subscription's endpoint, as the API, the console and the metrics show it.
+    pub enum EndpointState {
+        /// Its last attempt delivered (or none was made yet).
+        Healthy => "healthy",
+        /// Attempts have failed since its last success.
+        Failing => "failing",
+        /// Failures opened its circuit: its deliveries wait while one probe at a time tests
+        /// the endpoint.
+        CircuitOpen => "circuit_open",
+        /// It gets no deliveries until it is enabled again.
+        Disabled => "disabled",
+    }
+}
+
+impl EndpointState {
+    /// The state of a subscription: disabled first, then an open circuit, then failing.
+    pub fn of(enabled: bool, circuit_open: bool, failing: bool) -> Self {
+        match (enabled, circuit_open, failing) {
+            (false, _, _) => Self::Disabled,
+            (true, true, _) => Self::CircuitOpen,
+            (true, false, true) => Self::Failing,
+            (true, false, false) => Self::Healthy,
+        }
+    }
+}
+
+state_enum! {
     /// The kind of reason a delivery died for, as the API lists it.
     pub enum DeadReasonKind {
         /// The receiver answered 410 Gone; the subscription was disabled with it.

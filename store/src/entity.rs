@@ -35,6 +35,11 @@ pub mod subscriptions {
         pub deleted_at: Option<DateTimeUtc>,
         pub max_in_flight: Option<i32>,
         pub rate_limit_per_second: Option<f64>,
+        pub failing_since: Option<DateTimeUtc>,
+        pub failure_window_started_at: Option<DateTimeUtc>,
+        pub failure_window_count: i32,
+        pub circuit_opened_at: Option<DateTimeUtc>,
+        pub circuit_probes: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -64,8 +69,9 @@ pub mod routes {
 }
 
 /// `lanes`: made with its subscription. The lease's columns (when the lane is due, when it was
-/// last leased from) have defaults and are the queue's own (`crate::queue`), so only the id is
-/// described here.
+/// last leased from) have defaults and are the queue's own (`crate::queue`); only the id and
+/// the time the lane is allowed again, which enabling a subscription releases, are described
+/// here.
 pub mod lanes {
     use sea_orm::entity::prelude::*;
 
@@ -75,6 +81,7 @@ pub mod lanes {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
+        pub next_allowed_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -43,6 +43,7 @@ pub use admin::*;
 pub use error::DbError;
 pub use events::*;
 pub use queue::*;
+pub use shared::config::{EndpointHealth, MAX_PROBE_INTERVAL};
 pub use sqlite::SqliteDb;
 pub use subscriptions::*;
 

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::{Db, DbError, orm::BEGIN_PLANNED_ONCE};
 use shared::{
+    config::{EndpointHealth, MAX_PROBE_INTERVAL},
     crypto::{CryptoError, SecretCipher},
     state::{AttemptOutcome, DeadReason, DeliveryStatus, Target},
 };
@@ -39,6 +40,9 @@ pub struct LeasedDelivery {
     pub event_created_at: DateTime<Utc>,
     /// The publisher's trace context.
     pub traceparent: Option<String>,
+    /// Leased as its subscription's probe: the circuit is open, and this one request tests
+    /// whether the endpoint recovered. A failed probe gives its attempt back and retries.
+    pub probe: bool,
 }
 
 /// The lane of every Slack delivery; a webhook delivery's lane is its subscription's id.
@@ -74,6 +78,7 @@ struct LeasableLane {
     max_in_flight: i32,
     rate_limit_per_second: Option<f64>,
     may_settle: bool,
+    probing: bool,
 }
 
 /// What a lease took, and when leasing again is worth it.
@@ -139,6 +144,7 @@ pub async fn lease_deliveries(db: &Db, request: &LeaseRequest<'_>) -> Result<Lea
                 .map(|lane| lane.rate_limit_per_second)
                 .collect::<Vec<_>>(),
         )
+        .bind(lanes.iter().map(|lane| lane.probing).collect::<Vec<_>>())
         .fetch_all(&mut *transaction)
         .await?;
     let lease_again_at = match leased.first() {
@@ -177,6 +183,7 @@ pub async fn lease_deliveries(db: &Db, request: &LeaseRequest<'_>) -> Result<Lea
                 payload: event.payload.clone(),
                 event_created_at: event.created_at,
                 traceparent: event.traceparent.clone(),
+                probe: row.probe,
             })
         })
         .collect();
@@ -207,6 +214,7 @@ struct LeasedRow {
     subscription_id: Option<Uuid>,
     event_id: Uuid,
     lease_again_at: Option<DateTime<Utc>>,
+    probe: bool,
 }
 
 /// The event of a leased row.
@@ -423,6 +431,18 @@ pub struct Completion {
     pub last_error: Option<String>,
     /// The attempt, when a request (or a decision standing for one) was made.
     pub attempt: Option<AttemptRecord>,
+    /// The delivery was its subscription's probe (see [`LeasedDelivery::probe`]).
+    pub probe: bool,
+}
+
+/// The wait before the next probe after `failed_probes` failed ones (SQLite; the Postgres
+/// statement computes the same).
+pub(crate) fn probe_delay(health: &EndpointHealth, failed_probes: i64) -> Duration {
+    let doublings = u32::try_from(failed_probes.clamp(0, 30)).unwrap_or(30);
+    health
+        .first_probe
+        .saturating_mul(1_u32 << doublings)
+        .min(MAX_PROBE_INTERVAL)
 }
 
 impl Completion {
@@ -482,8 +502,9 @@ fn storable_in_place(text: Option<&mut String>) {
     }
 }
 
-/// Writes a batch of outcomes of worker `worker_id` in one statement; returns the rows whose
-/// lease still held (for the others, taken by another worker, nothing was written).
+/// Writes a batch of outcomes of worker `worker_id` in one statement, the subscriptions'
+/// health following them under `health`; returns the rows whose lease still held (for the
+/// others, taken by another worker, nothing was written).
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails; nothing was written then.
@@ -491,6 +512,7 @@ pub async fn complete_deliveries(
     db: &Db,
     worker_id: &str,
     completions: &[Completion],
+    health: &EndpointHealth,
 ) -> Result<Vec<Written>, DbError> {
     // a copy only in the rare flush that holds NUL: this is the hot path
     let scrubbed: Vec<Completion>;
@@ -502,7 +524,11 @@ pub async fn complete_deliveries(
     };
     let pool = match db {
         Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.complete_deliveries(worker_id, completions).await,
+        Db::Sqlite(sqlite) => {
+            return sqlite
+                .complete_deliveries(worker_id, completions, health)
+                .await;
+        }
     };
     let mut sorted: Vec<&Completion> = completions.iter().collect();
     sorted.sort_by_key(|completion| completion.delivery_id);
@@ -523,6 +549,7 @@ pub async fn complete_deliveries(
     let mut dead_reasons = Vec::with_capacity(len);
     let mut disables = Vec::with_capacity(len);
     let mut external_ids = Vec::with_capacity(len);
+    let mut probes = Vec::with_capacity(len);
     for completion in sorted {
         let (status, delay, outcome) = completion.next.stored();
         ids.push(completion.delivery_id);
@@ -542,6 +569,7 @@ pub async fn complete_deliveries(
         dead_reasons.push(completion.next.dead_reason());
         disables.push(completion.next.disables_subscription());
         external_ids.push(attempt.as_ref().and_then(|a| a.external_id.clone()));
+        probes.push(completion.probe);
     }
     Ok(sqlx::query_as(include_str!("sql/complete_deliveries.sql"))
         .bind(&ids)
@@ -561,6 +589,12 @@ pub async fn complete_deliveries(
         .bind(&disables)
         .bind(worker_id)
         .bind(&external_ids)
+        .bind(&probes)
+        .bind(i32::try_from(health.failures).unwrap_or(i32::MAX))
+        .bind(health.window.as_secs_f64())
+        .bind(health.first_probe.as_secs_f64())
+        .bind(MAX_PROBE_INTERVAL.as_secs_f64())
+        .bind(health.disable_after.as_secs_f64())
         .fetch_all(pool)
         .await?)
 }

@@ -23,7 +23,10 @@ use crate::{
         subscriptions::{self, Column},
     },
 };
-use shared::crypto::{CryptoError, SecretCipher};
+use shared::{
+    crypto::{CryptoError, SecretCipher},
+    state::EndpointState,
+};
 
 /// A subscription's event types, `*` for all (a JSON array in the database).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
@@ -66,10 +69,25 @@ pub struct SubscriptionRow {
     pub max_in_flight: Option<i32>,
     /// Most deliveries a second, across the fleet (none: no limit).
     pub rate_limit_per_second: Option<f64>,
+    /// The first failure since the last success (none: not failing).
+    pub failing_since: Option<DateTime<Utc>>,
+    /// When its circuit opened (none: closed).
+    pub circuit_opened_at: Option<DateTime<Utc>>,
+}
+
+impl SubscriptionRow {
+    /// Its endpoint's health.
+    pub fn state(&self) -> EndpointState {
+        EndpointState::of(
+            self.enabled,
+            self.circuit_opened_at.is_some(),
+            self.failing_since.is_some(),
+        )
+    }
 }
 
 /// The columns of a [`SubscriptionRow`]: never the secrets.
-const ROW_COLUMNS: [Column; 15] = [
+const ROW_COLUMNS: [Column; 17] = [
     Column::Id,
     Column::Url,
     Column::EventTypes,
@@ -85,6 +103,8 @@ const ROW_COLUMNS: [Column; 15] = [
     Column::UpdatedAt,
     Column::MaxInFlight,
     Column::RateLimitPerSecond,
+    Column::FailingSince,
+    Column::CircuitOpenedAt,
 ];
 
 /// Subscriptions that are not deleted, as [`SubscriptionRow`] columns.
@@ -193,6 +213,7 @@ pub async fn insert_subscription(
         .await?;
     lanes::Entity::insert(lanes::ActiveModel {
         id: Set(subscription.id),
+        next_allowed_at: NotSet,
     })
     .exec_without_returning(&transaction)
     .await?;
@@ -234,6 +255,50 @@ pub async fn list_subscriptions(
         .await?)
 }
 
+/// A count of subscriptions that are not deleted, by the parts of their state.
+#[derive(FromQueryResult)]
+struct StateCount {
+    enabled: bool,
+    circuit_open: bool,
+    failing: bool,
+    subscriptions: i64,
+}
+
+/// How many subscriptions (not deleted) are in each state, every state listed.
+///
+/// # Errors
+/// Returns [`DbError`] when the database fails.
+pub async fn count_subscriptions_by_state(db: &Db) -> Result<Vec<(EndpointState, i64)>, DbError> {
+    let circuit_open = Expr::col(Column::CircuitOpenedAt).is_not_null();
+    let failing = Expr::col(Column::FailingSince).is_not_null();
+    let counts = subscriptions::Entity::find()
+        .select_only()
+        .column(Column::Enabled)
+        .column_as(circuit_open.clone(), "circuit_open")
+        .column_as(failing.clone(), "failing")
+        .column_as(Expr::col(Column::Id).count(), "subscriptions")
+        .filter(Column::DeletedAt.is_null())
+        .group_by(Column::Enabled)
+        .group_by(circuit_open)
+        .group_by(failing)
+        .into_model::<StateCount>()
+        .all(&db.orm_reader())
+        .await?;
+    Ok(EndpointState::ALL
+        .iter()
+        .map(|state| {
+            let total = counts
+                .iter()
+                .filter(|count| {
+                    EndpointState::of(count.enabled, count.circuit_open, count.failing) == *state
+                })
+                .map(|count| count.subscriptions)
+                .sum();
+            (*state, total)
+        })
+        .collect())
+}
+
 /// A partial update; `None` keeps the stored value.
 #[derive(Clone, Debug, Default)]
 pub struct SubscriptionPatch {
@@ -255,6 +320,11 @@ pub struct SubscriptionPatch {
 
 /// The reason a subscription disabled by hand shows.
 const DISABLED_BY_OPERATOR: &str = "disabled_by_operator";
+
+/// The reason of a subscription the service disabled for failing too long; its lane is held
+/// (its pending deliveries kept) until it is enabled again. Written as a literal by the
+/// Postgres completion statement.
+pub(crate) const FAILING_TOO_LONG: &str = "endpoint_failing";
 
 /// Applies a partial update to a subscription that is not deleted.
 ///
@@ -288,11 +358,21 @@ pub async fn update_subscription(
         update = update.col_expr(Column::RateLimitPerSecond, Expr::value(rate));
     }
     match patch.enabled {
-        // re-enabling clears why it was disabled
+        // Re-enabling clears why it was disabled and its endpoint's record: the circuit closes
+        // and the deliveries held (a subscription disabled for failing too long keeps them)
+        // flow again. An operator who knows the endpoint is back may do this on an enabled
+        // subscription too.
         Some(true) => {
+            let none = Option::<DateTime<Utc>>::None;
             update = update
                 .col_expr(Column::Enabled, Expr::value(true))
-                .col_expr(Column::DisabledReason, Expr::value(Option::<String>::None));
+                .col_expr(Column::DisabledReason, Expr::value(Option::<String>::None))
+                .col_expr(Column::FailingSince, Expr::value(none))
+                .col_expr(Column::FailureWindowStartedAt, Expr::value(none))
+                .col_expr(Column::FailureWindowCount, Expr::value(0))
+                .col_expr(Column::CircuitOpenedAt, Expr::value(none))
+                .col_expr(Column::CircuitProbes, Expr::value(0))
+                .col_expr(Column::ConsecutiveFailures, Expr::value(0));
         }
         // disabling keeps a reason the service gave (`endpoint_gone`, …)
         Some(false) => {
@@ -320,8 +400,28 @@ pub async fn update_subscription(
         let routed: &[String] = if row.enabled { &row.event_types.0 } else { &[] };
         route(&transaction, id, routed).await?;
     }
+    let enabled = patch.enabled == Some(true);
+    if enabled {
+        release_lane(db, &transaction, id).await?;
+    }
     transaction.commit().await?;
+    if enabled {
+        // the lane's held rows are due: workers asleep until their next poll come now
+        crate::notify_workers(db).await?;
+    }
     Ok(row)
+}
+
+/// Lets the lease take from the lane of subscription `id` again from now: a hold (an open
+/// circuit's wait for its probe, or a subscription disabled for failing too long) ends.
+async fn release_lane(db: &Db, connection: &impl ConnectionTrait, id: Uuid) -> Result<(), DbError> {
+    lanes::Entity::update_many()
+        .col_expr(lanes::Column::NextAllowedAt, db.now())
+        .filter(lanes::Column::Id.eq(id))
+        .filter(Expr::col(lanes::Column::NextAllowedAt).gt(db.now()))
+        .exec(connection)
+        .await?;
+    Ok(())
 }
 
 /// Soft-deletes a subscription; returns whether it existed. Queued deliveries of a deleted
@@ -343,6 +443,8 @@ pub async fn delete_subscription(db: &Db, id: Uuid) -> Result<bool, DbError> {
         return Ok(false);
     }
     route(&transaction, id, &[]).await?;
+    // its queued deliveries are cancelled as they are leased, held ones too
+    release_lane(db, &transaction, id).await?;
     transaction.commit().await?;
     Ok(true)
 }

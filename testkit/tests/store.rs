@@ -28,6 +28,14 @@ use store::{
 use testkit::db::{Backend, TestDb};
 use uuid::Uuid;
 
+/// The service's defaults: no test here fails enough to open a circuit unless it says so.
+const HEALTH: db::EndpointHealth = db::EndpointHealth {
+    failures: 20,
+    window: Duration::from_secs(60),
+    first_probe: Duration::from_secs(5),
+    disable_after: Duration::from_secs(120 * 3600),
+};
+
 /// Declares each test once per backend.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
@@ -68,6 +76,8 @@ contract!(
     a_key_whose_event_is_gone_is_free_again,
     a_short_retention_removes_short_spans,
     the_history_migration_keeps_every_row_and_resends_nothing,
+    a_failing_endpoint_opens_its_circuit_probes_and_closes,
+    a_subscription_failing_too_long_is_disabled_and_keeps_its_deliveries,
 );
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -175,6 +185,7 @@ async fn lease_for(db: &Db, next: impl Fn(&str) -> NextState) -> Vec<Completion>
                 last_error: failed.then(|| "HTTP 500\0!".to_owned()),
                 attempt: Some(attempt(row.attempts, Some(if failed { 500 } else { 200 }))),
                 next,
+                probe: row.probe,
             }
         })
         .collect()
@@ -183,7 +194,7 @@ async fn lease_for(db: &Db, next: impl Fn(&str) -> NextState) -> Vec<Completion>
 /// Leases everything due and completes it; returns how many completions were written.
 async fn lease_and_complete(db: &Db, next: impl Fn(&str) -> NextState) -> usize {
     let completions = lease_for(db, next).await;
-    db::complete_deliveries(db, "w1", &completions)
+    db::complete_deliveries(db, "w1", &completions, &HEALTH)
         .await
         .unwrap()
         .len()
@@ -699,7 +710,7 @@ async fn completions_write_states_attempts_and_dead_letters(test: TestDb) {
         lease_token: Uuid::now_v7(),
         ..ok.clone()
     };
-    let written = db::complete_deliveries(db, "w1", &completions)
+    let written = db::complete_deliveries(db, "w1", &completions, &HEALTH)
         .await
         .unwrap();
     assert_eq!(written.len(), 4);
@@ -707,7 +718,7 @@ async fn completions_write_states_attempts_and_dead_letters(test: TestDb) {
     assert!(delivered.lag_seconds.unwrap() >= 0.0);
     assert!(written.iter().filter(|w| w.lag_seconds.is_some()).count() == 1);
     assert!(
-        db::complete_deliveries(db, "w1", &[stale])
+        db::complete_deliveries(db, "w1", &[stale], &HEALTH)
             .await
             .unwrap()
             .is_empty(),
@@ -1757,4 +1768,236 @@ async fn the_history_migration_keeps_every_row_and_resends_nothing(test: TestDb)
             .id,
         subscription
     );
+}
+
+/// Completes `rows` as failed attempts (HTTP 500), under `health`, as the worker does: a
+/// probe retries at once, the others after a second.
+async fn fail(db: &Db, rows: &[db::LeasedDelivery], health: &db::EndpointHealth) {
+    let completions: Vec<Completion> = rows
+        .iter()
+        .map(|row| Completion {
+            delivery_id: row.id,
+            lease_token: row.lease_token,
+            next: NextState::Retry(if row.probe {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            }),
+            last_error: Some("http_500".to_owned()),
+            attempt: Some(attempt(row.attempts, Some(500))),
+            probe: row.probe,
+        })
+        .collect();
+    let written = db::complete_deliveries(db, "w1", &completions, health)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), rows.len());
+}
+
+async fn state_of(db: &Db, id: Uuid) -> db::SubscriptionRow {
+    db::get_subscription(db, id).await.unwrap().unwrap()
+}
+
+/// Leases until a row comes (or `deadline` passes).
+async fn lease_when_allowed(db: &Db, deadline: Duration) -> Vec<db::LeasedDelivery> {
+    let start = std::time::Instant::now();
+    loop {
+        let rows = lease(db, 100, "w1", Duration::from_secs(30)).await.unwrap();
+        if !rows.is_empty() || start.elapsed() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_failing_endpoint_opens_its_circuit_probes_and_closes(test: TestDb) {
+    use shared::state::EndpointState;
+    let db = &test.pool;
+    let health = db::EndpointHealth {
+        failures: 3,
+        window: Duration::from_secs(60),
+        first_probe: Duration::from_secs(1),
+        disable_after: Duration::from_secs(120 * 3600),
+    };
+    let id = subscribe(db, &["*"]).await;
+    let events: Vec<NewEvent> = (0..10)
+        .map(|n| event("orders", None, &n.to_string()))
+        .collect();
+    publish(db, &events).await;
+    assert_eq!(state_of(db, id).await.state(), EndpointState::Healthy);
+
+    let first = lease(db, 2, "w1", Duration::from_secs(30)).await.unwrap();
+    fail(db, &first, &health).await;
+    let failing = state_of(db, id).await;
+    assert_eq!(failing.state(), EndpointState::Failing);
+    assert!(failing.failing_since.is_some());
+    assert!(failing.circuit_opened_at.is_none(), "two failures of three");
+
+    let third = lease(db, 1, "w1", Duration::from_secs(30)).await.unwrap();
+    assert!(!third[0].probe, "a closed circuit leases no probes");
+    fail(db, &third, &health).await;
+    let open = state_of(db, id).await;
+    assert_eq!(open.state(), EndpointState::CircuitOpen);
+    assert!(open.circuit_opened_at.is_some());
+    assert!(
+        lease(db, 100, "w1", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "an open circuit holds its due rows"
+    );
+    let counts = db::count_subscriptions_by_state(db).await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            (EndpointState::Healthy, 0),
+            (EndpointState::Failing, 0),
+            (EndpointState::CircuitOpen, 1),
+            (EndpointState::Disabled, 0),
+        ]
+    );
+
+    let probe = lease_when_allowed(db, Duration::from_secs(10)).await;
+    assert_eq!(probe.len(), 1, "one probe");
+    assert!(probe[0].probe);
+    assert!(
+        lease(db, 100, "w1", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "one probe at a time"
+    );
+    let attempts_before = probe[0].attempts - 1;
+    fail(db, &probe, &health).await;
+    let still = state_of(db, id).await;
+    assert_eq!(still.state(), EndpointState::CircuitOpen);
+    assert_eq!(still.circuit_opened_at, open.circuit_opened_at);
+    let probed = db::list_deliveries(
+        db,
+        &DeliveryFilter {
+            status: None,
+            subscription_id: Some(id),
+            event_id: Some(probe[0].event_id),
+        },
+        page(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        probed[0].attempts, attempts_before,
+        "a failed probe gives its attempt back"
+    );
+    assert_eq!(probed[0].status, DeliveryStatus::Pending);
+    assert!(
+        lease(db, 100, "w1", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "held again after the failed probe"
+    );
+
+    // the second probe waits twice as long, and its success closes the circuit
+    let probe_started = std::time::Instant::now();
+    let second = lease_when_allowed(db, Duration::from_secs(10)).await;
+    assert_eq!(second.len(), 1);
+    assert!(second[0].probe);
+    assert!(
+        probe_started.elapsed() >= Duration::from_millis(1500),
+        "the second probe came {:?} after the first failed",
+        probe_started.elapsed()
+    );
+    let delivered: Vec<Completion> = second
+        .iter()
+        .map(|row| Completion {
+            delivery_id: row.id,
+            lease_token: row.lease_token,
+            next: NextState::Delivered,
+            last_error: None,
+            attempt: Some(attempt(row.attempts, Some(200))),
+            probe: row.probe,
+        })
+        .collect();
+    db::complete_deliveries(db, "w1", &delivered, &health)
+        .await
+        .unwrap();
+    let closed = state_of(db, id).await;
+    assert_eq!(closed.state(), EndpointState::Healthy);
+    assert!(closed.failing_since.is_none() && closed.circuit_opened_at.is_none());
+    let rest = lease(db, 100, "w1", Duration::from_secs(30)).await.unwrap();
+    // the nine not delivered, the failed ones among them due again by now
+    assert_eq!(rest.len(), 9, "the backlog flows again, none of it a probe");
+    assert!(rest.iter().all(|row| !row.probe));
+}
+
+async fn a_subscription_failing_too_long_is_disabled_and_keeps_its_deliveries(test: TestDb) {
+    use shared::state::EndpointState;
+    let db = &test.pool;
+    let health = db::EndpointHealth {
+        failures: 1_000,
+        window: Duration::from_secs(60),
+        first_probe: Duration::from_secs(5),
+        disable_after: Duration::from_millis(1),
+    };
+    let id = subscribe(db, &["*"]).await;
+    let events: Vec<NewEvent> = (0..5)
+        .map(|n| event("orders", None, &n.to_string()))
+        .collect();
+    publish(db, &events).await;
+    let first = lease(db, 1, "w1", Duration::from_secs(30)).await.unwrap();
+    fail(db, &first, &health).await;
+    assert_eq!(state_of(db, id).await.state(), EndpointState::Failing);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = lease(db, 1, "w1", Duration::from_secs(30)).await.unwrap();
+    fail(db, &second, &health).await;
+    let disabled = state_of(db, id).await;
+    assert_eq!(disabled.state(), EndpointState::Disabled);
+    assert_eq!(
+        disabled.disabled_reason.as_deref(),
+        Some("endpoint_failing")
+    );
+    let disabled_count = db::count_subscriptions_by_state(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(state, _)| *state == EndpointState::Disabled);
+    assert_eq!(disabled_count, Some((EndpointState::Disabled, 1)));
+
+    // its deliveries stay pending, held, also once their retries are due; no new ones come
+    publish(db, &[event("orders", None, "late")]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        lease(db, 100, "w1", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let pending = DeliveryFilter {
+        status: Some(DeliveryStatus::Pending),
+        subscription_id: Some(id),
+        event_id: None,
+    };
+    assert_eq!(
+        db::list_deliveries(db, &pending, page(100))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // enabled again, it is healthy and everything it kept flows
+    let enabled = db::update_subscription(
+        db,
+        id,
+        &SubscriptionPatch {
+            enabled: Some(true),
+            ..SubscriptionPatch::default()
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(enabled.state(), EndpointState::Healthy);
+    assert!(enabled.failing_since.is_none() && enabled.disabled_reason.is_none());
+    let flowing = lease(db, 100, "w1", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(flowing.len(), 5);
 }

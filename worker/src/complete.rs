@@ -19,7 +19,7 @@ use shared::{
     // what an attempt whose record the database refused is stored as
     state::{DeadReason, OUTCOME_UNSTORABLE as UNSTORABLE, Target},
 };
-use store::{self as db, AttemptRecord, Completion, Db, NextState};
+use store::{self as db, AttemptRecord, Completion, Db, EndpointHealth, NextState};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
@@ -52,6 +52,8 @@ pub struct Flushing {
     pub retry: RetryPolicy,
     /// Notified after each flush (the lease loop leases again: limits have room).
     pub flushed: Arc<Notify>,
+    /// How the outcomes move the subscriptions' circuits.
+    pub health: EndpointHealth,
 }
 
 /// Runs until every sender is dropped and the buffer is flushed.
@@ -66,6 +68,7 @@ pub async fn run(
         lease,
         retry,
         flushed,
+        health,
     } = flushing;
     let mut buffer: Vec<Finished> = Vec::with_capacity(FLUSH_SIZE);
     while let Some(first) = outcomes.recv().await {
@@ -81,7 +84,7 @@ pub async fn run(
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        flush(&pool, &worker_id, &mut buffer, lease, &retry).await;
+        flush(&pool, &worker_id, &mut buffer, lease, &retry, &health).await;
         flushed.notify_one();
     }
 }
@@ -104,7 +107,7 @@ fn unstorable(completion: &Completion, retry: &RetryPolicy) -> Completion {
         };
     };
     let number = u32::try_from(attempt.attempt_number).unwrap_or(u32::MAX);
-    let next = after_failure(retry, number, UNSTORABLE.to_owned(), None);
+    let next = after_failure(retry, completion.probe, number, UNSTORABLE.to_owned(), None);
     Completion {
         next,
         last_error: Some(UNSTORABLE.to_owned()),
@@ -136,6 +139,7 @@ async fn flush(
     buffer: &mut Vec<Finished>,
     lease: Duration,
     retry: &RetryPolicy,
+    health: &EndpointHealth,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
@@ -143,7 +147,7 @@ async fn flush(
         if buffer.is_empty() {
             return;
         }
-        match write(pool, worker_id, buffer).await {
+        match write(pool, worker_id, buffer, health).await {
             Ok(()) => {
                 buffer.clear();
                 return;
@@ -177,7 +181,7 @@ async fn flush(
                 tracing::warn!(error.message = %error, count = buffer.len(), "the database refused a completion flush; writing its outcomes one by one");
                 for finished in std::mem::take(buffer) {
                     let mut alone = vec![finished];
-                    Box::pin(flush(pool, worker_id, &mut alone, lease, retry)).await;
+                    Box::pin(flush(pool, worker_id, &mut alone, lease, retry, health)).await;
                 }
                 return;
             }
@@ -185,7 +189,12 @@ async fn flush(
     }
 }
 
-async fn write(pool: &Db, worker_id: &str, buffer: &[Finished]) -> Result<(), db::DbError> {
+async fn write(
+    pool: &Db,
+    worker_id: &str,
+    buffer: &[Finished],
+    health: &EndpointHealth,
+) -> Result<(), db::DbError> {
     let mut completions: Vec<Completion> = Vec::new();
     let mut releases: Vec<(Uuid, Uuid, Duration)> = Vec::new();
     let mut targets: std::collections::HashMap<Uuid, (Target, Option<Uuid>)> =
@@ -207,7 +216,7 @@ async fn write(pool: &Db, worker_id: &str, buffer: &[Finished]) -> Result<(), db
         }
     }
     if !completions.is_empty() {
-        let written = db::complete_deliveries(pool, worker_id, &completions).await?;
+        let written = db::complete_deliveries(pool, worker_id, &completions, health).await?;
         let lags: std::collections::HashMap<Uuid, Option<f64>> = written
             .into_iter()
             .map(|row| (row.id, row.lag_seconds))

@@ -38,13 +38,15 @@ impl DeliveryContext {
         parsed
     }
 
-    /// [`after_failure`](crate::outcome::after_failure) under this worker's retry policy.
+    /// [`after_failure`](crate::outcome::after_failure) of `delivery`'s attempt under this
+    /// worker's retry policy.
     pub fn after_failure(
         &self,
-        attempt: u32,
+        delivery: &LeasedDelivery,
         failure: String,
         retry_after: Option<Duration>,
     ) -> NextState {
-        crate::outcome::after_failure(&self.retry, attempt, failure, retry_after)
+        let attempt = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
+        crate::outcome::after_failure(&self.retry, delivery.probe, attempt, failure, retry_after)
     }
 }

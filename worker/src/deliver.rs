@@ -183,7 +183,6 @@ pub fn outcome_of(
     started_at: chrono::DateTime<Utc>,
     elapsed: Duration,
 ) -> Outcome {
-    let attempt = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
     let (verdict, response_status, response_body, error) = match result {
         SendResult::Answered {
             status,
@@ -229,7 +228,7 @@ pub fn outcome_of(
         Verdict::Retry {
             reason,
             retry_after,
-        } => context.after_failure(attempt, failure_class(&reason), retry_after),
+        } => context.after_failure(delivery, failure_class(&reason), retry_after),
     };
     Outcome::attempted(delivery, next, error, record)
 }
@@ -280,6 +279,7 @@ mod tests {
             payload: "{}".to_owned(),
             event_created_at: Utc::now(),
             traceparent: None,
+            probe: false,
         }
     }
 
@@ -351,6 +351,35 @@ mod tests {
                 }
             ),
             NextState::Dead(DeadReason::MaxAttemptsExceeded("connection_error".into()))
+        );
+    }
+
+    #[test]
+    fn a_failed_probe_retries_at_once_even_on_its_last_attempt() {
+        let context = context(5);
+        let probe = LeasedDelivery {
+            probe: true,
+            ..delivery(5)
+        };
+        let run = |result| {
+            next(outcome_of(
+                &context,
+                &probe,
+                result,
+                Utc::now(),
+                Duration::ZERO,
+            ))
+        };
+        assert_eq!(run(answered(500, None)), NextState::Retry(Duration::ZERO));
+        assert_eq!(
+            run(answered(429, Some("120"))),
+            NextState::Retry(Duration::ZERO)
+        );
+        assert_eq!(run(answered(204, None)), NextState::Delivered);
+        // the endpoint says it is gone: that still ends the subscription
+        assert_eq!(
+            run(answered(410, None)),
+            NextState::Dead(DeadReason::EndpointGone)
         );
     }
 

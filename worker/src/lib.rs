@@ -140,6 +140,7 @@ pub async fn run(
             lease: config.lease,
             retry: context.retry,
             flushed: flushed.clone(),
+            health: config.endpoint_health,
         },
     ));
 
@@ -337,6 +338,7 @@ fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
                     metrics::gauge!("ih_queue_depth").set(sample.depth.unwrap_or_default() as f64);
                     metrics::gauge!("ih_queue_oldest_due_age_seconds")
                         .set(sample.oldest_due_age_seconds.unwrap_or_default().max(0.0));
+                    sample_subscriptions(&pool).await;
                 }
                 Ok(_) => {}
                 Err(error) => tracing::debug!(error.message = %error, "queue sample failed"),
@@ -347,6 +349,19 @@ fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
             }
         }
     });
+}
+
+/// Sets `ih_subscriptions{state}`: how many subscriptions are healthy, failing, with an open
+/// circuit, or disabled (by the worker that samples the queue, so one series per state).
+async fn sample_subscriptions(pool: &Db) {
+    match db::count_subscriptions_by_state(pool).await {
+        Ok(counts) => {
+            for (state, count) in counts {
+                metrics::gauge!("ih_subscriptions", "state" => state.as_str()).set(count as f64);
+            }
+        }
+        Err(error) => tracing::debug!(error.message = %error, "subscription sample failed"),
+    }
 }
 
 /// Registers the counters at zero, so dashboards and alerts see them before the first event.

@@ -7,16 +7,20 @@ use shared::{retry::RetryPolicy, state::DeadReason};
 use store::{AttemptRecord, Completion, LeasedDelivery, NextState};
 use uuid::Uuid;
 
-/// The next state after failed attempt `attempt`: dead after the last attempt, with the
-/// failure's class (`http_500`, `timeout`, …) as the reason's detail; else a retry after
-/// `retry_after` or the jittered backoff.
+/// The next state after failed attempt `attempt`: a probe of an open circuit retries at once,
+/// whatever its attempts (it gives its attempt back; its lane waits for the next probe);
+/// otherwise dead after the last attempt, with the failure's class (`http_500`, `timeout`, …)
+/// as the reason's detail, else a retry after `retry_after` or the jittered backoff.
 pub fn after_failure(
     retry: &RetryPolicy,
+    probe: bool,
     attempt: u32,
     failure: String,
     retry_after: Option<Duration>,
 ) -> NextState {
-    if retry.is_last(attempt) {
+    if probe {
+        NextState::Retry(Duration::ZERO)
+    } else if retry.is_last(attempt) {
         NextState::Dead(DeadReason::MaxAttemptsExceeded(failure))
     } else {
         NextState::Retry(retry_after.unwrap_or_else(|| retry.next_delay(attempt)))
@@ -62,6 +66,7 @@ impl Outcome {
             last_error: Some(reason.to_string()),
             next: NextState::Dead(reason),
             attempt,
+            probe: delivery.probe,
         })
     }
 
@@ -73,6 +78,7 @@ impl Outcome {
             next: NextState::Cancelled,
             last_error: Some("subscription_deleted".to_owned()),
             attempt: None,
+            probe: delivery.probe,
         })
     }
 
@@ -89,6 +95,7 @@ impl Outcome {
             next,
             last_error: error,
             attempt: Some(attempt),
+            probe: delivery.probe,
         })
     }
 }

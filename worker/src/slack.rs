@@ -74,7 +74,6 @@ pub async fn deliver_slack(
     let elapsed = clock.elapsed();
     metrics::histogram!("ih_delivery_attempt_duration_seconds").record(elapsed.as_secs_f64());
 
-    let attempt_number = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
     let (verdict, status, body) = match result {
         SendResult::Answered {
             status,
@@ -119,11 +118,11 @@ pub async fn deliver_slack(
         }
         SlackVerdict::RateLimited(retry_after) => retry_or_die(
             context,
-            attempt_number,
+            delivery,
             "slack_ratelimited".to_owned(),
             retry_after,
         ),
-        SlackVerdict::Transient(error) => retry_or_die(context, attempt_number, error, None),
+        SlackVerdict::Transient(error) => retry_or_die(context, delivery, error, None),
         SlackVerdict::Unconfirmed(error) => (
             NextState::Dead(DeadReason::SlackUnconfirmed(error.clone())),
             Some(error),
@@ -145,10 +144,10 @@ pub async fn deliver_slack(
 
 fn retry_or_die(
     context: &DeliveryContext,
-    attempt: u32,
+    delivery: &LeasedDelivery,
     error: String,
     retry_after: Option<Duration>,
 ) -> (NextState, Option<String>) {
-    let next = context.after_failure(attempt, error.clone(), retry_after);
+    let next = context.after_failure(delivery, error.clone(), retry_after);
     (next, Some(error))
 }

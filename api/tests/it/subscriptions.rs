@@ -436,3 +436,53 @@ async fn with_encryption_keys_the_table_holds_only_sealed_secrets() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert!(refused.to_string().contains("enc."), "{refused}");
 }
+
+#[tokio::test]
+async fn a_subscriptions_endpoint_state_is_shown_and_enabling_it_closes_the_circuit() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .create_subscription("https://example.com/hook", &["a"])
+        .await;
+    assert_eq!(created["state"], "healthy");
+    assert_eq!(created["failing_since"], Value::Null);
+    assert_eq!(created["circuit_opened_at"], Value::Null);
+    let id = uuid(&created["id"]);
+    let path = format!("/api/v1/subscriptions/{id}");
+
+    // as the worker leaves it after a run of failures
+    app.db
+        .execute_bound(
+            "update subscriptions set failing_since = now() - interval '1 minute', \
+             circuit_opened_at = now(), consecutive_failures = 20 where id = $1",
+            id,
+        )
+        .await;
+    let (_, open) = app.admin(Method::GET, &path, None).await;
+    assert_eq!(open["state"], "circuit_open", "{open}");
+    assert!(open["failing_since"].is_string() && open["circuit_opened_at"].is_string());
+    let (_, listed) = app.admin(Method::GET, "/api/v1/subscriptions", None).await;
+    assert_eq!(listed["data"][0]["state"], "circuit_open");
+
+    // an operator who knows the endpoint is back enables it: the circuit closes
+    let (status, enabled) = app
+        .admin(Method::PATCH, &path, Some(json!({"enabled": true})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{enabled}");
+    assert_eq!(enabled["state"], "healthy");
+    assert_eq!(enabled["circuit_opened_at"], Value::Null);
+    assert_eq!(enabled["consecutive_failures"], 0);
+
+    let (_, disabled) = app
+        .admin(Method::PATCH, &path, Some(json!({"enabled": false})))
+        .await;
+    assert_eq!(disabled["state"], "disabled");
+    app.db
+        .execute_bound(
+            "update subscriptions set enabled = true, disabled_reason = null, \
+             failing_since = now() where id = $1",
+            id,
+        )
+        .await;
+    let (_, failing) = app.admin(Method::GET, &path, None).await;
+    assert_eq!(failing["state"], "failing");
+}

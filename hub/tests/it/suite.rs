@@ -350,7 +350,7 @@ async fn both_backends_get_the_same_schema() {
         .await;
     postgres_columns.sort();
     sqlite_columns.sort();
-    assert_eq!(postgres_columns.len(), 94);
+    assert_eq!(postgres_columns.len(), 99);
     assert_eq!(postgres_columns, sqlite_columns);
 
     // named indexes; the primary and unique keys are constraints on both

@@ -3,6 +3,11 @@ drop index deliveries_pending_idx;
 create index deliveries_due_idx on deliveries (next_attempt_at, id)
   where status in ('pending', 'leased');
 alter table deliveries drop column lane;
+alter table subscriptions drop column circuit_probes;
+alter table subscriptions drop column circuit_opened_at;
+alter table subscriptions drop column failure_window_count;
+alter table subscriptions drop column failure_window_started_at;
+alter table subscriptions drop column failing_since;
 alter table subscriptions drop column rate_limit_per_second;
 alter table subscriptions drop column max_in_flight;
 drop table lanes;

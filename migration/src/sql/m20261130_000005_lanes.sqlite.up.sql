@@ -18,6 +18,12 @@ insert into lanes (id) select id from subscriptions;
 
 alter table subscriptions add column max_in_flight integer;
 alter table subscriptions add column rate_limit_per_second real;
+-- endpoint health, as on Postgres
+alter table subscriptions add column failing_since text;
+alter table subscriptions add column failure_window_started_at text;
+alter table subscriptions add column failure_window_count integer not null default 0;
+alter table subscriptions add column circuit_opened_at text;
+alter table subscriptions add column circuit_probes integer not null default 0;
 
 alter table deliveries add column lane blob not null default x'00000000000000000000000000000000';
 update deliveries set lane = subscription_id where subscription_id is not null;

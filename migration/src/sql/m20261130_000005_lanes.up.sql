@@ -28,6 +28,18 @@ insert into lanes (id) select id from subscriptions;
 alter table subscriptions add column max_in_flight integer;
 alter table subscriptions add column rate_limit_per_second double precision;
 
+-- Endpoint health. failing_since: the first failure since the last success (null: healthy).
+-- The failures of the current window (failure_window_*) open the circuit when they reach the
+-- configured count within the configured time; circuit_opened_at says it is open, and
+-- circuit_probes how many probes failed since, which sets the next probe's delay. While open,
+-- the lane's next_allowed_at holds the next probe's time; a subscription disabled for failing
+-- too long has its lane held at 'infinity' until it is enabled again.
+alter table subscriptions add column failing_since timestamptz;
+alter table subscriptions add column failure_window_started_at timestamptz;
+alter table subscriptions add column failure_window_count integer not null default 0;
+alter table subscriptions add column circuit_opened_at timestamptz;
+alter table subscriptions add column circuit_probes integer not null default 0;
+
 alter table deliveries add column lane uuid not null default '00000000-0000-0000-0000-000000000000';
 alter table deliveries alter column lane drop default;
 update deliveries set lane = subscription_id where subscription_id is not null;
@@ -77,6 +89,24 @@ begin
         group by t.lane) w
   where l.id = w.lane
     and (l.next_due_at is null or l.next_due_at > w.due);
+end
+$$;
+
+-- Holds or releases lanes: each lane given gets its next_allowed_at (a null leaves it). Called
+-- by the completion statement in the same select as ih_wake_lanes, so the two writes to a lane
+-- are two statements, one after the other, never two updates of one row in one statement.
+create function ih_gate_lanes(gated uuid[], until timestamptz[]) returns void
+language plpgsql volatile
+as $$
+begin
+  if coalesce(cardinality(gated), 0) = 0 then
+    return;
+  end if;
+  update lanes l
+  set next_allowed_at = g.until
+  from unnest(gated, until) as g(lane, until)
+  where l.id = g.lane
+    and g.until is not null;
 end
 $$;
 

@@ -15,13 +15,15 @@
 -- leased moves 1/r on; the lane is not leased from while the clock is ahead of now (see
 -- lease_lanes.sql). A lease may take what brings the clock to 100 ms past now, from a clock no
 -- more than 100 ms behind: a lease that comes late catches up once, so the rate holds over
--- time, and never more than 200 ms of the rate goes at once. The statement answers, with each
--- row, the earliest time one of its lanes is due or allowed again after now: when to lease
--- next.
+-- time, and never more than 200 ms of the rate goes at once. A probing lane ($9: its circuit is
+-- open) that gave its probe is held for the lease's length; the probe's outcome sets the next
+-- time (see complete_deliveries.sql). The statement answers, with each row, whether it is a
+-- probe and the earliest time one of its lanes is due or allowed again after now: when to
+-- lease next.
 with lane as (
   select *
-  from unnest($1::uuid[], $2::integer[], $3::boolean[], $8::float8[])
-    with ordinality as t(id, max_in_flight, may_settle, rate, position)
+  from unnest($1::uuid[], $2::integer[], $3::boolean[], $8::float8[], $9::boolean[])
+    with ordinality as t(id, max_in_flight, may_settle, rate, probing, position)
 ),
 clock as (
   select lane.*,
@@ -31,7 +33,7 @@ clock as (
   from lane
 ),
 room as materialized (
-  select lane.id, lane.may_settle, lane.position, lane.rate, lane.start,
+  select lane.id, lane.may_settle, lane.position, lane.rate, lane.start, lane.probing,
          greatest(least(
            lane.max_in_flight
              - (select count(*) from deliveries d
@@ -67,7 +69,7 @@ leased as (
   -- by key: a join to the CTE is planned from the table's statistics, and a queue table's
   -- swing so much that Postgres once joined by reading the whole table (600 ms a lease)
   where d.id = any(array(select id from picked))
-  returning d.id, d.lease_token, d.attempts, d.target, d.subscription_id, d.event_id
+  returning d.id, d.lease_token, d.attempts, d.target, d.subscription_id, d.event_id, d.lane
 ),
 settled as (
   update lanes l
@@ -81,7 +83,9 @@ settled as (
       empty_since = case when rest.next_due_at <= now() or room.may_settle then null
                          when took.taken > 0 then now()
                          else coalesce(l.empty_since, now()) end,
-      next_allowed_at = case when room.rate is null then l.next_allowed_at
+      next_allowed_at = case when room.probing and took.taken > 0
+                             then now() + make_interval(secs => $7)
+                             when room.rate is null then l.next_allowed_at
                              else room.start + make_interval(secs => took.taken / room.rate) end
   from room
   -- the rows this lease took from the lane
@@ -104,7 +108,8 @@ settled as (
   returning l.next_due_at, l.next_allowed_at
 )
 select id, lease_token, attempts, target, subscription_id, event_id,
+       coalesce((select room.probing from room where room.id = leased.lane), false) as probe,
        (select min(later) from settled,
                lateral (values (settled.next_due_at), (settled.next_allowed_at)) as t(later)
-        where later > now()) as lease_again_at
+        where later > now() and later < 'infinity') as lease_again_at
 from leased

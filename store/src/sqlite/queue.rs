@@ -7,10 +7,11 @@ use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, plus, time};
 use crate::{
-    Completion, DbError, DeliverySubscription, LANES_PER_LEASE, LeaseRequest, Leased,
-    LeasedDelivery, QueueSample, Written,
-    queue::{StoredDeliverySubscription, lane_of, lane_quota},
+    Completion, DbError, DeliverySubscription, EndpointHealth, LANES_PER_LEASE, LeaseRequest,
+    Leased, LeasedDelivery, QueueSample, Written,
+    queue::{StoredDeliverySubscription, lane_of, lane_quota, probe_delay},
     stored_time::shift,
+    subscriptions::FAILING_TOO_LONG,
 };
 use shared::{
     crypto::SecretCipher,
@@ -25,7 +26,13 @@ struct LaneToLease {
     rate_limit_per_second: Option<f64>,
     /// Seconds the rate limit's clock is behind now.
     clock_behind: f64,
+    /// The subscription's circuit is open: this lane gives one probe at a time.
+    probing: bool,
 }
+
+/// A lane held until its subscription is enabled again: the last stored time, which no clock
+/// reaches ('infinity' on Postgres).
+pub(crate) const HELD: &str = "9999-12-31T23:59:59.999Z";
 
 /// How far behind now a rate limit's clock may start a lease (see lease_deliveries.sql).
 const RATE_CATCH_UP: f64 = 0.1;
@@ -45,6 +52,16 @@ struct SubscriptionChange {
     succeeded: bool,
     failures: i64,
     disable: bool,
+    probe_failed: bool,
+}
+
+/// A subscription's health after a flush.
+#[derive(sqlx::FromRow)]
+struct HealthAfter {
+    enabled: bool,
+    disabled_reason: Option<String>,
+    circuit_open: bool,
+    circuit_probes: i64,
 }
 
 impl SqliteDb {
@@ -62,9 +79,12 @@ impl SqliteDb {
         let token = Uuid::new_v4();
         let mut transaction = self.write().await?;
         let lanes: Vec<LaneToLease> = sqlx::query_as(concat!(
-            "select l.id, coalesce(s.max_in_flight, ?2) as max_in_flight,
+            "select l.id,
+                    case when s.circuit_opened_at is not null then 1
+                         else coalesce(s.max_in_flight, ?2) end as max_in_flight,
                     s.rate_limit_per_second,
-                    (julianday('now') - julianday(l.next_allowed_at)) * 86400.0 as clock_behind
+                    (julianday('now') - julianday(l.next_allowed_at)) * 86400.0 as clock_behind,
+                    coalesce(s.circuit_opened_at is not null, 0) as probing
              from lanes l
              left join subscriptions s on s.id = l.id
              where l.next_due_at <= ",
@@ -125,6 +145,7 @@ impl SqliteDb {
                                                          where lane = ?5
                                                            and status = 'leased'))))
                  returning id, lease_token, attempts, target, subscription_id, event_id,
+                           ?7 as probe,
                            (select event_type from outbox_events e
                              where e.id = deliveries.event_id) as event_type,
                            (select payload from outbox_events e
@@ -140,9 +161,13 @@ impl SqliteDb {
             .bind(plus(request.lease))
             .bind(lane.id)
             .bind(lane.max_in_flight)
+            .bind(lane.probing)
             .fetch_all(&mut *transaction)
             .await?;
-            if let Some((rate, start_behind)) = clock {
+            if lane.probing && !rows.is_empty() {
+                // held while the probe is out; its outcome sets the next time
+                clocks.insert(lane.id, plus(request.lease));
+            } else if let Some((rate, start_behind)) = clock {
                 let moved = rows.len() as f64 / rate - start_behind;
                 clocks.insert(lane.id, shift(moved));
             }
@@ -195,9 +220,10 @@ impl SqliteDb {
                    select next_allowed_at from lanes
                    where id in (select unhex(value) from json_each(?1)) and next_allowed_at > ",
                 now!(),
-                ")"
+                " and next_allowed_at < ?2)"
             ))
             .bind(json!(touched).to_string())
+            .bind(HELD)
             .fetch_one(&mut *transaction)
             .await?
         };
@@ -258,6 +284,7 @@ impl SqliteDb {
         &self,
         worker_id: &str,
         completions: &[Completion],
+        health: &EndpointHealth,
     ) -> Result<Vec<Written>, DbError> {
         let states: Vec<Value> = completions
             .iter()
@@ -269,15 +296,17 @@ impl SqliteDb {
                     "status": status.as_str(),
                     "delay": plus(delay),
                     "last_error": completion.last_error,
+                    "probe": i32::from(completion.probe),
                 })
             })
             .collect();
         let states = Value::Array(states).to_string();
         let mut transaction = self.write().await?;
-        // a retry stays live, pending again
+        // a retry stays live, pending again; a failed probe gives its attempt back
         let mut done: Vec<CompletedRow> = sqlx::query_as(concat!(
             "update deliveries
              set status = 'pending',
+                 attempts = attempts - (c.value ->> 'probe'),
                  next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', c.value ->> 'delay'),
                  lease_token = null,
                  leased_by = null,
@@ -371,6 +400,7 @@ impl SqliteDb {
                     change.succeeded |= status == DeliveryStatus::Delivered;
                     change.failures += i64::from(status != DeliveryStatus::Delivered);
                     change.disable |= completion.next.disables_subscription();
+                    change.probe_failed |= completion.probe && status != DeliveryStatus::Delivered;
                 }
             }
             if let Some(reason) = completion.next.dead_reason() {
@@ -420,36 +450,7 @@ impl SqliteDb {
             .await?;
         }
         for (id, change) in changes {
-            sqlx::query(concat!(
-                "update subscriptions
-                 set last_success_at = case when ?2 then ",
-                now!(),
-                " else last_success_at end,
-                     last_failure_at = case when ?3 > 0 then ",
-                now!(),
-                " else last_failure_at end,
-                     consecutive_failures = case when ?2 then 0
-                                                 else consecutive_failures + ?3 end,
-                     enabled = case when ?4 then 0 else enabled end,
-                     disabled_reason = case when ?4 then 'endpoint_gone' else disabled_reason end,
-                     updated_at = case when ?4 then ",
-                now!(),
-                " else updated_at end
-                 where id = ?1"
-            ))
-            .bind(id)
-            .bind(change.succeeded)
-            .bind(change.failures)
-            .bind(change.disable)
-            .execute(&mut *transaction)
-            .await?;
-            if change.disable {
-                // a disabled subscription is routed no more events
-                sqlx::query("delete from subscription_routes where subscription_id = ?1")
-                    .bind(id)
-                    .execute(&mut *transaction)
-                    .await?;
-            }
+            update_health(&mut transaction, id, &change, health).await?;
         }
         transaction.commit().await?;
         Ok(written)
@@ -531,6 +532,121 @@ pub(crate) async fn settle_lanes(
     Ok(())
 }
 
+/// A subscription's stats and endpoint health after a flush's attempts, and its lane held or
+/// released to match (see complete_deliveries.sql, which does the same on Postgres).
+async fn update_health(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    id: Uuid,
+    change: &SubscriptionChange,
+    health: &EndpointHealth,
+) -> Result<(), DbError> {
+    let was_open: bool =
+        sqlx::query_scalar("select circuit_opened_at is not null from subscriptions where id = ?1")
+            .bind(id)
+            .fetch_optional(&mut **transaction)
+            .await?
+            .unwrap_or(false);
+    let window_start = format!("-{:.3} seconds", health.window.as_secs_f64());
+    let disable_before = format!("-{:.3} seconds", health.disable_after.as_secs_f64());
+    // every expression reads the columns as they were (SQLite's `set` semantics)
+    let after: Option<HealthAfter> = sqlx::query_as(concat!(
+        "update subscriptions
+         set last_success_at = case when ?2 then ",
+        now!(),
+        " else last_success_at end,
+             last_failure_at = case when ?3 > 0 then ",
+        now!(),
+        " else last_failure_at end,
+             consecutive_failures = case when ?2 then 0 else consecutive_failures + ?3 end,
+             failing_since = case when ?2 then null else coalesce(failing_since, ",
+        now!(),
+        ") end,
+             failure_window_started_at =
+               case when ?2 then null
+                    when failure_window_started_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?6)
+                    then failure_window_started_at
+                    else ",
+        now!(),
+        " end,
+             failure_window_count =
+               case when ?2 then 0
+                    when failure_window_started_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?6)
+                    then failure_window_count + ?3
+                    else ?3 end,
+             circuit_opened_at =
+               case when ?2 then null
+                    when circuit_opened_at is not null then circuit_opened_at
+                    when ?3 + case when failure_window_started_at
+                                          > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?6)
+                                   then failure_window_count else 0 end >= ?5
+                    then ",
+        now!(),
+        " end,
+             circuit_probes = case when ?2 or circuit_opened_at is null then 0
+                                   else circuit_probes + ?8 end,
+             enabled = case when ?4 or (not ?2 and enabled
+                                        and failing_since <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?7))
+                            then 0 else enabled end,
+             disabled_reason =
+               case when ?4 then 'endpoint_gone'
+                    when not ?2 and enabled
+                         and failing_since <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?7)
+                    then 'endpoint_failing'
+                    else disabled_reason end,
+             updated_at = case when ?4 or (not ?2 and enabled
+                                           and failing_since <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?7))
+                               then ",
+        now!(),
+        " else updated_at end
+         where id = ?1
+         returning enabled, disabled_reason, circuit_opened_at is not null as circuit_open,
+                   circuit_probes"
+    ))
+    .bind(id)
+    .bind(change.succeeded)
+    .bind(change.failures)
+    .bind(change.disable)
+    .bind(i64::from(health.failures))
+    .bind(&window_start)
+    .bind(&disable_before)
+    .bind(i64::from(change.probe_failed))
+    .fetch_optional(&mut **transaction)
+    .await?;
+    let Some(after) = after else {
+        return Ok(());
+    };
+    if !after.enabled {
+        // a disabled subscription is routed no more events
+        sqlx::query("delete from subscription_routes where subscription_id = ?1")
+            .bind(id)
+            .execute(&mut **transaction)
+            .await?;
+    }
+    // (held until, or held for): until enabled again, until the next probe, or released
+    let hold = if !after.enabled && after.disabled_reason.as_deref() == Some(FAILING_TOO_LONG) {
+        Some((Some(HELD), Duration::ZERO))
+    } else if after.circuit_open && (!was_open || change.probe_failed) {
+        Some((None, probe_delay(health, after.circuit_probes)))
+    } else if !after.circuit_open && was_open {
+        Some((None, Duration::ZERO))
+    } else {
+        None
+    };
+    if let Some((until, delay)) = hold {
+        sqlx::query(
+            "update lanes
+             set next_allowed_at = coalesce(?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3))
+             where id = ?1",
+        )
+        .bind(id)
+        .bind(until)
+        .bind(plus(delay))
+        .execute(&mut **transaction)
+        .await?;
+    }
+    Ok(())
+}
+
 /// When a lane held back by its rate limit is allowed again, for a lease that took nothing
 /// (see the Postgres statement `lanes_allowed_next.sql`).
 async fn next_allowed(
@@ -540,8 +656,10 @@ async fn next_allowed(
         "select min(next_allowed_at) from lanes where next_due_at <= ",
         now!(),
         " and next_allowed_at > ",
-        now!()
+        now!(),
+        " and next_allowed_at < ?1"
     ))
+    .bind(HELD)
     .fetch_one(&mut **transaction)
     .await?)
 }

@@ -295,6 +295,12 @@ async fn an_operator_subscribes_watches_a_delivery_and_replays_a_dead_letter_in_
         .await;
     assert!(secret.as_str().unwrap().starts_with("whsec_"), "{secret}");
     assert_eq!(count(&db, "select count(*) from subscriptions").await, 1);
+    browser
+        .wait_for(
+            "return document.querySelector('tr[data-id] td:nth-child(3)').textContent === 'healthy'",
+            "the new subscription's state",
+        )
+        .await;
     browser.screenshot("subscriptions").await;
 
     // a hostile payload is delivered and shown as text
@@ -468,9 +474,20 @@ async fn an_operator_subscribes_watches_a_delivery_and_replays_a_dead_letter_in_
     browser.screenshot("overview").await;
 
     // subscription management: rotate (the new secret shown once), edit, disable
+    // an open circuit is shown with its time
+    sqlx::query("update subscriptions set circuit_opened_at = now(), failing_since = now()")
+        .execute(db.pg())
+        .await
+        .unwrap();
     browser.go(&format!("{console}#/subscriptions")).await;
     browser
         .wait_for(&ready("#/subscriptions"), "the subscriptions view")
+        .await;
+    browser
+        .wait_for(
+            "return document.querySelector('tr[data-id] td:nth-child(3)').textContent.startsWith('circuit open since ')",
+            "the open circuit",
+        )
         .await;
     browser.click("tr[data-id] button:nth-child(3)").await;
     browser.accept_dialog().await;

@@ -203,6 +203,9 @@ async fn a_worker_process_stays_small_under_hostile_receivers() {
             ("IH_WORKER_CONCURRENCY", "128"),
             ("IH_WORKER_BATCH_SIZE", "64"),
             ("IH_SUBSCRIPTION_MAX_IN_FLIGHT", "64"),
+            // every receiver fails: with the default breaker their circuits would open and
+            // hold most deliveries back, and this test is about the worker sending them all
+            ("IH_CIRCUIT_BREAKER_FAILURES", "1000000"),
         ],
     );
     // every one of the 400 deliveries tried at least once

@@ -33,6 +33,7 @@ mod crash;
 mod delivery;
 mod deployment;
 mod flood;
+mod health;
 mod hostile;
 mod lanes;
 mod observability;
