@@ -353,3 +353,38 @@ async fn migration_runs_started_at_once_on_a_new_sqlite_file_all_succeed() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+#[tokio::test]
+async fn the_keda_scalers_query_counts_what_the_workers_report_as_queue_depth() {
+    let db = TestDb::new().await;
+    let scaler = kind(&documents("k8s/worker-keda.yaml"), "ScaledObject");
+    let query = scaler["spec"]["triggers"][0]["metadata"]["query"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    crate::support::subscribe(&db, "http://127.0.0.1:9/hook", "a-plain-secret", &["a"]).await;
+    let payloads: Vec<String> = (0..8).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    crate::support::publish(&db, "a", &payloads).await;
+    // eight pending and due; then two due later, one leased with its lease expired (due:
+    // a dead worker's), one leased and in flight
+    db.execute_script(
+        "update deliveries set next_attempt_at = now() + interval '1 hour'
+           where id in (select id from deliveries order by id limit 2);
+         update deliveries set status = 'leased', lease_token = gen_random_uuid(),
+                leased_by = 'w', next_attempt_at = now() - interval '1 minute'
+           where id in (select id from deliveries order by id offset 2 limit 1);
+         update deliveries set status = 'leased', lease_token = gen_random_uuid(),
+                leased_by = 'w', next_attempt_at = now() + interval '30 seconds'
+           where id in (select id from deliveries order by id offset 3 limit 1);"
+            .to_owned(),
+    )
+    .await;
+    let scaled_on: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+        .fetch_one(db.pg())
+        .await
+        .unwrap();
+    assert_eq!(scaled_on, 5, "four pending and due, one expired lease");
+    let sample = store::sample_queue(&db.pool).await.unwrap();
+    assert!(sample.leader);
+    assert_eq!(sample.depth, Some(scaled_on), "the workers' ih_queue_depth");
+}
