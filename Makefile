@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/integrations_hub
 DEV_ENV = IH_AUTH_DISABLED=true IH_LOG_FORMAT=pretty IH_ALLOWED_DESTINATION_CIDRS=127.0.0.0/8
 RUN_ENV = IH_DATABASE_URL=$(DATABASE_URL) $(DEV_ENV) IH_WORKER_METRICS_ADDR=127.0.0.1:9091
 
-.PHONY: run run-pg test fuzz-api browser console-screenshots lint fmt migrate postgres build docker k8s-validate bench
+.PHONY: run run-pg test fuzz-api browser prometheus console-screenshots lint fmt migrate postgres build docker k8s-validate bench
 
 ## Build, then run `ih`: the API on :8000 and a worker in one process, on the SQLite file
 ## data/integrations-hub.db (created with its schema at first start; auth disabled). No
@@ -24,7 +24,7 @@ run-pg: postgres build
 
 ## The whole test suite, against the local Postgres and on SQLite files. The binaries are built
 ## first: tests run ih, ih-api, ih-worker and ih-migrate as real processes.
-test: postgres browser
+test: postgres browser prometheus
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 
@@ -69,6 +69,10 @@ postgres:
 ## Headless Chromium and chromedriver for the console's end-to-end test (Debian packages).
 browser:
 	@.ci/ensure-browser
+
+## Debian's prometheus and promtool, for the alert rules' and the dashboard's tests.
+prometheus:
+	@.ci/ensure-prometheus
 
 ## Re-take the console screenshots in docs/ (runs the console's end-to-end test).
 console-screenshots: postgres browser

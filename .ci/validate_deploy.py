@@ -13,6 +13,7 @@ KUBERNETES_VERSION = "1.30.0"
 # Custom resources have no schema in the Kubernetes set: check their envelope only.
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
 NOT_RESOURCES = {"kustomization.yaml"}

@@ -332,6 +332,13 @@ pub async fn serve(
             }
         });
     }
+    // counters a dashboard or an alert reads, present before their first event
+    for counter in [
+        "ih_http_requests_shed_total",
+        "ih_dead_letters_replayed_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
     if let Some(handle) = metrics.clone() {
         let pool = pool.clone();
         let max_connections = config.database.max_connections;

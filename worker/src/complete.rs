@@ -154,6 +154,7 @@ async fn flush(
             }
             Err(error) if error.is_transient() => {
                 tracing::warn!(error.message = %error, count = buffer.len(), "completion flush failed, retrying");
+                metrics::counter!("ih_completion_flush_failures_total").increment(1);
                 tokio::time::sleep(jitter(delay, 0.2)).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

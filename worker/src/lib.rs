@@ -333,7 +333,9 @@ fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
         loop {
             let (size, idle) = pool.pool_usage();
             shared::telemetry::record_pool(size, idle, max_connections);
-            match db::sample_queue(&pool).await {
+            let sample = db::sample_queue(&pool).await;
+            metrics::gauge!("ih_database_up").set(if sample.is_ok() { 1.0 } else { 0.0 });
+            match sample {
                 Ok(sample) if sample.leader => {
                     metrics::gauge!("ih_queue_depth").set(sample.depth.unwrap_or_default() as f64);
                     metrics::gauge!("ih_queue_oldest_due_age_seconds")
@@ -366,6 +368,7 @@ async fn sample_subscriptions(pool: &Db) {
 
 /// Registers the counters at zero, so dashboards and alerts see them before the first event.
 fn register_metrics() {
+    metrics::counter!("ih_completion_flush_failures_total").increment(0);
     for target in Target::ALL {
         for outcome in NextState::LABELS {
             metrics::counter!("ih_deliveries_total", "target" => target.as_str(), "outcome" => outcome)

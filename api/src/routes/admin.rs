@@ -183,6 +183,7 @@ impl AdminApi {
         match db::replay_dead_letter(&self.state.pool, id.0, Uuid::now_v7()).await? {
             ReplayOutcome::Replayed { delivery_id } => {
                 self.state.waker.wake();
+                metrics::counter!("ih_dead_letters_replayed_total").increment(1);
                 tracing::info!(dead_letter.id = %id.0, delivery.id = %delivery_id, "dead letter replayed");
                 Ok(ReplayResponse::Accepted(Json(Replayed {
                     dead_letter_id: id.0,
@@ -244,6 +245,7 @@ impl AdminApi {
             replayed += batch;
             if batch > 0 {
                 self.state.waker.wake();
+                metrics::counter!("ih_dead_letters_replayed_total").increment(batch);
             }
             if batch < BULK_REPLAY_BATCH_SIZE as u64 {
                 break;

@@ -30,6 +30,7 @@ macro_rules! on_both_backends {
 
 mod console;
 mod crash;
+mod dashboard;
 mod delivery;
 mod deployment;
 mod flood;

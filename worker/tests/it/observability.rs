@@ -354,17 +354,17 @@ async fn metrics_of_both_binaries_move_with_the_work_and_cover_the_dashboard() {
     let mut used = HashSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            for (start, _) in expr.match_indices("ih_") {
-                let name: String = expr[start..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                used.insert(name);
-            }
+            used.extend(metrics_in(target["expr"].as_str().unwrap()));
         }
     }
     assert!(used.len() >= 10, "{used:?}");
+    // and the alert rules' (the sampled gauges are there: the worker samples once at start)
+    let alerting: HashSet<String> = alert_rules(ALERTS)
+        .iter()
+        .flat_map(|(_, expr)| metrics_in(expr))
+        .collect();
+    assert!(alerting.len() >= 8, "{alerting:?}");
+    used.extend(alerting);
     let exported_base: HashSet<String> = exported
         .iter()
         .map(|name| {
@@ -385,7 +385,94 @@ async fn metrics_of_both_binaries_move_with_the_work_and_cover_the_dashboard() {
         .collect();
     assert!(
         missing.is_empty(),
-        "the dashboard uses metrics nobody exports: {missing:?}"
+        "the dashboard or the alerts use metrics nobody exports: {missing:?}"
+    );
+}
+
+/// The metric names (`ih_…`) a PromQL expression reads.
+fn metrics_in(expr: &str) -> Vec<String> {
+    expr.match_indices("ih_")
+        .map(|(start, _)| {
+            expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+const ALERTS: &str = include_str!("../../../deploy/prometheus/alerts.yml");
+
+/// Each alert of a rules file (plain, or a `PrometheusRule`'s spec): its name and expression.
+fn alert_rules(text: &str) -> Vec<(String, String)> {
+    let document: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    let groups = document
+        .get("spec")
+        .unwrap_or(&document)
+        .get("groups")
+        .and_then(serde_yaml::Value::as_sequence)
+        .unwrap();
+    groups
+        .iter()
+        .flat_map(|group| group["rules"].as_sequence().unwrap())
+        .map(|rule| {
+            (
+                rule["alert"].as_str().unwrap().to_owned(),
+                rule["expr"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_the_kubernetes_manifest_carries_them() {
+    let promtool = std::env::var("IH_PROMTOOL").unwrap_or_else(|_| "/usr/bin/promtool".to_owned());
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus");
+    for arguments in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let output = Command::new(&promtool)
+            .args(arguments)
+            .current_dir(directory)
+            .output()
+            .unwrap_or_else(|error| {
+                panic!("{promtool}: {error} (install Debian's prometheus: make prometheus)")
+            });
+        assert!(
+            output.status.success(),
+            "promtool {}:\n{}{}",
+            arguments.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // every alert has a firing and a quiet unit test
+    let tests: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../../../deploy/prometheus/alerts.test.yml")).unwrap();
+    let rules = alert_rules(ALERTS);
+    for (alert, _) in &rules {
+        let cases: Vec<bool> = tests["tests"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|case| case["alert_rule_test"].as_sequence().unwrap())
+            .filter(|check| check["alertname"].as_str() == Some(alert))
+            .map(|check| !check["exp_alerts"].as_sequence().unwrap().is_empty())
+            .collect();
+        assert!(
+            cases.contains(&true) && cases.contains(&false),
+            "{alert} needs a firing and a quiet test, has {cases:?}"
+        );
+    }
+    // the Prometheus Operator's copy holds the same groups, whole
+    let plain: serde_yaml::Value = serde_yaml::from_str(ALERTS).unwrap();
+    let operator: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../../../k8s/prometheus-rule.yaml")).unwrap();
+    assert_eq!(operator["spec"]["groups"], plain["groups"]);
+    assert_eq!(
+        alert_rules(include_str!("../../../k8s/prometheus-rule.yaml")),
+        rules
     );
 }
 
