@@ -130,6 +130,79 @@ function confirmed(message) {
 
 // ---------- views ----------
 
+// ---------- charts ----------
+
+const SVG = 'http://www.w3.org/2000/svg';
+const CHART_WIDTH = 600;
+const CHART_HEIGHT = 160;
+const CHART_WINDOWS = [['15m', '15 min'], ['1h', '1 h'], ['6h', '6 h'], ['24h', '24 h']];
+// the overview's chart window, kept across its refreshes
+let chartWindow = '1h';
+
+function svg(tag, attributes, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+  if (tag === 'text') node.textContent = children.join('');
+  else node.append(...children);
+  return node;
+}
+
+// One chart of the points: a line per series (a value per point, null for none), drawn as
+// inline SVG. data-points counts the points with a value above 0, for tests and readers.
+function lineChart(id, title, points, series) {
+  const values = series.flatMap((line) => points.map(line.value)).filter((value) => value !== null && value !== undefined);
+  const top = Math.max(1, ...values);
+  const pad = 8;
+  const step = points.length > 1 ? (CHART_WIDTH - 2 * pad) / (points.length - 1) : 0;
+  const x = (index) => (pad + index * step).toFixed(1);
+  const y = (value) => (CHART_HEIGHT - 4 - (value / top) * (CHART_HEIGHT - 20)).toFixed(1);
+  const chart = svg('svg', { id, viewBox: '0 0 ' + CHART_WIDTH + ' ' + CHART_HEIGHT, role: 'img', 'aria-label': title, class: 'chart' },
+    svg('line', { x1: 0, y1: CHART_HEIGHT - 4, x2: CHART_WIDTH, y2: CHART_HEIGHT - 4, stroke: '#d9dee7' }),
+    svg('text', { x: 4, y: 12, fill: '#5b6474', 'font-size': 11 }, 'max ' + (Number.isInteger(top) ? top : top.toFixed(1))));
+  for (const line of series) {
+    const drawn = points
+      .map((point, index) => [index, line.value(point)])
+      .filter(([, value]) => value !== null && value !== undefined);
+    if (drawn.length) chart.append(svg('polyline', { points: drawn.map(([index, value]) => x(index) + ',' + y(value)).join(' '), fill: 'none', stroke: line.color, 'stroke-width': 2, 'data-series': line.name }));
+    // a dot per value above 0, so a lone point shows too
+    for (const [index, value] of drawn) {
+      if (value > 0) chart.append(svg('circle', { cx: x(index), cy: y(value), r: 3, fill: line.color }));
+    }
+  }
+  if (points.length) {
+    const clock = (point) => new Date(point.start).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    chart.append(svg('text', { x: 4, y: CHART_HEIGHT - 8, fill: '#5b6474', 'font-size': 11 }, clock(points[0])),
+      svg('text', { x: CHART_WIDTH - 4, y: CHART_HEIGHT - 8, fill: '#5b6474', 'font-size': 11, 'text-anchor': 'end' }, clock(points[points.length - 1])));
+  }
+  chart.setAttribute('data-points', values.filter((value) => value > 0).length);
+  const legend = el('div', { className: 'legend' }, series.map((line) => el('span', { className: 'swatch-' + line.name, text: line.name })));
+  return el('figure', { className: 'card chart-card' }, el('figcaption', { text: title }), chart, legend);
+}
+
+async function charts() {
+  const data = await api('GET', '/admin/charts' + query({ window: chartWindow }));
+  const perMinute = 60 / data.bucket_seconds;
+  const rate = (field) => (point) => point[field] * perMinute;
+  const select = el('select', { id: 'chart-window', onchange: () => { chartWindow = select.value; render(overview); } },
+    CHART_WINDOWS.map(([value, label]) => el('option', { value, text: label, selected: value === chartWindow })));
+  return [
+    el('div', { className: 'filters' }, el('label', {}, 'Charts over the last', select)),
+    el('div', { className: 'charts' },
+      lineChart('chart-outcomes', 'Deliveries per minute by outcome', data.points, [
+        { name: 'delivered', color: '#0f7b3f', value: rate('delivered') },
+        { name: 'retried', color: '#8a5a00', value: rate('retried') },
+        { name: 'dead', color: '#b42318', value: rate('dead') },
+      ]),
+      lineChart('chart-lag', 'Publish → delivered lag (ms)', data.points, [
+        { name: 'p50', color: '#1f5fbf', value: (point) => point.lag_p50_ms },
+        { name: 'p99', color: '#b42318', value: (point) => point.lag_p99_ms },
+      ]),
+      lineChart('chart-due', 'Due deliveries', data.points, [
+        { name: 'due', color: '#1f5fbf', value: (point) => point.due },
+      ])),
+  ];
+}
+
 async function overview() {
   const stats = await api('GET', '/admin/stats');
   const minutes = stats.window_seconds / 60;
@@ -147,6 +220,7 @@ async function overview() {
       card('delivered per minute (last ' + minutes + ' min)', (stats.delivered / minutes).toFixed(1), 'stat-rate'),
       card('failed attempts (last ' + minutes + ' min)', failureRate + ' %  (' + stats.failed + ')', 'stat-failures'),
       card('dead letters not replayed', stats.dead_letters + (stats.dead_letters >= 10000 ? '+' : ''), 'stat-dead')),
+    await charts(),
   ];
 }
 
@@ -206,6 +280,53 @@ function endpointState(subscription) {
     default:
       return subscription.state;
   }
+}
+
+// A subscription's last hour as bars, one per bucket: delivered (green) under failed (red),
+// scaled to the busiest bucket.
+function sparkline(points) {
+  const width = 120;
+  const height = 24;
+  const top = Math.max(1, ...points.map((point) => point.delivered + point.failed));
+  const bar = width / Math.max(1, points.length);
+  const chart = svg('svg', { viewBox: '0 0 ' + width + ' ' + height, class: 'sparkline', role: 'img',
+    'aria-label': 'attempts per 5 minutes over the last hour' });
+  points.forEach((point, index) => {
+    const delivered = (point.delivered / top) * height;
+    const failed = (point.failed / top) * height;
+    const x = (index * bar).toFixed(1);
+    if (delivered > 0) chart.append(svg('rect', { x, y: (height - delivered).toFixed(1), width: (bar - 1).toFixed(1), height: delivered.toFixed(1), fill: '#0f7b3f' }));
+    if (failed > 0) chart.append(svg('rect', { x, y: (height - delivered - failed).toFixed(1), width: (bar - 1).toFixed(1), height: failed.toFixed(1), fill: '#b42318' }));
+  });
+  chart.setAttribute('data-attempts', points.reduce((sum, point) => sum + point.delivered + point.failed, 0));
+  return chart;
+}
+
+async function health() {
+  const list = await api('GET', '/admin/subscription-health');
+  const rows = list.data.map((entry) => {
+    const subscription = entry.subscription;
+    const filtered = (view) => '#/' + view + query({ subscription: subscription.id });
+    const rate = entry.success_rate === undefined ? '—' : Math.round(entry.success_rate * 100) + ' %';
+    return el('tr', { 'data-id': subscription.id, className: 'clickable', title: 'Show its deliveries', onclick: (event) => {
+      if (event.target.closest('a')) return;
+      location.hash = filtered('deliveries');
+    } },
+      cell(subscription.url, 'mono'),
+      cell(endpointState(subscription), 'state-' + subscription.state),
+      cell(rate),
+      cell(when(subscription.last_success_at)),
+      cell(String(subscription.consecutive_failures)),
+      cell(String(entry.in_flight)),
+      cell(String(entry.due)),
+      el('td', {}, sparkline(entry.sparkline)),
+      el('td', {}, el('a', { href: filtered('deliveries'), text: 'deliveries' }), ' · ', el('a', { href: filtered('dead-letters'), text: 'dead letters' })));
+  });
+  return [
+    el('h2', { text: 'Subscription health' }),
+    el('p', { className: 'muted', text: 'Most troubled first: open circuits, failing, disabled, then healthy; within each the lowest success rate over the last hour. Click a row for its deliveries.' }),
+    table(['URL', 'State', 'Success (1 h)', 'Last success', 'Failures in a row', 'In flight', 'Due', 'Last hour', ''], rows),
+  ];
 }
 
 async function subscriptions() {
@@ -408,15 +529,18 @@ function bulkReplay() {
 
 async function deadLetters(params) {
   const replayed = params.get('replayed') || 'false';
+  const subscription = params.get('subscription') || '';
   const cursor = cursorOf('dead-letters');
-  const page = await api('GET', '/admin/dead-letters' + query({ replayed: replayed === 'all' ? '' : replayed, cursor, limit: 50 }));
+  const page = await api('GET', '/admin/dead-letters' + query({ replayed: replayed === 'all' ? '' : replayed, subscription_id: subscription, cursor, limit: 50 }));
   const replayedSelect = el('select', { name: 'replayed' },
     [['false', 'not replayed'], ['true', 'replayed'], ['all', 'all']].map(([value, text]) => el('option', { value, text, selected: value === replayed })));
-  const filter = el('form', { className: 'filters', id: 'dead-letter-filter' }, el('label', {}, 'Show', replayedSelect), el('button', { type: 'submit', text: 'Filter' }));
+  const subscriptionInput = el('input', { name: 'subscription', value: subscription, placeholder: 'subscription id', className: 'mono' });
+  const filter = el('form', { className: 'filters', id: 'dead-letter-filter' }, el('label', {}, 'Show', replayedSelect),
+    el('label', {}, 'Subscription', subscriptionInput), el('button', { type: 'submit', text: 'Filter' }));
   filter.addEventListener('submit', (event) => {
     event.preventDefault();
     pages['dead-letters'] = [];
-    location.hash = '#/dead-letters' + query({ replayed: replayedSelect.value });
+    location.hash = '#/dead-letters' + query({ replayed: replayedSelect.value, subscription: subscriptionInput.value.trim() });
   });
   const rows = page.data.map((letter) => el('tr', { 'data-event': letter.event_id },
     cell(letter.id, 'mono'), eventLink(letter.event_id), cell(letter.target), cell(letter.reason), cell(when(letter.created_at)),
@@ -455,6 +579,7 @@ async function route() {
   switch (parts[0] || 'overview') {
     case 'overview': view = overview; refreshTimer = setInterval(() => render(overview), REFRESH_MS); break;
     case 'subscriptions': view = subscriptions; break;
+    case 'health': view = health; break;
     case 'events': view = parts[1] ? () => eventDetail(decodeURIComponent(parts[1])) : () => events(params); break;
     case 'deliveries': view = () => deliveriesView(params); break;
     case 'dead-letters': view = () => deadLetters(params); break;

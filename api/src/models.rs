@@ -587,12 +587,154 @@ pub struct AdminStats {
     /// Seconds since the oldest due delivery became due; absent when none is due.
     #[oai(skip_serializing_if_is_none)]
     pub oldest_due_age_seconds: Option<f64>,
-    /// Attempts in the window that delivered.
+    /// Deliveries delivered in the window, as the workers count them per minute (the window
+    /// is its last whole minutes and the current one).
     pub delivered: i64,
-    /// Attempts in the window that failed (a retry scheduled or a dead letter).
+    /// Attempts in the window that failed (a retry scheduled or a dead letter), counted the
+    /// same way.
     pub failed: i64,
     /// Dead letters not replayed, counted up to 10,000.
     pub dead_letters: i64,
+}
+
+/// The span a chart covers.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChartWindow {
+    /// The last 15 minutes, in minutes.
+    #[oai(rename = "15m")]
+    Minutes15,
+    /// The last hour, in minutes.
+    #[oai(rename = "1h")]
+    Hour1,
+    /// The last 6 hours, in 5-minute buckets.
+    #[oai(rename = "6h")]
+    Hours6,
+    /// The last 24 hours, in 20-minute buckets.
+    #[oai(rename = "24h")]
+    Hours24,
+}
+
+impl ChartWindow {
+    /// The window and its bucket, in seconds.
+    pub fn span(self) -> (u32, u32) {
+        match self {
+            Self::Minutes15 => (900, 60),
+            Self::Hour1 => (3_600, 60),
+            Self::Hours6 => (21_600, 300),
+            Self::Hours24 => (86_400, 1_200),
+        }
+    }
+}
+
+/// One bucket of the console's charts.
+#[derive(Object, Debug)]
+pub struct ChartPoint {
+    /// The bucket's start.
+    pub start: DateTime<Utc>,
+    /// Deliveries delivered in it.
+    pub delivered: i64,
+    /// Attempts that failed and are tried again.
+    pub retried: i64,
+    /// Deliveries dead-lettered.
+    pub dead: i64,
+    /// Median publish → delivered lag: the upper bound (ms) of the lag bucket it falls in;
+    /// absent when nothing was delivered.
+    #[oai(skip_serializing_if_is_none)]
+    pub lag_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    #[oai(skip_serializing_if_is_none)]
+    pub lag_p99_ms: Option<f64>,
+    /// The largest due depth sampled in it; absent when no worker sampled.
+    #[oai(skip_serializing_if_is_none)]
+    pub due: Option<i64>,
+}
+
+/// `GET /admin/charts`: the console's charts over a window, every bucket present.
+#[derive(Object, Debug)]
+pub struct Charts {
+    /// Seconds covered.
+    pub window_seconds: u32,
+    /// Seconds per bucket.
+    pub bucket_seconds: u32,
+    /// Oldest first.
+    pub points: Vec<ChartPoint>,
+}
+
+impl From<db::charts::ChartBucket> for ChartPoint {
+    fn from(bucket: db::charts::ChartBucket) -> Self {
+        Self {
+            start: bucket.start,
+            delivered: bucket.delivered,
+            retried: bucket.retried,
+            dead: bucket.dead,
+            lag_p50_ms: bucket.lag_p50_ms,
+            lag_p99_ms: bucket.lag_p99_ms,
+            due: bucket.due,
+        }
+    }
+}
+
+/// Attempts of one 5-minute bucket of a subscription's sparkline.
+#[derive(Object, Debug)]
+pub struct HealthPoint {
+    /// Attempts that delivered.
+    pub delivered: i64,
+    /// Attempts that failed.
+    pub failed: i64,
+}
+
+/// A subscription in the health view.
+#[derive(Object, Debug)]
+pub struct SubscriptionHealth {
+    /// The subscription (its `state`, `disabled_reason`, `last_success_at` and
+    /// `consecutive_failures` among its fields).
+    pub subscription: Subscription,
+    /// Attempts of the last hour that delivered.
+    pub delivered: i64,
+    /// Attempts of the last hour that failed.
+    pub failed: i64,
+    /// `delivered` as a share of the last hour's attempts; absent without attempts.
+    #[oai(skip_serializing_if_is_none)]
+    pub success_rate: Option<f64>,
+    /// Its requests in flight now (leased rows).
+    pub in_flight: i64,
+    /// Its deliveries due now and waiting.
+    pub due: i64,
+    /// The last hour in 5-minute buckets, oldest first.
+    pub sparkline: Vec<HealthPoint>,
+}
+
+/// `GET /admin/subscription-health`: every subscription, most troubled first (an open circuit,
+/// then failing, then disabled, then healthy; within each the lowest success rate first), at
+/// most 500.
+#[derive(Object, Debug)]
+pub struct SubscriptionHealthList {
+    /// Seconds per sparkline bucket.
+    pub bucket_seconds: u32,
+    /// Most troubled first.
+    pub data: Vec<SubscriptionHealth>,
+}
+
+impl From<db::health::SubscriptionHealth> for SubscriptionHealth {
+    fn from(health: db::health::SubscriptionHealth) -> Self {
+        let (delivered, failed) = health.totals();
+        Self {
+            success_rate: health.success_rate(),
+            delivered,
+            failed,
+            in_flight: health.in_flight,
+            due: health.due,
+            sparkline: health
+                .sparkline
+                .iter()
+                .map(|point| HealthPoint {
+                    delivered: point.delivered,
+                    failed: point.failed,
+                })
+                .collect(),
+            subscription: health.subscription.into(),
+        }
+    }
 }
 
 /// Health of the process.

@@ -107,6 +107,9 @@ migrations! {
     /// Lanes: the fair, capped lease's state per subscription (and one for Slack), the
     /// subscriptions' limits, and the live queue indexed by lane.
     m20261130_000005_lanes,
+    /// The console's charts and health view: outcomes, lag and due depth per minute and
+    /// worker, and attempts per subscription per 5 minutes.
+    m20261130_000006_delivery_minutes,
 }
 
 /// Key of the session advisory lock that serialises concurrent `ih-migrate` runs.

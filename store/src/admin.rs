@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     QueryTrait, Select, sea_query::Query,
@@ -12,8 +12,7 @@ use uuid::Uuid;
 use crate::{
     Db, DbError, DeliveryRow, Page,
     entity::{attempts, dead_letters, deliveries, events, subscriptions},
-    orm::{BEGIN_PLANNED_ONCE, Planning, newest_first, parse_state},
-    retention::uuid_floor,
+    orm::{Planning, newest_first, parse_state},
 };
 use shared::state::{AttemptOutcome, DeadReason, DeliveryStatus, Target};
 
@@ -448,35 +447,31 @@ pub struct ConsoleStats {
     pub due: i64,
     /// Seconds since the oldest due delivery became due.
     pub oldest_due_age_seconds: Option<f64>,
-    /// Attempts in the window that delivered.
+    /// Deliveries the workers delivered in the window.
     pub delivered: i64,
-    /// Attempts in the window that failed (retry scheduled or dead-lettered).
+    /// Attempts that failed in the window (retry scheduled or dead-lettered).
     pub failed: i64,
     /// Dead letters not replayed, counted up to 10,000.
     pub dead_letters: i64,
 }
 
-/// Reads the overview numbers, with attempts counted over the last `window_seconds`.
+/// Reads the overview numbers, with the outcomes the workers counted over the last
+/// `window_seconds` (from their per-minute counts: the attempt log is not read).
 ///
 /// # Errors
 /// Returns [`DbError`] when the database fails.
 pub async fn console_stats(db: &Db, window_seconds: f64) -> Result<ConsoleStats, DbError> {
-    let pool = match db {
-        Db::Postgres(pool) => pool,
-        Db::Sqlite(sqlite) => return sqlite.console_stats(window_seconds).await,
+    let window = std::time::Duration::try_from_secs_f64(window_seconds).unwrap_or_default();
+    let (delivered, failed) = crate::charts::recent_outcomes(db, window).await?;
+    let (due, oldest_due_age_seconds, dead_letters) = match db {
+        // without parameters: planned once per connection
+        Db::Postgres(pool) => {
+            sqlx::query_as(include_str!("sql/console_stats.sql"))
+                .fetch_one(pool)
+                .await?
+        }
+        Db::Sqlite(sqlite) => sqlite.console_counts().await?,
     };
-    // both planned once per connection: without parameters, or for any window
-    let mut transaction = pool.begin_with(BEGIN_PLANNED_ONCE).await?;
-    let (due, oldest_due_age_seconds, dead_letters): (i64, Option<f64>, i64) =
-        sqlx::query_as(include_str!("sql/console_stats.sql"))
-            .fetch_one(&mut *transaction)
-            .await?;
-    let (delivered, failed): (i64, i64) = sqlx::query_as(include_str!("sql/recent_attempts.sql"))
-        .bind(first_id_since(window_seconds))
-        .bind(Uuid::max())
-        .fetch_one(&mut *transaction)
-        .await?;
-    transaction.commit().await?;
     Ok(ConsoleStats {
         due,
         oldest_due_age_seconds,
@@ -484,10 +479,4 @@ pub async fn console_stats(db: &Db, window_seconds: f64) -> Result<ConsoleStats,
         failed,
         dead_letters,
     })
-}
-
-/// The smallest UUID v7 of the last `window_seconds`: where the window's attempts begin.
-pub(crate) fn first_id_since(window_seconds: f64) -> Uuid {
-    let window = std::time::Duration::try_from_secs_f64(window_seconds).unwrap_or_default();
-    uuid_floor(Utc::now() - TimeDelta::from_std(window).unwrap_or_default())
 }

@@ -202,3 +202,54 @@ pub mod dead_letters {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// `delivery_minutes`: a worker's outcomes, lag and sampled due depth per minute (the
+/// console's charts; see `crate::charts`).
+pub mod delivery_minutes {
+    use sea_orm::entity::prelude::*;
+
+    /// One minute of one worker.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "delivery_minutes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub minute: DateTimeUtc,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub worker_id: String,
+        pub delivered: i64,
+        pub retried: i64,
+        pub dead: i64,
+        pub lag_buckets: Json,
+        pub due: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `subscription_minutes`: a worker's attempts per subscription per 5 minutes (the console's
+/// health view; see `crate::charts`).
+pub mod subscription_minutes {
+    use sea_orm::entity::prelude::*;
+
+    /// Five minutes of one worker for one subscription.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "subscription_minutes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub minute: DateTimeUtc,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub worker_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub subscription_id: Uuid,
+        pub delivered: i64,
+        pub failed: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

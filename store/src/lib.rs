@@ -27,9 +27,11 @@ use uuid::Uuid;
 use shared::config::DatabaseConfig;
 
 mod admin;
+pub mod charts;
 mod entity;
 mod error;
 mod events;
+pub mod health;
 mod orm;
 pub mod plans;
 mod queue;

@@ -11,7 +11,7 @@ use crate::{
     Db, DbError, DeadLetterFilter, DeliveryFilter, EventFilter, Page,
     admin::{
         ATTEMPTS_PLANNING, DEAD_LETTERS_PLANNING, DELIVERIES_PLANNING, attempts_listing,
-        dead_letters_listing, deliveries_listing, first_id_since,
+        dead_letters_listing, deliveries_listing,
     },
     events::{events_listing, events_planning},
     orm::Planning,
@@ -82,23 +82,13 @@ pub async fn explain_console(db: &Db) -> Result<Vec<String>, DbError> {
         return Ok(Vec::new());
     }
     let connection = db.orm_reader();
-    let mut plan = explain_prepared(
+    explain_prepared(
         &connection,
         include_str!("sql/console_stats.sql"),
         &[],
         Planning::Once,
     )
-    .await?;
-    plan.extend(
-        explain_prepared(
-            &connection,
-            include_str!("sql/recent_attempts.sql"),
-            &[first_id_since(300.0).into(), Uuid::max().into()],
-            Planning::Once,
-        )
-        .await?,
-    );
-    Ok(plan)
+    .await
 }
 
 /// The plan Postgres gives `sql` prepared and executed with `values` under `planning` (an

@@ -115,6 +115,14 @@ fn live_rows() -> Select<subscriptions::Entity> {
         .filter(Column::DeletedAt.is_null())
 }
 
+/// Every subscription that is not deleted (the health view ranks them all).
+pub(crate) async fn live_subscription_rows(db: &Db) -> Result<Vec<SubscriptionRow>, DbError> {
+    Ok(live_rows()
+        .into_model::<SubscriptionRow>()
+        .all(&db.orm_reader())
+        .await?)
+}
+
 /// Reads the subscription `id` on `connection` (the writer after a write, so the row read is
 /// the one written).
 async fn read_row(

@@ -78,6 +78,8 @@ contract!(
     the_history_migration_keeps_every_row_and_resends_nothing,
     a_failing_endpoint_opens_its_circuit_probes_and_closes,
     a_subscription_failing_too_long_is_disabled_and_keeps_its_deliveries,
+    chart_minutes_are_replaced_summed_across_workers_and_pruned,
+    the_health_view_ranks_subscriptions_by_trouble,
 );
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -1006,6 +1008,16 @@ async fn the_console_numbers_and_the_queue_sample_count_due_work(test: TestDb) {
     })
     .await;
     publish(db, &[event("later", None, "4")]).await;
+    // the worker's counts of those outcomes, as it writes them every few seconds; a minute
+    // before the window does not count
+    let minute = store::charts::minute_of(Utc::now());
+    let mut counted = store::charts::MinuteTally::new(minute);
+    (counted.delivered, counted.retried, counted.dead) = (1, 1, 1);
+    let mut earlier = store::charts::MinuteTally::new(minute - chrono::TimeDelta::minutes(10));
+    earlier.delivered = 50;
+    store::charts::record_minutes(db, "w1", &[earlier, counted])
+        .await
+        .unwrap();
     let stats = db::console_stats(db, 300.0).await.unwrap();
     assert_eq!(stats.due, 2, "the retry due now and the new event");
     assert_eq!(
@@ -2000,4 +2012,116 @@ async fn a_subscription_failing_too_long_is_disabled_and_keeps_its_deliveries(te
     assert!(enabled.failing_since.is_none() && enabled.disabled_reason.is_none());
     let flowing = lease(db, 100, "w1", Duration::from_secs(30)).await.unwrap();
     assert_eq!(flowing.len(), 5);
+}
+
+async fn chart_minutes_are_replaced_summed_across_workers_and_pruned(test: TestDb) {
+    use store::charts::{self, MinuteTally};
+    let db = &test.pool;
+    let minute = charts::minute_of(Utc::now());
+    let mut first = MinuteTally::new(minute);
+    first.delivered = 5;
+    first.add_lag(0.003);
+    first.due = Some(7);
+    charts::record_minutes(db, "w1", &[first.clone()])
+        .await
+        .unwrap();
+    // a worker writes its totals so far: the row is replaced, not added to
+    first.delivered = 8;
+    first.add_lag(0.2);
+    charts::record_minutes(db, "w1", &[first]).await.unwrap();
+    let mut second = MinuteTally::new(minute);
+    second.delivered = 2;
+    second.retried = 3;
+    second.dead = 1;
+    second.add_lag(0.004);
+    charts::record_minutes(db, "w2", &[second]).await.unwrap();
+    // a minute past what is kept goes with the next write
+    let old = MinuteTally::new(minute - chrono::TimeDelta::hours(26));
+    charts::record_minutes(db, "w3", &[old]).await.unwrap();
+    assert_eq!(
+        test.fetch_i64("select count(*) from delivery_minutes")
+            .await,
+        2
+    );
+
+    let points = charts::chart(db, Duration::from_secs(900), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(points.len(), 15, "every minute of the window");
+    assert!(points.windows(2).all(|pair| pair[0].start < pair[1].start));
+    let now = points.iter().find(|point| point.start == minute).unwrap();
+    assert_eq!((now.delivered, now.retried, now.dead), (10, 3, 1));
+    assert_eq!(now.due, Some(7));
+    // three lags: 3 ms and 4 ms (under 5), 200 ms (under 250)
+    assert_eq!(now.lag_p50_ms, Some(5.0));
+    assert_eq!(now.lag_p99_ms, Some(250.0));
+    let quiet = points.iter().filter(|point| point.start != minute);
+    assert!(
+        quiet
+            .into_iter()
+            .all(|point| point.delivered == 0 && point.lag_p50_ms.is_none())
+    );
+}
+
+async fn the_health_view_ranks_subscriptions_by_trouble(test: TestDb) {
+    use shared::state::EndpointState;
+    use store::health::{self, SubscriptionTally};
+    let db = &test.pool;
+    let fine = subscribe(db, &["fine"]).await;
+    let flaky = subscribe(db, &["flaky"]).await;
+    let quiet = subscribe(db, &["quiet"]).await;
+    publish(
+        db,
+        &[
+            event("flaky", None, "1"),
+            event("flaky", None, "2"),
+            event("flaky", None, "3"),
+        ],
+    )
+    .await;
+    // one attempt fails (the subscription is failing, the row due again in a second), and
+    // another row goes out: one in flight, one due
+    let first = lease(db, 1, "w1", Duration::from_secs(30)).await.unwrap();
+    fail(db, &first, &HEALTH).await;
+    let second = lease(db, 1, "w1", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(second.len(), 1);
+    // what the workers counted: two workers, two buckets
+    let bucket = health::bucket_of(Utc::now());
+    let tally = |bucket, subscription_id, delivered, failed| SubscriptionTally {
+        bucket,
+        subscription_id,
+        delivered,
+        failed,
+    };
+    health::record_subscription_minutes(
+        db,
+        "w1",
+        &[tally(bucket, fine, 10, 0), tally(bucket, flaky, 1, 3)],
+    )
+    .await
+    .unwrap();
+    health::record_subscription_minutes(
+        db,
+        "w2",
+        &[tally(bucket - chrono::TimeDelta::minutes(5), flaky, 0, 2)],
+    )
+    .await
+    .unwrap();
+
+    let view = health::subscription_health(db).await.unwrap();
+    let order: Vec<Uuid> = view.iter().map(|entry| entry.subscription.id).collect();
+    assert_eq!(order, [flaky, fine, quiet], "the failing one first");
+    let troubled = &view[0];
+    assert_eq!(troubled.state, EndpointState::Failing);
+    assert_eq!((troubled.in_flight, troubled.due), (1, 1));
+    assert_eq!(troubled.sparkline.len(), 12, "an hour of 5-minute buckets");
+    assert_eq!(troubled.totals(), (1, 5));
+    assert_eq!(troubled.success_rate(), Some(1.0 / 6.0));
+    let last = troubled.sparkline[11];
+    let before = troubled.sparkline[10];
+    assert_eq!((last.delivered, last.failed), (1, 3));
+    assert_eq!((before.delivered, before.failed), (0, 2));
+    assert_eq!(view[1].success_rate(), Some(1.0));
+    assert_eq!(view[2].success_rate(), None, "no attempts in the hour");
+    assert_eq!((view[2].in_flight, view[2].due), (0, 0));
 }

@@ -23,7 +23,10 @@ use store::{self as db, AttemptRecord, Completion, Db, EndpointHealth, NextState
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-use crate::outcome::{Outcome, after_failure};
+use crate::{
+    outcome::{Outcome, after_failure},
+    tally::Tally,
+};
 
 /// Longest an outcome waits in the buffer.
 pub const FLUSH_INTERVAL: Duration = shared::config::COMPLETION_FLUSH_INTERVAL;
@@ -54,6 +57,8 @@ pub struct Flushing {
     pub flushed: Arc<Notify>,
     /// How the outcomes move the subscriptions' circuits.
     pub health: EndpointHealth,
+    /// The per-minute counts of the console's charts.
+    pub tally: Arc<Tally>,
 }
 
 /// Runs until every sender is dropped and the buffer is flushed.
@@ -69,6 +74,7 @@ pub async fn run(
         retry,
         flushed,
         health,
+        tally,
     } = flushing;
     let mut buffer: Vec<Finished> = Vec::with_capacity(FLUSH_SIZE);
     while let Some(first) = outcomes.recv().await {
@@ -84,7 +90,16 @@ pub async fn run(
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        flush(&pool, &worker_id, &mut buffer, lease, &retry, &health).await;
+        flush(
+            &pool,
+            &worker_id,
+            &mut buffer,
+            lease,
+            &retry,
+            &health,
+            &tally,
+        )
+        .await;
         flushed.notify_one();
     }
 }
@@ -140,6 +155,7 @@ async fn flush(
     lease: Duration,
     retry: &RetryPolicy,
     health: &EndpointHealth,
+    tally: &Tally,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
@@ -147,7 +163,7 @@ async fn flush(
         if buffer.is_empty() {
             return;
         }
-        match write(pool, worker_id, buffer, health).await {
+        match write(pool, worker_id, buffer, health, tally).await {
             Ok(()) => {
                 buffer.clear();
                 return;
@@ -182,7 +198,10 @@ async fn flush(
                 tracing::warn!(error.message = %error, count = buffer.len(), "the database refused a completion flush; writing its outcomes one by one");
                 for finished in std::mem::take(buffer) {
                     let mut alone = vec![finished];
-                    Box::pin(flush(pool, worker_id, &mut alone, lease, retry, health)).await;
+                    Box::pin(flush(
+                        pool, worker_id, &mut alone, lease, retry, health, tally,
+                    ))
+                    .await;
                 }
                 return;
             }
@@ -195,6 +214,7 @@ async fn write(
     worker_id: &str,
     buffer: &[Finished],
     health: &EndpointHealth,
+    tally: &Tally,
 ) -> Result<(), db::DbError> {
     let mut completions: Vec<Completion> = Vec::new();
     let mut releases: Vec<(Uuid, Uuid, Duration)> = Vec::new();
@@ -250,6 +270,10 @@ async fn write(
             }
             if let Some(lag) = lag {
                 metrics::histogram!("ih_delivery_lag_seconds").record(*lag);
+            }
+            tally.count(&completion.next, *lag);
+            if completion.attempt.is_some() {
+                tally.count_attempt(subscription_id, completion.next == db::NextState::Delivered);
             }
         }
     }

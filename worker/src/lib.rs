@@ -50,6 +50,7 @@ pub mod maintenance;
 pub mod outcome;
 pub mod pacer;
 pub mod slack;
+pub mod tally;
 
 use crate::{
     complete::Finished, context::DeliveryContext, deliver::failed_attempt, outcome::Outcome,
@@ -131,6 +132,7 @@ pub async fn run(
         mpsc::channel::<Finished>(config.concurrency.max(1) * 2);
     // each written flush frees room under some subscriptions' limits: lease again then
     let flushed = Arc::new(Notify::new());
+    let tally = Arc::new(tally::Tally::default());
     let completer = tokio::spawn(complete::run(
         pool.clone(),
         config.worker_id.clone(),
@@ -141,6 +143,7 @@ pub async fn run(
             retry: context.retry,
             flushed: flushed.clone(),
             health: config.endpoint_health,
+            tally: tally.clone(),
         },
     ));
 
@@ -151,6 +154,10 @@ pub async fn run(
         pool.clone(),
         config.database.max_connections,
         samplers_stop.clone(),
+        Charted {
+            worker_id: config.worker_id.clone(),
+            tally,
+        },
     );
     maintenance::spawn(pool.clone(), config.retention, samplers_stop.clone());
     register_metrics();
@@ -327,8 +334,36 @@ pub async fn check_encryption_keys(pool: &Db, cipher: &SecretCipher) -> anyhow::
 /// How often the queue and the pool are sampled for metrics.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Samples the queue (when this worker takes the sampling lock) and the pool, every ~10 s.
-fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
+/// What the sampler writes for the console's charts: this worker's counts per minute.
+struct Charted {
+    worker_id: String,
+    tally: Arc<tally::Tally>,
+}
+
+impl Charted {
+    async fn write(&self, pool: &Db) {
+        let recent = self.tally.recent();
+        let written = match db::charts::record_minutes(pool, &self.worker_id, &recent.minutes).await
+        {
+            Ok(()) => {
+                db::health::record_subscription_minutes(
+                    pool,
+                    &self.worker_id,
+                    &recent.subscriptions,
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::debug!(error.message = %error, "the chart minutes were not written");
+        }
+    }
+}
+
+/// Samples the queue (when this worker takes the sampling lock) and the pool, and writes the
+/// chart minutes, every ~10 s (the minutes once more when stopping).
+fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken, charted: Charted) {
     tokio::spawn(async move {
         loop {
             let (size, idle) = pool.pool_usage();
@@ -341,12 +376,17 @@ fn spawn_samplers(pool: Db, max_connections: u32, stop: CancellationToken) {
                     metrics::gauge!("ih_queue_oldest_due_age_seconds")
                         .set(sample.oldest_due_age_seconds.unwrap_or_default().max(0.0));
                     sample_subscriptions(&pool).await;
+                    charted.tally.sample_due(sample.depth.unwrap_or_default());
                 }
                 Ok(_) => {}
                 Err(error) => tracing::debug!(error.message = %error, "queue sample failed"),
             }
+            charted.write(&pool).await;
             tokio::select! {
-                () = stop.cancelled() => break,
+                () = stop.cancelled() => {
+                    charted.write(&pool).await;
+                    break;
+                }
                 () = tokio::time::sleep(jittered(SAMPLE_INTERVAL)) => {}
             }
         }

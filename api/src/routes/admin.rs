@@ -13,8 +13,9 @@ use crate::{
     auth::Caller,
     error::ApiError,
     models::{
-        AdminStats, AttemptList, BulkReplayRequest, BulkReplayResult, DeadLetterPage, DeliveryPage,
-        DeliveryStatus, Replayed, next_cursor,
+        AdminStats, AttemptList, BulkReplayRequest, BulkReplayResult, ChartPoint, ChartWindow,
+        Charts, DeadLetterPage, DeliveryPage, DeliveryStatus, Replayed, SubscriptionHealth,
+        SubscriptionHealthList, next_cursor,
     },
     routes::{ApiTags, page_limit},
 };
@@ -50,8 +51,9 @@ enum BulkReplayResponse {
 
 #[OpenApi(prefix_path = "/admin", tag = "ApiTags::Admin")]
 impl AdminApi {
-    /// The overview of the queue: deliveries due now and the age of the oldest, attempts of
-    /// the last five minutes by outcome, and dead letters not yet replayed.
+    /// The overview of the queue: deliveries due now and the age of the oldest, outcomes of
+    /// the last five minutes (as the workers count them per minute), and dead letters not yet
+    /// replayed.
     #[oai(path = "/stats", method = "get", operation_id = "get_stats")]
     async fn get_stats(&self, caller: Caller) -> Result<Json<AdminStats>, ApiError> {
         caller.require_admin()?;
@@ -63,6 +65,50 @@ impl AdminApi {
             delivered: stats.delivered,
             failed: stats.failed,
             dead_letters: stats.dead_letters,
+        }))
+    }
+
+    /// Charts of the last 15 minutes, hour (the default), 6 or 24 hours: deliveries by
+    /// outcome, publish → delivered lag percentiles and the due depth, per bucket. Written by
+    /// the workers every few seconds, so the newest bucket may lag by as much.
+    #[oai(path = "/charts", method = "get", operation_id = "get_charts")]
+    async fn get_charts(
+        &self,
+        caller: Caller,
+        window: Query<Option<ChartWindow>>,
+    ) -> Result<Json<Charts>, ApiError> {
+        caller.require_admin()?;
+        let (window_seconds, bucket_seconds) = window.0.unwrap_or(ChartWindow::Hour1).span();
+        let buckets = db::charts::chart(
+            &self.state.pool,
+            std::time::Duration::from_secs(u64::from(window_seconds)),
+            std::time::Duration::from_secs(u64::from(bucket_seconds)),
+        )
+        .await?;
+        Ok(Json(Charts {
+            window_seconds,
+            bucket_seconds,
+            points: buckets.into_iter().map(ChartPoint::from).collect(),
+        }))
+    }
+
+    /// Every subscription with its health over the last hour, most troubled first: its
+    /// state, the success rate and a 5-minute sparkline of its attempts, its requests in
+    /// flight and its deliveries due.
+    #[oai(
+        path = "/subscription-health",
+        method = "get",
+        operation_id = "get_subscription_health"
+    )]
+    async fn get_subscription_health(
+        &self,
+        caller: Caller,
+    ) -> Result<Json<SubscriptionHealthList>, ApiError> {
+        caller.require_admin()?;
+        let health = db::health::subscription_health(&self.state.pool).await?;
+        Ok(Json(SubscriptionHealthList {
+            bucket_seconds: u32::try_from(db::health::BUCKET.as_secs()).unwrap_or(u32::MAX),
+            data: health.into_iter().map(SubscriptionHealth::from).collect(),
         }))
     }
 

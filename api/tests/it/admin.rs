@@ -269,6 +269,12 @@ async fn stats_count_the_due_queue_recent_attempts_and_open_dead_letters() {
         json!({"window_seconds": 300, "due": 0, "delivered": 0, "failed": 0, "dead_letters": 0})
     );
     dead_letter(&app).await;
+    // its failed attempt as the worker counts it in its minute
+    let mut counted = store::charts::MinuteTally::new(store::charts::minute_of(chrono::Utc::now()));
+    counted.dead = 1;
+    store::charts::record_minutes(&app.db.pool, "w1", &[counted])
+        .await
+        .unwrap();
     app.publish("a", json!({"n": 2})).await;
     app.publish("a", json!({"n": 3})).await;
     let (_, stats) = app.admin(Method::GET, "/api/v1/admin/stats", None).await;
@@ -281,6 +287,111 @@ async fn stats_count_the_due_queue_recent_attempts_and_open_dead_letters() {
         .call(
             Method::GET,
             "/api/v1/admin/stats",
+            Some(crate::support::PUBLISHER_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn charts_cover_their_window_in_buckets_from_the_workers_minutes() {
+    let app = TestApp::spawn().await;
+    let (status, hour) = app.admin(Method::GET, "/api/v1/admin/charts", None).await;
+    assert_eq!(status, StatusCode::OK, "{hour}");
+    assert_eq!(hour["window_seconds"], 3600);
+    assert_eq!(hour["bucket_seconds"], 60);
+    assert_eq!(hour["points"].as_array().unwrap().len(), 60);
+    assert!(hour["points"][0].get("lag_p50_ms").is_none(), "{hour}");
+
+    // what a worker wrote for this minute
+    let minute = store::charts::minute_of(chrono::Utc::now());
+    let mut counted = store::charts::MinuteTally::new(minute);
+    counted.delivered = 30;
+    counted.dead = 2;
+    counted.add_lag(0.02);
+    counted.due = Some(4);
+    store::charts::record_minutes(&app.db.pool, "w1", &[counted])
+        .await
+        .unwrap();
+    for (window, points, bucket) in [("15m", 15, 60), ("6h", 72, 300), ("24h", 72, 1200)] {
+        let (status, chart) = app
+            .admin(
+                Method::GET,
+                &format!("/api/v1/admin/charts?window={window}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{chart}");
+        assert_eq!(chart["bucket_seconds"], bucket);
+        let buckets = chart["points"].as_array().unwrap();
+        assert_eq!(buckets.len(), points, "{window}");
+        let last = buckets.last().unwrap();
+        assert_eq!(
+            (&last["delivered"], &last["dead"], &last["due"]),
+            (&json!(30), &json!(2), &json!(4)),
+            "{window}: {last}"
+        );
+        assert_eq!(last["lag_p50_ms"], 25.0);
+    }
+
+    let (status, refused) = app
+        .admin(Method::GET, "/api/v1/admin/charts?window=2h", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let (status, _) = app
+        .call(
+            Method::GET,
+            "/api/v1/admin/charts",
+            Some(crate::support::PUBLISHER_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_health_view_lists_subscriptions_most_troubled_first() {
+    let app = TestApp::spawn().await;
+    let fine = app
+        .create_subscription("https://example.com/fine", &["a"])
+        .await;
+    let failing = app
+        .create_subscription("https://example.com/failing", &["a"])
+        .await;
+    let failing_id = crate::support::uuid(&failing["id"]);
+    app.db
+        .execute_bound(
+            "update subscriptions set failing_since = now(), consecutive_failures = 3 \
+             where id = $1",
+            failing_id,
+        )
+        .await;
+    let (status, health) = app
+        .admin(Method::GET, "/api/v1/admin/subscription-health", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(health["bucket_seconds"], 300);
+    let data = health["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["subscription"]["id"], failing["id"]);
+    assert_eq!(data[0]["subscription"]["state"], "failing");
+    assert_eq!(data[0]["subscription"]["consecutive_failures"], 3);
+    assert_eq!(data[1]["subscription"]["id"], fine["id"]);
+    assert_eq!(data[0]["sparkline"].as_array().unwrap().len(), 12);
+    assert_eq!(
+        (&data[0]["in_flight"], &data[0]["due"]),
+        (&json!(0), &json!(0))
+    );
+    assert!(
+        data[0].get("success_rate").is_none(),
+        "no attempts: {}",
+        data[0]
+    );
+    let (status, _) = app
+        .call(
+            Method::GET,
+            "/api/v1/admin/subscription-health",
             Some(crate::support::PUBLISHER_TOKEN),
             None,
         )

@@ -1,4 +1,4 @@
--- The console's overview, apart from the recent attempts (recent_attempts.sql): the due queue
+-- The console's overview, apart from the recent outcomes (the workers' minutes, store::charts): the due queue
 -- (counted up to 100,000, as for the metrics), the age of its oldest row, and the dead letters
 -- not yet replayed, counted up to 10,000: each is an entry of a partial index in every day's
 -- partition, so an exact count would grow with the history. Without parameters, Postgres

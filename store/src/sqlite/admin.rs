@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{SqliteDb, blob_hex, due_depth_and_age, now, queue::settle_lanes, time};
-use crate::{BulkReplayFilter, ConsoleStats, DbError, SLACK_LANE, admin::first_id_since};
+use crate::{BulkReplayFilter, DbError, SLACK_LANE};
 
 /// Dead letters a replay may take: not replayed, and still with somewhere to go.
 macro_rules! replayable {
@@ -96,20 +96,17 @@ impl SqliteDb {
         Ok(picked.len() as u64)
     }
 
-    pub(crate) async fn console_stats(&self, window_seconds: f64) -> Result<ConsoleStats, DbError> {
+    /// The overview's due queue, its oldest row's age and the dead letters not replayed (see
+    /// the Postgres statement `console_stats.sql`).
+    pub(crate) async fn console_counts(&self) -> Result<(i64, Option<f64>, i64), DbError> {
         Ok(sqlx::query_as(concat!(
             "select due_count as due, oldest_due_age_seconds,
-               (select count(*) from delivery_attempts
-                 where id >= ?1 and outcome = 'delivered') as delivered,
-               (select count(*) from delivery_attempts
-                 where id >= ?1 and outcome <> 'delivered') as failed,
                (select count(*) from (select 1 from dead_letters where replayed_at is null
                                       limit 10000)) as dead_letters
              from (select ",
             due_depth_and_age!(),
             ")"
         ))
-        .bind(first_id_since(window_seconds))
         .fetch_one(&self.reader)
         .await?)
     }

@@ -471,6 +471,28 @@ async fn an_operator_subscribes_watches_a_delivery_and_replays_a_dead_letter_in_
         .eval("return document.querySelector('#stat-dead .value').textContent")
         .await;
     assert_eq!(dead, json!("0"));
+    // the charts: the delivery above is drawn once the worker has written its minute (every
+    // ~10 s) and the overview refreshed (every 5 s); the window can be changed
+    browser
+        .wait_for(
+            "return Number(document.querySelector('#chart-outcomes').dataset.points) > 0 \
+             && document.querySelectorAll('#chart-outcomes polyline').length === 3",
+            "the delivery in the outcomes chart",
+        )
+        .await;
+    browser
+        .eval(
+            "const select = document.getElementById('chart-window'); select.value = '15m'; \
+             select.dispatchEvent(new Event('change')); return true",
+        )
+        .await;
+    browser
+        .wait_for(
+            "return document.getElementById('chart-window').value === '15m' \
+             && Number(document.querySelector('#chart-lag').dataset.points) > 0",
+            "the lag chart over 15 minutes",
+        )
+        .await;
     browser.screenshot("overview").await;
 
     // subscription management: rotate (the new secret shown once), edit, disable
@@ -528,6 +550,75 @@ async fn an_operator_subscribes_watches_a_delivery_and_replays_a_dead_letter_in_
             .await
             .unwrap();
     assert_eq!(stored, (Some("billing, EU".to_owned()), false));
+
+    // the health view: a subscription whose endpoint fails sorts first, with its last hour
+    // drawn; a click shows its deliveries
+    receiver
+        .reply_with(|_, received| Reply::status(if received.path == "/down" { 500 } else { 200 }));
+    let down = stack
+        .admin(
+            "/api/v1/subscriptions",
+            json!({"url": receiver.url("/down"), "events": ["order.down"]}),
+            &[],
+        )
+        .await;
+    let down = down["id"].as_str().unwrap().to_owned();
+    stack
+        .admin(
+            "/api/v1/events",
+            json!({"event_type": "order.down", "payload": {"n": 9}}),
+            &[],
+        )
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(
+                &db,
+                "select count(*) from subscriptions where failing_since is not null",
+            )
+            .await
+                == 1
+        })
+        .await
+    );
+    browser.go(&format!("{console}#/health")).await;
+    browser
+        .wait_for(&ready("#/health"), "the health view")
+        .await;
+    // the worker writes its counts every ~10 s: come back until the sparkline has them
+    let first_row = format!(
+        "const row = document.querySelector('tbody tr[data-id]'); \
+         return !!row && row.dataset.id === '{down}' \
+         && row.querySelector('td:nth-child(2)').textContent.startsWith('failing since ') \
+         && Number(row.querySelector('svg.sparkline').dataset.attempts) > 0"
+    );
+    let charted = eventually(Duration::from_secs(40), || async {
+        browser.go(&format!("{console}#/overview")).await;
+        browser.wait_for(&ready("#/overview"), "the overview").await;
+        browser.go(&format!("{console}#/health")).await;
+        browser
+            .wait_for(&ready("#/health"), "the health view")
+            .await;
+        browser.eval(&first_row).await == json!(true)
+    })
+    .await;
+    assert!(
+        charted,
+        "the failing subscription first, with its attempts drawn"
+    );
+    browser.screenshot("health").await;
+    browser.click("tbody tr[data-id] td:nth-child(3)").await;
+    browser
+        .wait_for(
+            &format!(
+                "return location.hash === '#/deliveries?subscription={down}' \
+                 && document.querySelector('main').dataset.ready === location.hash \
+                 && document.querySelectorAll('tbody tr').length === 1 \
+                 && document.querySelector('tbody tr td:nth-child(4)').textContent === '{down}'"
+            ),
+            "the failing subscription's deliveries",
+        )
+        .await;
 
     // an API error is shown with its message
     browser.go(&format!("{console}#/events/not-a-uuid")).await;

@@ -1,0 +1,2 @@
+drop table subscription_minutes;
+drop table delivery_minutes;
