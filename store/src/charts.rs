@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    sea_query::{OnConflict, Query},
+    sea_query::{Expr, OnConflict, Query},
 };
 
 use crate::{
@@ -80,49 +80,69 @@ pub async fn record_minutes(
     worker_id: &str,
     minutes: &[MinuteTally],
 ) -> Result<(), DbError> {
-    let connection = db.orm_writer();
-    if !minutes.is_empty() {
-        let mut insert = Query::insert();
-        insert.into_table(delivery_minutes::Entity).columns([
-            Column::Minute,
-            Column::WorkerId,
+    let rows = minutes
+        .iter()
+        .map(|minute| {
+            vec![
+                db.time(minute.minute).into(),
+                worker_id.into(),
+                minute.delivered.into(),
+                minute.retried.into(),
+                minute.dead.into(),
+                serde_json::json!(minute.lag_buckets).into(),
+                minute.due.into(),
+            ]
+        })
+        .collect();
+    replace_rows::<delivery_minutes::Entity>(
+        db,
+        &[Column::Minute, Column::WorkerId],
+        &[
             Column::Delivered,
             Column::Retried,
             Column::Dead,
             Column::LagBuckets,
             Column::Due,
-        ]);
-        for minute in minutes {
+        ],
+        rows,
+    )
+    .await
+}
+
+/// Writes `rows` (the `key` columns' values, then the `counts` columns') into `E`'s table,
+/// each replacing the row of its key: a worker writes its totals so far. Then removes the rows
+/// whose first key column, their minute, is older than [`KEPT`].
+pub(crate) async fn replace_rows<E: EntityTrait>(
+    db: &Db,
+    key: &[E::Column],
+    counts: &[E::Column],
+    rows: Vec<Vec<Expr>>,
+) -> Result<(), DbError> {
+    let connection = db.orm_writer();
+    if !rows.is_empty() {
+        let mut insert = Query::insert();
+        insert
+            .into_table(E::default())
+            .columns(key.iter().chain(counts).copied());
+        for row in rows {
             insert
-                .values([
-                    db.time(minute.minute).into(),
-                    worker_id.into(),
-                    minute.delivered.into(),
-                    minute.retried.into(),
-                    minute.dead.into(),
-                    serde_json::json!(minute.lag_buckets).into(),
-                    minute.due.into(),
-                ])
+                .values(row)
                 .map_err(|error| DbError::Orm(sea_orm::DbErr::Custom(error.to_string())))?;
         }
         insert.on_conflict(
-            OnConflict::columns([Column::Minute, Column::WorkerId])
-                .update_columns([
-                    Column::Delivered,
-                    Column::Retried,
-                    Column::Dead,
-                    Column::LagBuckets,
-                    Column::Due,
-                ])
+            OnConflict::columns(key.iter().copied())
+                .update_columns(counts.iter().copied())
                 .to_owned(),
         );
         connection.execute(&insert).await?;
     }
-    let oldest = Utc::now() - TimeDelta::from_std(KEPT).unwrap_or(TimeDelta::zero());
-    delivery_minutes::Entity::delete_many()
-        .filter(Column::Minute.lt(db.time(oldest)))
-        .exec(&connection)
-        .await?;
+    if let Some(minute) = key.first() {
+        let oldest = Utc::now() - TimeDelta::from_std(KEPT).unwrap_or(TimeDelta::zero());
+        E::delete_many()
+            .filter(minute.lt(db.time(oldest)))
+            .exec(&connection)
+            .await?;
+    }
     Ok(())
 }
 

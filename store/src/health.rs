@@ -10,14 +10,14 @@ use std::{
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter,
-    sea_query::{Alias, Expr, ExprTrait, OnConflict, Query},
+    ConnectionTrait, FromQueryResult,
+    sea_query::{Alias, Expr, ExprTrait, Query},
 };
 use uuid::Uuid;
 
 use crate::{
     Db, DbError, SubscriptionRow,
-    charts::KEPT,
+    charts::replace_rows,
     entity::subscription_minutes::{self, Column},
     subscriptions::live_subscription_rows,
 };
@@ -61,40 +61,25 @@ pub async fn record_subscription_minutes(
     worker_id: &str,
     tallies: &[SubscriptionTally],
 ) -> Result<(), DbError> {
-    let connection = db.orm_writer();
-    if !tallies.is_empty() {
-        let mut insert = Query::insert();
-        insert.into_table(subscription_minutes::Entity).columns([
-            Column::Minute,
-            Column::WorkerId,
-            Column::SubscriptionId,
-            Column::Delivered,
-            Column::Failed,
-        ]);
-        for tally in tallies {
-            insert
-                .values([
-                    db.time(tally.bucket).into(),
-                    worker_id.into(),
-                    tally.subscription_id.into(),
-                    tally.delivered.into(),
-                    tally.failed.into(),
-                ])
-                .map_err(|error| DbError::Orm(sea_orm::DbErr::Custom(error.to_string())))?;
-        }
-        insert.on_conflict(
-            OnConflict::columns([Column::Minute, Column::WorkerId, Column::SubscriptionId])
-                .update_columns([Column::Delivered, Column::Failed])
-                .to_owned(),
-        );
-        connection.execute(&insert).await?;
-    }
-    let oldest = Utc::now() - TimeDelta::from_std(KEPT).unwrap_or(TimeDelta::zero());
-    subscription_minutes::Entity::delete_many()
-        .filter(Column::Minute.lt(db.time(oldest)))
-        .exec(&connection)
-        .await?;
-    Ok(())
+    let rows = tallies
+        .iter()
+        .map(|tally| {
+            vec![
+                db.time(tally.bucket).into(),
+                worker_id.into(),
+                tally.subscription_id.into(),
+                tally.delivered.into(),
+                tally.failed.into(),
+            ]
+        })
+        .collect();
+    replace_rows::<subscription_minutes::Entity>(
+        db,
+        &[Column::Minute, Column::WorkerId, Column::SubscriptionId],
+        &[Column::Delivered, Column::Failed],
+        rows,
+    )
+    .await
 }
 
 /// One bucket of a subscription's sparkline.
@@ -169,6 +154,33 @@ struct BucketSum {
     failed: i64,
 }
 
+/// The live queue's rows of `status` by lane (pending ones only when due). The status stays a
+/// literal, so the partial indexes serve the count.
+async fn lane_counts(
+    db: &Db,
+    connection: &impl ConnectionTrait,
+    status: &'static str,
+) -> Result<HashMap<Uuid, i64>, DbError> {
+    let mut select = Query::select();
+    select
+        .column(Alias::new("lane"))
+        .expr_as(Expr::cust("count(*)"), Alias::new("rows"))
+        .from(Alias::new("deliveries"))
+        .and_where(Expr::cust(format!("status = '{status}'")))
+        .group_by_col(Alias::new("lane"));
+    if status == "pending" {
+        select.and_where(Expr::col(Alias::new("next_attempt_at")).lte(db.now()));
+    }
+    Ok(
+        LaneCount::find_by_statement(connection.get_database_backend().build(&select))
+            .all(connection)
+            .await?
+            .into_iter()
+            .map(|count| (count.lane, count.rows))
+            .collect(),
+    )
+}
+
 /// Every subscription (not deleted; at most [`MAX_LISTED`]) with its health over the last
 /// hour, most troubled first.
 ///
@@ -205,32 +217,8 @@ pub async fn subscription_health(db: &Db) -> Result<Vec<SubscriptionHealth>, DbE
             },
         );
     }
-    // the live queue by lane: the status stays a literal, so the partial indexes serve it
-    let lane_counts = |status: &str| {
-        let mut select = Query::select();
-        select
-            .column(Alias::new("lane"))
-            .expr_as(Expr::cust("count(*)"), Alias::new("rows"))
-            .from(Alias::new("deliveries"))
-            .and_where(Expr::cust(format!("status = '{status}'")))
-            .group_by_col(Alias::new("lane"));
-        if status == "pending" {
-            select.and_where(Expr::col(Alias::new("next_attempt_at")).lte(db.now()));
-        }
-        LaneCount::find_by_statement(connection.get_database_backend().build(&select))
-    };
-    let leased: HashMap<Uuid, i64> = lane_counts("leased")
-        .all(&connection)
-        .await?
-        .into_iter()
-        .map(|count| (count.lane, count.rows))
-        .collect();
-    let due: HashMap<Uuid, i64> = lane_counts("pending")
-        .all(&connection)
-        .await?
-        .into_iter()
-        .map(|count| (count.lane, count.rows))
-        .collect();
+    let leased = lane_counts(db, &connection, "leased").await?;
+    let due = lane_counts(db, &connection, "pending").await?;
     let width = TimeDelta::from_std(BUCKET).unwrap_or(TimeDelta::minutes(5));
     let mut health: Vec<SubscriptionHealth> = subscriptions
         .into_iter()
