@@ -299,11 +299,11 @@ async fn prune_spans(
         if uuid_time(high) > cutoff {
             continue;
         }
-        let rows = partition_rows(pool, &suffix).await?;
+        let mut rows = partition_rows(&mut *pool.acquire().await?, &suffix).await?;
         let kept = if dry_run {
             held(pool, low, high, dead_letter_cutoff).await?
         } else {
-            drop_span(pool, &suffix, low, high, dead_letter_cutoff).await?
+            drop_span(pool, &suffix, (low, high), dead_letter_cutoff, &mut rows).await?
         };
         // an empty span (a partition made ahead that never got an event) goes unreported, as
         // on SQLite, where it has no rows to find
@@ -321,21 +321,24 @@ async fn prune_spans(
 
 /// The rows of a span's partitions: the planner's estimate when the partition was analyzed (a
 /// count would read the whole span), else a count (a partition never analyzed is small or new).
-async fn partition_rows(pool: &PgPool, suffix: &str) -> Result<DayRows, DbError> {
+async fn partition_rows(
+    connection: &mut sqlx::PgConnection,
+    suffix: &str,
+) -> Result<DayRows, DbError> {
     let mut counts = [0_u64; 4];
     for (count, table) in counts.iter_mut().zip(PARTITIONED) {
         let name = format!("{table}_{suffix}");
         let estimate: Option<f32> =
             sqlx::query_scalar("select reltuples from pg_class where oid = to_regclass($1)")
                 .bind(&name)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *connection)
                 .await?;
         *count = match estimate {
             Some(estimate) if estimate >= 0.0 => float_count(estimate),
             Some(_) => {
                 let counted: i64 =
                     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {name}")))
-                        .fetch_one(pool)
+                        .fetch_one(&mut *connection)
                         .await?;
                 u64::try_from(counted).unwrap_or(0)
             }
@@ -392,15 +395,15 @@ const DROP_LOCK_TIMEOUT: &str = "100ms";
 
 /// Drops a span's partitions unless it must be kept. The check is made again once the
 /// partitions are locked, so no replay can queue a delivery of the span between the check and
-/// the drop. The span's idempotency keys are deleted afterwards, in batches: a key whose event
-/// is gone is free again (the publish takes it over), so a key left behind for a moment does
-/// no harm.
+/// the drop, and `rows` is counted again under the locks. The span's idempotency keys are
+/// deleted afterwards, in batches: a key whose event is gone is free again (the publish takes
+/// it over), so a key left behind for a moment does no harm.
 async fn drop_span(
     pool: &PgPool,
     suffix: &str,
-    low: Uuid,
-    high: Uuid,
+    (low, high): (Uuid, Uuid),
     dead_letter_cutoff: DateTime<Utc>,
+    rows: &mut DayRows,
 ) -> Result<Option<KeptBecause>, DbError> {
     // checked first without locks: a span that must be kept (the usual case for one holding
     // an unreplayed dead letter) is never locked, so no statement waits on it
@@ -436,6 +439,9 @@ async fn drop_span(
         transaction.rollback().await?;
         return Ok(Some(kept));
     }
+    // counted again under the lock: what is dropped, not what was there before a completion
+    // moved its delivery into the span's history
+    *rows = partition_rows(&mut transaction, suffix).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("drop table {list}")))
         .execute(&mut *transaction)
         .await?;
