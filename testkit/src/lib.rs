@@ -133,3 +133,24 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Generates, for each named `async fn(Backend)`, a module of that name with one test per
+/// backend: `name::postgres` and `name::sqlite` run the same body.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::db::Backend::Postgres).await;
+                }
+
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::db::Backend::Sqlite).await;
+                }
+            }
+        )*
+    };
+}

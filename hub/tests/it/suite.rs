@@ -10,9 +10,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use shared::config::SecretString;
-use testkit::db::Backend;
+use testkit::{db::Backend, on_both_backends};
 
-use crate::support::{Hub, Receiver, Reply, eventually, on_both_backends};
+use crate::support::{Hub, Receiver, Reply, eventually};
 
 on_both_backends!(
     a_published_event_is_delivered_signed,

@@ -17,27 +17,6 @@ pub use testkit::{
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 pub const PUBLISHER_TOKEN: &str = "publisher-token-0123456789abcdef";
 
-/// Generates, for each named `async fn(Backend)`, a module of that name with one test per
-/// backend: `name::postgres` and `name::sqlite` run the same body.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn postgres() {
-                    super::$name(testkit::db::Backend::Postgres).await;
-                }
-
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$name(testkit::db::Backend::Sqlite).await;
-                }
-            }
-        )*
-    };
-}
-pub(crate) use on_both_backends;
-
 /// Settings for a test hub: tokens, loopback receivers, fast polls, short backoff.
 pub fn settings(database_url: &str) -> Settings {
     Settings {

@@ -21,7 +21,7 @@ use testkit::{
 use uuid::Uuid;
 
 use crate::support::{
-    Receiver, Reply, WorkerProcess, delivered_within, eventually, publish, subscribe,
+    Receiver, Reply, WorkerProcess, delivered_within, eventually, publish, scraped, subscribe,
 };
 
 const SECRET: &str = "a-plain-secret-of-some-length";
@@ -37,18 +37,6 @@ async fn state(db: &TestDb, id: Uuid) -> db::SubscriptionRow {
 async fn attempts_spent(db: &TestDb) -> i64 {
     db.fetch_i64("select coalesce(sum(attempts), 0) from deliveries")
         .await
-}
-
-/// A gauge's value on a worker's `/metrics`, for the series with `labels`.
-async fn gauge(metrics_port: u16, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 /// A receiver answering `status` while the flag it returns is set, 200 once it is cleared.
@@ -127,7 +115,7 @@ async fn a_run_of_failures_opens_the_circuit_and_a_good_probe_closes_it(backend:
     );
     assert!(
         eventually(Duration::from_secs(15), || async {
-            gauge(port, "ih_subscriptions{state=\"circuit_open\"}").await == Some(1.0)
+            scraped(port, "ih_subscriptions{state=\"circuit_open\"}").await == Some(1.0)
         })
         .await,
         "the metrics show the open circuit"
@@ -143,7 +131,7 @@ async fn a_run_of_failures_opens_the_circuit_and_a_good_probe_closes_it(backend:
     drop(worker);
 }
 
-on_both_backends!(a_run_of_failures_opens_the_circuit_and_a_good_probe_closes_it);
+testkit::on_both_backends!(a_run_of_failures_opens_the_circuit_and_a_good_probe_closes_it);
 
 async fn a_subscription_failing_for_days_is_disabled_and_sends_what_it_kept_when_enabled(
     backend: Backend,
@@ -194,7 +182,7 @@ async fn a_subscription_failing_for_days_is_disabled_and_sends_what_it_kept_when
     publish(&db, "a", &payloads(1)).await;
     assert!(
         eventually(Duration::from_secs(15), || async {
-            gauge(port, "ih_subscriptions{state=\"disabled\"}").await == Some(1.0)
+            scraped(port, "ih_subscriptions{state=\"disabled\"}").await == Some(1.0)
         })
         .await,
         "the metrics show the disabled subscription"
@@ -222,4 +210,6 @@ async fn a_subscription_failing_for_days_is_disabled_and_sends_what_it_kept_when
     drop(worker);
 }
 
-on_both_backends!(a_subscription_failing_for_days_is_disabled_and_sends_what_it_kept_when_enabled);
+testkit::on_both_backends!(
+    a_subscription_failing_for_days_is_disabled_and_sends_what_it_kept_when_enabled
+);

@@ -17,8 +17,8 @@ use testkit::{
 use uuid::Uuid;
 
 use crate::support::{
-    Receiver, Reply, WorkerProcess, delivered_within, eventually, publish, spawn_worker, subscribe,
-    worker_settings,
+    Receiver, Reply, WorkerProcess, delivered_within, eventually, publish, scraped, spawn_worker,
+    subscribe, worker_settings,
 };
 
 const SECRET: &str = "a-plain-secret-of-some-length";
@@ -49,22 +49,6 @@ async fn limit_rate(db: &TestDb, subscription: Uuid, per_second: f64) {
         .await
         .unwrap()
         .unwrap();
-}
-
-/// A counter's value on a worker's `/metrics`, summed over its series.
-async fn counter(metrics_port: u16, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 async fn a_subscriptions_limit_holds_across_two_worker_processes(backend: Backend) {
@@ -106,7 +90,7 @@ async fn a_subscriptions_limit_holds_across_two_worker_processes(backend: Backen
     // no row was leased to be handed back at the limit
     for port in ports {
         assert_eq!(
-            counter(port, "ih_deliveries_deferred_total").await,
+            scraped(port, "ih_deliveries_deferred_total").await,
             Some(0.0),
             "hand-backs on the worker at 127.0.0.1:{port}"
         );
@@ -114,7 +98,7 @@ async fn a_subscriptions_limit_holds_across_two_worker_processes(backend: Backen
     drop(workers);
 }
 
-on_both_backends!(a_subscriptions_limit_holds_across_two_worker_processes);
+testkit::on_both_backends!(a_subscriptions_limit_holds_across_two_worker_processes);
 
 async fn a_rate_limit_holds_across_two_worker_processes(backend: Backend) {
     let db = TestDb::on(backend).await;
@@ -170,7 +154,7 @@ async fn a_rate_limit_holds_across_two_worker_processes(backend: Backend) {
     );
 }
 
-on_both_backends!(a_rate_limit_holds_across_two_worker_processes);
+testkit::on_both_backends!(a_rate_limit_holds_across_two_worker_processes);
 
 async fn a_backlog_does_not_delay_another_subscriptions_deliveries(backend: Backend) {
     let db = TestDb::on(backend).await;
@@ -227,7 +211,7 @@ async fn a_backlog_does_not_delay_another_subscriptions_deliveries(backend: Back
     worker.stop().await;
 }
 
-on_both_backends!(a_backlog_does_not_delay_another_subscriptions_deliveries);
+testkit::on_both_backends!(a_backlog_does_not_delay_another_subscriptions_deliveries);
 
 /// Leases mark lanes empty while publishes to them commit: every row must still be delivered.
 /// In each of ten rounds, the 100 subscriptions' lanes are made due with nothing in them for

@@ -8,26 +8,6 @@
     reason = "tests"
 )]
 
-/// Declares each test body (an `async fn(Backend)`) once per backend, as `name::postgres` and
-/// `name::sqlite`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn postgres() {
-                    super::$name(testkit::db::Backend::Postgres).await;
-                }
-
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$name(testkit::db::Backend::Sqlite).await;
-                }
-            }
-        )*
-    };
-}
-
 mod console;
 mod crash;
 mod dashboard;

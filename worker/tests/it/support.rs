@@ -262,3 +262,21 @@ pub async fn dead_letters(db: &TestDb) -> Vec<db::DeadLetterRow> {
     .await
     .unwrap()
 }
+
+/// The sum of the values on a worker's `/metrics` of the series whose line starts with
+/// `series` (a name for every series of a metric, or a name with its labels for one); `None`
+/// when the endpoint does not answer or has no such series.
+pub async fn scraped(metrics_port: u16, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
