@@ -90,9 +90,12 @@ subscription_changes as (
     and c.has_attempt
   group by done.subscription_id
 ),
--- the circuit as it was, to tell a closing one
+-- the subscription as it was: to tell a closing circuit, and whether it has failed for too
+-- long without a success
 prior as (
-  select s.id, s.circuit_opened_at
+  select x.*, s.circuit_opened_at,
+         not x.succeeded and s.enabled
+           and s.failing_since <= now() - make_interval(secs => $23) as failing_too_long
   from subscriptions s
   join subscription_changes x on x.id = s.id
 ),
@@ -129,11 +132,7 @@ subscription_updates as (
                              when x.failing_too_long then 'endpoint_failing'
                              else s.disabled_reason end,
       updated_at = case when x.disable or x.failing_too_long then now() else s.updated_at end
-  from (select x.*,
-               not x.succeeded and s.enabled
-                 and s.failing_since <= now() - make_interval(secs => $23) as failing_too_long
-        from subscription_changes x
-        join subscriptions s on s.id = x.id) x
+  from prior x
   where s.id = x.id
   returning s.id, s.enabled, s.disabled_reason, s.circuit_opened_at, s.circuit_probes,
             x.probe_failed

@@ -107,9 +107,11 @@ settled as (
     and l.id = any($1::uuid[])
   returning l.next_due_at, l.next_allowed_at
 )
-select id, lease_token, attempts, target, subscription_id, event_id,
-       coalesce((select room.probing from room where room.id = leased.lane), false) as probe,
+select leased.id, leased.lease_token, leased.attempts, leased.target, leased.subscription_id,
+       leased.event_id, room.probing as probe,
        (select min(later) from settled,
                lateral (values (settled.next_due_at), (settled.next_allowed_at)) as t(later)
         where later > now() and later < 'infinity') as lease_again_at
 from leased
+-- every row leased came from a lane of the room
+join room on room.id = leased.lane

@@ -540,14 +540,22 @@ async fn update_health(
     change: &SubscriptionChange,
     health: &EndpointHealth,
 ) -> Result<(), DbError> {
-    let was_open: bool =
-        sqlx::query_scalar("select circuit_opened_at is not null from subscriptions where id = ?1")
-            .bind(id)
-            .fetch_optional(&mut **transaction)
-            .await?
-            .unwrap_or(false);
-    let window_start = format!("-{:.3} seconds", health.window.as_secs_f64());
+    // the subscription as it was (this transaction is the only writer): to tell a closing
+    // circuit, and whether it has failed for too long without a success
     let disable_before = format!("-{:.3} seconds", health.disable_after.as_secs_f64());
+    let (was_open, failing_long): (bool, bool) = sqlx::query_as(
+        "select circuit_opened_at is not null,
+                coalesce(enabled and failing_since <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2),
+                         0)
+         from subscriptions where id = ?1",
+    )
+    .bind(id)
+    .bind(&disable_before)
+    .fetch_optional(&mut **transaction)
+    .await?
+    .unwrap_or((false, false));
+    let failing_too_long = failing_long && !change.succeeded;
+    let window_start = format!("-{:.3} seconds", health.window.as_secs_f64());
     // every expression reads the columns as they were (SQLite's `set` semantics)
     let after: Option<HealthAfter> = sqlx::query_as(concat!(
         "update subscriptions
@@ -584,18 +592,11 @@ async fn update_health(
         " end,
              circuit_probes = case when ?2 or circuit_opened_at is null then 0
                                    else circuit_probes + ?8 end,
-             enabled = case when ?4 or (not ?2 and enabled
-                                        and failing_since <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?7))
-                            then 0 else enabled end,
-             disabled_reason =
-               case when ?4 then 'endpoint_gone'
-                    when not ?2 and enabled
-                         and failing_since <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?7)
-                    then 'endpoint_failing'
-                    else disabled_reason end,
-             updated_at = case when ?4 or (not ?2 and enabled
-                                           and failing_since <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?7))
-                               then ",
+             enabled = case when ?4 or ?7 then 0 else enabled end,
+             disabled_reason = case when ?4 then 'endpoint_gone'
+                                    when ?7 then 'endpoint_failing'
+                                    else disabled_reason end,
+             updated_at = case when ?4 or ?7 then ",
         now!(),
         " else updated_at end
          where id = ?1
@@ -608,7 +609,7 @@ async fn update_health(
     .bind(change.disable)
     .bind(i64::from(health.failures))
     .bind(&window_start)
-    .bind(&disable_before)
+    .bind(failing_too_long)
     .bind(i64::from(change.probe_failed))
     .fetch_optional(&mut **transaction)
     .await?;
