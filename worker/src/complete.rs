@@ -271,10 +271,11 @@ async fn write(
             if let Some(lag) = lag {
                 metrics::histogram!("ih_delivery_lag_seconds").record(*lag);
             }
-            tally.count(&completion.next, *lag);
-            if completion.attempt.is_some() {
-                tally.count_attempt(subscription_id, completion.next == db::NextState::Delivered);
-            }
+            tally.count(
+                &completion.next,
+                *lag,
+                subscription_id.filter(|_| completion.attempt.is_some()),
+            );
         }
     }
     if !releases.is_empty() {

@@ -19,11 +19,25 @@ use uuid::Uuid;
 /// How long a minute is kept after it ends, so its last counts are written.
 const KEPT_AFTER: TimeDelta = TimeDelta::minutes(2);
 
-/// The counts of the recent minutes.
+/// The counts of the recent minutes and buckets.
 #[derive(Default)]
 pub struct Tally {
-    minutes: Mutex<BTreeMap<DateTime<Utc>, MinuteTally>>,
-    subscriptions: Mutex<BTreeMap<(DateTime<Utc>, Uuid), SubscriptionTally>>,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    minutes: BTreeMap<DateTime<Utc>, MinuteTally>,
+    subscriptions: BTreeMap<(DateTime<Utc>, Uuid), SubscriptionTally>,
+}
+
+impl Counts {
+    fn minute(&mut self, at: DateTime<Utc>) -> &mut MinuteTally {
+        let minute = minute_of(at);
+        self.minutes
+            .entry(minute)
+            .or_insert_with(|| MinuteTally::new(minute))
+    }
 }
 
 /// The recent buckets' totals, to be written.
@@ -35,43 +49,17 @@ pub struct Recent {
 }
 
 impl Tally {
-    fn with_minute(&self, change: impl FnOnce(&mut MinuteTally)) {
-        let minute = minute_of(Utc::now());
-        let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
-        change(
-            minutes
-                .entry(minute)
-                .or_insert_with(|| MinuteTally::new(minute)),
-        );
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts an attempt of subscription `subscription_id` (none: Slack) for the health view.
-    pub fn count_attempt(&self, subscription_id: Option<Uuid>, delivered: bool) {
-        let Some(subscription_id) = subscription_id else {
-            return;
-        };
-        let bucket = bucket_of(Utc::now());
-        let mut buckets = self
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let tally = buckets
-            .entry((bucket, subscription_id))
-            .or_insert_with(|| SubscriptionTally {
-                bucket,
-                subscription_id,
-                ..SubscriptionTally::default()
-            });
-        if delivered {
-            tally.delivered += 1;
-        } else {
-            tally.failed += 1;
-        }
-    }
-
-    /// Counts an outcome written back, with its lag when delivered.
-    pub fn count(&self, next: &NextState, lag_seconds: Option<f64>) {
-        self.with_minute(|minute| match next {
+    /// Counts an outcome written back, with its lag when delivered, and, when a request was
+    /// made to subscription `attempted`, the attempt for the health view.
+    pub fn count(&self, next: &NextState, lag_seconds: Option<f64>, attempted: Option<Uuid>) {
+        let now = Utc::now();
+        let mut counts = self.counts();
+        let minute = counts.minute(now);
+        match next {
             NextState::Delivered => {
                 minute.delivered += 1;
                 if let Some(lag) = lag_seconds {
@@ -81,31 +69,48 @@ impl Tally {
             NextState::Retry(_) => minute.retried += 1,
             NextState::Dead(_) => minute.dead += 1,
             NextState::Cancelled => {}
-        });
+        }
+        let Some(subscription_id) = attempted else {
+            return;
+        };
+        let bucket = bucket_of(now);
+        let tally = counts
+            .subscriptions
+            .entry((bucket, subscription_id))
+            .or_insert_with(|| SubscriptionTally {
+                bucket,
+                subscription_id,
+                ..SubscriptionTally::default()
+            });
+        if *next == NextState::Delivered {
+            tally.delivered += 1;
+        } else {
+            tally.failed += 1;
+        }
     }
 
     /// Records a due depth this worker sampled.
     pub fn sample_due(&self, depth: i64) {
-        self.with_minute(|minute| minute.due = minute.due.max(Some(depth)));
+        let mut counts = self.counts();
+        let minute = counts.minute(Utc::now());
+        minute.due = minute.due.max(Some(depth));
     }
 
     /// The recent buckets' totals, to be written; buckets ended long enough ago are forgotten
     /// once returned.
     pub fn recent(&self) -> Recent {
         let now = Utc::now();
-        let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
-        let recent_minutes: Vec<MinuteTally> = minutes.values().cloned().collect();
+        let mut counts = self.counts();
+        let recent_minutes: Vec<MinuteTally> = counts.minutes.values().cloned().collect();
         let forget_before = minute_of(now) - KEPT_AFTER;
-        minutes.retain(|minute, _| *minute >= forget_before);
-        drop(minutes);
-        let mut buckets = self
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let recent_buckets: Vec<SubscriptionTally> = buckets.values().cloned().collect();
+        counts.minutes.retain(|minute, _| *minute >= forget_before);
+        let recent_buckets: Vec<SubscriptionTally> =
+            counts.subscriptions.values().cloned().collect();
         let forget_before =
             bucket_of(now) - TimeDelta::from_std(BUCKET).unwrap_or_default() - KEPT_AFTER;
-        buckets.retain(|(bucket, _), _| *bucket >= forget_before);
+        counts
+            .subscriptions
+            .retain(|(bucket, _), _| *bucket >= forget_before);
         Recent {
             minutes: recent_minutes,
             subscriptions: recent_buckets,
